@@ -1,0 +1,27 @@
+"""Which device and dtype the models run on."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """`auto` takes CUDA, then Apple's MPS, then the CPU; anything else is taken as asked."""
+    if requested != "auto":
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {requested!r} was asked for, but this machine has no CUDA GPU")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """`auto`: float16 on accelerators (half the memory, tensor cores), float32 on the CPU,
+    where half precision is slow and some kernels lack it."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    return torch.float32 if device.type == "cpu" else torch.float16

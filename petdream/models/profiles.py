@@ -1,0 +1,106 @@
+"""Profiles: which set of models PetDream runs on.
+
+- `sd15`: Stable Diffusion 1.5 and the real CLIP/DINO models from the Hub (or local folders).
+- `tiny`: random-weight models of the same architectures, built offline (see `tiny.py`).
+- `auto`: `sd15` where a CUDA GPU is present and the base model can be had (the Hub answers,
+  or the base model is a local folder); otherwise `tiny`. It says which it picked and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from petdream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The models one run uses. Model fields are Hub ids or local folders."""
+
+    name: str  # "sd15" or "tiny"
+    base_model: str  # what to load: a Hub id or a local folder
+    base_model_id: str  # what a PetModel records as its base: portable, never a local path
+    base_model_revision: str | None
+    clip_model: str
+    dino_model: str
+    resolution: int  # px, square: what the base model was trained at
+    random_weights: bool  # True for `tiny`: its images and scores mean nothing
+    reason: str  # why this profile was chosen, for the log and the UI
+
+
+TINY_WARNING = (
+    "PetDream is running on the tiny offline profile: small models with random weights. "
+    "Everything works end to end, but the images are noise and the scores mean nothing. "
+    "Run on a GPU with Hub access (profile sd15) for real pictures of your pet."
+)
+
+
+def resolve_profile(settings: Settings) -> Profile:
+    """Turn `settings.profile` into a concrete Profile, building the tiny models if needed."""
+    name, reason = settings.profile, f"asked for profile {settings.profile!r}"
+    if name == "auto":
+        name, reason = _pick_automatically(settings)
+        logger.info("profile auto -> %s: %s", name, reason)
+    if name == "tiny":
+        return tiny_profile(settings.data_dir, reason)
+    return Profile(
+        name="sd15",
+        base_model=settings.base_model,
+        base_model_id=settings.base_model,
+        base_model_revision=settings.base_model_revision,
+        clip_model=settings.clip_model,
+        dino_model=settings.dino_model,
+        resolution=512,
+        random_weights=False,
+        reason=reason,
+    )
+
+
+def tiny_profile(data_dir: Path, reason: str = "asked for profile 'tiny'") -> Profile:
+    from petdream.models.tiny import RESOLUTION, TINY_VERSION, ensure_tiny_models
+
+    folder = ensure_tiny_models(data_dir)
+    return Profile(
+        name="tiny",
+        base_model=str(folder / "sd"),
+        base_model_id=f"petdream/tiny-sd-v{TINY_VERSION}",
+        base_model_revision=None,
+        clip_model=str(folder / "clip"),
+        dino_model=str(folder / "dino"),
+        resolution=RESOLUTION,
+        random_weights=True,
+        reason=reason,
+    )
+
+
+def _pick_automatically(settings: Settings) -> tuple[str, str]:
+    if not torch.cuda.is_available():
+        return "tiny", "no CUDA GPU on this machine, and Stable Diffusion is impractically slow without one"
+    if Path(settings.base_model).is_dir():
+        return "sd15", f"a CUDA GPU is present and the base model is the local folder {settings.base_model}"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return "tiny", "HF_HUB_OFFLINE is set, so the base model cannot be downloaded"
+    problem = _hub_problem(settings)
+    if problem:
+        return "tiny", f"the Hub did not answer at {settings.hub_endpoint} ({problem})"
+    return "sd15", f"a CUDA GPU is present and {settings.base_model} is reachable on the Hub"
+
+
+def _hub_problem(settings: Settings) -> str | None:
+    """None if the base model's info can be fetched from the Hub within a few seconds."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi(endpoint=settings.hub_endpoint).model_info(
+            settings.base_model, revision=settings.base_model_revision, timeout=5
+        )
+    except Exception as error:  # any failure means "not usable now"; the reason is logged
+        return f"{type(error).__name__}: {error}".splitlines()[0][:200]
+    return None

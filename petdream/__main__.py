@@ -48,6 +48,42 @@ def build_parser() -> argparse.ArgumentParser:
     Settings.add_arguments(generate)
     generate.set_defaults(run=run_generate)
 
+    train = commands.add_parser(
+        "train", help="fine-tune the base model on photos of a pet (DreamBooth), writing a pet model folder",
+        description="DreamBooth on your pet's photos. Bad photos are reported and skipped, not fatal. "
+                    "Ctrl-C stops after the current step and keeps a checkpoint for --resume.",
+    )
+    train.add_argument("--photos", required=True, type=Path, help="folder of the pet's photos (3 to 50)")
+    train.add_argument("--name", required=True, help="the pet's name, e.g. Bruno")
+    train.add_argument("--class-noun", required=True, help="what kind of animal: dog, cat, rabbit, ...")
+    train.add_argument("--output", required=True, type=Path, help="folder to write the pet model to")
+    train.add_argument("--preset", choices=("paper", "quick", "tiny"),
+                       help="paper: the paper's full fine-tune; quick: fast LoRA (default); tiny: CPU tests "
+                            "(default on the tiny profile)")
+    train.add_argument("--method", choices=("lora", "full"))
+    train.add_argument("--steps", type=int)
+    train.add_argument("--resolution", type=int, help="px (default: the profile's, 512 for SD 1.5)")
+    train.add_argument("--prior-preservation", action=argparse.BooleanOptionalAction, default=None,
+                       help="train on class images from the base model too, so the class keeps its meaning")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--trigger", help="the word prompts use for the pet (default: its name, or a rare token)")
+    train.add_argument("--rank", type=int, help="LoRA rank")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--gradient-accumulation", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument("--snr-gamma", type=float, help="Min-SNR loss weighting, e.g. 5")
+    train.add_argument("--offset-noise", type=float, help="noise offset, e.g. 0.05")
+    train.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"))
+    train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument("--optimizer", choices=("auto", "adamw", "adamw8bit"))
+    train.add_argument("--num-class-images", type=int)
+    train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    train.add_argument("--sample-every", type=int, help="steps between sample images (0: only at the end)")
+    Settings.add_arguments(train)
+    train.set_defaults(run=run_train)
+
     check = commands.add_parser(
         "check-photos", help="check which photos in a folder can be used for training, and why not",
         description="Run photo intake on every file in DIR; exit 0 if enough photos are usable to train, 2 if not.",
@@ -86,6 +122,75 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     print(f"seed {result.seed}")
     return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import signal
+
+    from tqdm import tqdm
+
+    from petdream.models import TINY_WARNING, resolve_profile
+    from petdream.photos import intake
+    from petdream.training import (Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished, Note,
+                                   Progress, TrainingConfig, new_pet)
+
+    settings = Settings.from_args(args)
+    if not args.photos.is_dir():
+        raise ValueError(f"{args.photos} is not a folder; give the folder that holds your pet's photos.")
+    profile = resolve_profile(settings)
+    if profile.random_weights:
+        logging.warning("note: %s", TINY_WARNING)
+    overrides = {name: getattr(args, name) for name in (
+        "method", "steps", "resolution", "prior_preservation", "seed", "rank", "batch_size", "gradient_accumulation",
+        "learning_rate", "train_text_encoder", "snr_gamma", "offset_noise", "mixed_precision",
+        "gradient_checkpointing", "optimizer", "num_class_images", "checkpoint_every", "sample_every")}
+    preset = args.preset or ("tiny" if profile.name == "tiny" else "quick")
+    config = TrainingConfig.preset(preset, **overrides)
+    resolution = config.resolution or profile.resolution
+
+    files = sorted(p for p in args.photos.iterdir() if p.is_file() and not p.name.startswith("."))
+    report = intake(files, resolution=resolution)
+    for rejection in report.rejected:
+        print(f"skipped {rejection.file}: {rejection.reason}", file=sys.stderr)
+    report.require_enough()
+    pet, note = new_pet(args.name, args.class_noun, args.trigger)
+    if note:
+        print(note, file=sys.stderr)
+    trainer = DreamBoothTrainer(profile, report.accepted, pet, args.output, config, data_dir=settings.data_dir,
+                                device=settings.device)
+
+    def cancel_on_ctrl_c(signum, frame):
+        print("\nstopping after this step; a checkpoint is kept for --resume (Ctrl-C again to abort)", file=sys.stderr)
+        trainer.cancel()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, cancel_on_ctrl_c)
+    bar = tqdm(total=config.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+    for event in trainer.run(resume=args.resume):
+        if isinstance(event, Progress):
+            bar.n = event.step
+            bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learning_rate:.2g}")
+        elif isinstance(event, Note):
+            bar.write(event.text, file=sys.stderr)
+        elif isinstance(event, CheckpointSaved):
+            bar.write(f"checkpoint: {event.path}", file=sys.stderr)
+        elif isinstance(event, Finished):
+            bar.close()
+            print(f"trained {pet.name} ({config.method}, preset {preset}, {len(report.accepted)} photos, "
+                  f"{event.model.training['steps_done']} steps) in {event.seconds:.1f} s, final loss "
+                  f"{event.final_loss:.4f}; prompt with \"{pet.phrase}\" -> {event.model.path}")
+            return 0
+        elif isinstance(event, Failed):
+            bar.close()
+            kept = f" The last checkpoint is kept: {event.checkpoint}." if event.checkpoint else ""
+            print(f"error: {event.reason}{kept}", file=sys.stderr)
+            return 1
+        elif isinstance(event, Cancelled):
+            bar.close()
+            print(f"cancelled at step {event.step}; continue with the same command and --resume.", file=sys.stderr)
+            return 130
+        bar.refresh()
+    return 1
 
 
 def run_check_photos(args: argparse.Namespace) -> int:

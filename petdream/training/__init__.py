@@ -1,0 +1,11 @@
+"""DreamBooth training: photos of a pet in, a PetModel folder out (LoRA or full fine-tuning)."""
+
+from petdream.training.config import PRESETS, TrainingConfig
+from petdream.training.events import Cancelled, CheckpointSaved, Event, Failed, Finished, Note, Progress, Sample
+from petdream.training.trainer import DreamBoothTrainer, TrainingFailure
+from petdream.training.trigger import choose_trigger, new_pet
+
+__all__ = [
+    "PRESETS", "TrainingConfig", "DreamBoothTrainer", "TrainingFailure", "choose_trigger", "new_pet",
+    "Event", "Note", "Progress", "Sample", "CheckpointSaved", "Finished", "Failed", "Cancelled",
+]

@@ -1,0 +1,99 @@
+"""Training data, encoded once: the frozen VAE and text encoder never change during a run, so
+each photo's latent distribution and each prompt's embedding are computed a single time."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass
+class LatentCache:
+    """The VAE's latent distribution of each image and of its mirror image.
+
+    mean, std: (n_images, 2, 4, resolution/8, resolution/8) float32; index 1 on the second
+    axis is the horizontally flipped photo, so a random flip costs nothing.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    def sample(self, indices: torch.Tensor, flips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Draw latents (batch, 4, h, w) for images `indices`, mirrored where `flips` is 1.
+
+        Drawing from the distribution each step, as training through the VAE would, rather
+        than reusing its mean keeps the same augmentation the reference scripts get.
+        """
+        mean, std = self.mean[indices, flips], self.std[indices, flips]
+        noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean.device)
+        return mean + std * noise
+
+
+@torch.no_grad()
+def encode_images(vae, images: list[Image.Image], batch_size: int = 4) -> LatentCache:
+    """LatentCache of RGB PIL images (all the same square size), on the VAE's device."""
+    device, dtype = vae.device, vae.dtype
+    means, stds = [], []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.stack([_to_tensor(image) for image in images[start : start + batch_size]])
+        pixels = torch.stack([pixels, pixels.flip(-1)], dim=1).flatten(0, 1)  # (2b, 3, H, W)
+        dist = vae.encode(pixels.to(device, dtype)).latent_dist
+        means.append(dist.mean.float().unflatten(0, (-1, 2)))
+        stds.append(dist.std.float().unflatten(0, (-1, 2)))
+    return LatentCache(torch.cat(means), torch.cat(stds))
+
+
+@torch.no_grad()
+def encode_prompt(text_encoder, tokenizer, prompt: str) -> torch.Tensor:
+    """CLIP hidden states (1, 77, hidden) of `prompt`, as the UNet's cross-attention reads them."""
+    ids = tokenize(tokenizer, prompt).to(text_encoder.device)
+    return text_encoder(ids)[0].float()
+
+
+def tokenize(tokenizer, prompt: str) -> torch.Tensor:
+    return tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) in [-1, 1], the range SD's VAE was trained on."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def class_images_folder(data_dir: Path, base_model_id: str, revision: str | None, class_noun: str, resolution: int) -> Path:
+    """Where class images of one base model and class noun are cached, to be reused by every pet."""
+    base = hashlib.sha256(f"{base_model_id}@{revision}".encode()).hexdigest()[:12]
+    noun = "".join(c if c.isalnum() else "-" for c in class_noun.lower())
+    return Path(data_dir) / "class-images" / base / f"{noun}-{resolution}px"
+
+
+@torch.no_grad()
+def ensure_class_images(pipeline, folder: Path, prompt: str, count: int, resolution: int, steps: int) -> list[Image.Image]:
+    """`count` images of `prompt` in `folder`, generating only the missing ones.
+
+    Image i always uses seed i, so a cache filled over several runs equals one filled at once.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i in range(count):
+        path = folder / f"{i:04d}.png"
+        if not path.is_file():
+            generator = torch.Generator("cpu").manual_seed(i)
+            image = pipeline(prompt, num_inference_steps=steps, height=resolution, width=resolution,
+                             generator=generator).images[0]
+            staging = path.with_suffix(".tmp")
+            image.save(staging, format="PNG")
+            os.replace(staging, path)  # a killed run never leaves half an image in the cache
+        images.append(Image.open(path).convert("RGB"))
+    return images

@@ -1,0 +1,61 @@
+"""The events a training run emits, in order: Note*, (Progress | Sample | CheckpointSaved)*,
+then exactly one of Finished, Failed or Cancelled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the person should know: a fallback taken, a wait, a cache reused."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # optimizer steps done
+    total_steps: int
+    loss: float  # this step's training loss (instance + weighted prior)
+    learning_rate: float
+    steps_per_second: float  # over this session's steps so far
+    eta_seconds: float
+
+
+@dataclass(frozen=True)
+class Sample:
+    step: int
+    images: list[Image.Image]  # one per prompt, fixed seeds, so samples are comparable over time
+    prompts: list[str]
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class Finished:
+    model: "PetModel"  # noqa: F821 (petdream.petmodel.PetModel)
+    seconds: float
+    final_loss: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str  # written for the person: what happened and what to do
+    checkpoint: Path | None  # the last checkpoint kept, to resume from
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    step: int
+    checkpoint: Path | None
+
+
+Event = Note | Progress | Sample | CheckpointSaved | Finished | Failed | Cancelled

@@ -1,0 +1,506 @@
+"""DreamBoothTrainer: a handful of pet photos in, a PetModel folder out.
+
+The run is a generator of events (events.py), so a CLI draws a progress bar from it and the
+app drives it from a worker thread; `cancel()` may be called from any thread. Everything the
+frozen VAE and text encoder produce is computed once up front (data.py); each step draws its
+batch, noise and timesteps from a generator seeded by (seed, process, step), which is what makes
+a resumed run end with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from petdream.models import Profile, load_pipeline
+from petdream.models.pipeline import quiet_libraries
+from petdream.petmodel import LORA_WEIGHTS_FILE, METADATA_FILE, PIPELINE_DIR, Pet, PetModel
+from petdream.photos import Photo
+from petdream.training.checkpoints import Checkpoints
+from petdream.training.config import TrainingConfig
+from petdream.training.data import (
+    class_images_folder,
+    encode_images,
+    encode_prompt,
+    ensure_class_images,
+    tokenize,
+)
+from petdream.training.events import (
+    Cancelled,
+    CheckpointSaved,
+    Event,
+    Failed,
+    Finished,
+    Note,
+    Progress,
+    Sample,
+)
+
+logger = logging.getLogger(__name__)
+SAMPLE_SEEDS = (0, 1)
+
+
+class TrainingFailure(Exception):
+    """Stops a run; the message is shown to the person as is."""
+
+
+class DreamBoothTrainer:
+    """Fine-tunes `profile`'s base model on `photos` of `pet`, writing a PetModel to `output_dir`.
+
+    photos: accepted photos from `petdream.photos.intake`, at the training resolution.
+    data_dir: where class images are cached and devices are locked.
+    """
+
+    def __init__(self, profile: Profile, photos: list[Photo], pet: Pet, output_dir: Path, config: TrainingConfig,
+                 *, data_dir: Path, device: str = "auto"):
+        resolution = config.resolution or profile.resolution
+        wrong = [p.file for p in photos if p.image.size != (resolution, resolution)]
+        if wrong:
+            raise ValueError(f"Photos must be {resolution}x{resolution} px for this run (from intake); not: {wrong}")
+        if not photos:
+            raise ValueError("No photos to train on.")
+        self.profile, self.photos, self.pet, self.config = profile, photos, pet, config
+        self.resolution = resolution
+        self.output_dir = Path(output_dir)
+        self.data_dir = Path(data_dir)
+        self.device_setting = device
+        self.checkpoints = Checkpoints(self.output_dir / "checkpoints", keep=config.checkpoints_kept)
+        # What the weights depend on: a checkpoint resumes only into the same run.
+        self.fingerprint = hashlib.sha256(json.dumps([
+            config.fingerprint(), profile.base_model_id, profile.base_model_revision, resolution,
+            pet.instance_prompt, pet.class_noun, sorted(p.sha256 for p in photos)]).encode()).hexdigest()[:16]
+        self._cancel = threading.Event()
+
+    @property
+    def instance_prompt(self) -> str:
+        return self.pet.instance_prompt
+
+    @property
+    def class_prompt(self) -> str:
+        return f"a photo of {self.pet.class_noun}"
+
+    def cancel(self) -> None:
+        """Ask the run to stop after the current step; it keeps a checkpoint to resume from."""
+        self._cancel.set()
+
+    def train(self, resume: bool = False, on_event=None) -> PetModel:
+        """Run to the end; return the PetModel or raise TrainingFailure with the reason."""
+        for event in self.run(resume=resume):
+            if on_event:
+                on_event(event)
+            if isinstance(event, Finished):
+                return event.model
+            if isinstance(event, (Failed, Cancelled)):
+                raise TrainingFailure(event.reason if isinstance(event, Failed) else "Training was cancelled.")
+        raise TrainingFailure("Training ended without a result.")
+
+    def run(self, resume: bool = False) -> Iterator[Event]:
+        """Train, yielding events; the last one is Finished, Failed or Cancelled."""
+        try:
+            self._check_output_folder(resume)
+            lock = yield from self._wait_for_device()
+            with lock:
+                yield from self._run(resume)
+        except TrainingFailure as failure:
+            yield Failed(str(failure), self.checkpoints.latest())
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            yield Failed(
+                f"The disk is full ({error.filename or self.output_dir}). Free some space and resume with "
+                "--resume: the last checkpoint is kept.", self.checkpoints.latest())
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def _run(self, resume: bool) -> Iterator[Event]:
+        from accelerate import Accelerator
+
+        config = self.config
+        cuda = torch.cuda.is_available() and self.device_setting != "cpu"
+        precision = config.mixed_precision if config.mixed_precision != "auto" else ("fp16" if cuda else "no")
+        if precision != "no" and not cuda:
+            yield Note(f"Mixed precision {precision} needs a CUDA GPU; training in full precision (fp32) on the CPU.")
+            precision = "no"
+        accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+        self.accelerator = accelerator
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True  # free speed on Ampere+; DreamBooth doesn't need full fp32
+            torch.backends.cudnn.allow_tf32 = True
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+        parts = self._load_models(accelerator.device)
+        unet, vae, text_encoder, tokenizer, noise_scheduler = parts
+        if config.prior_preservation:
+            yield Note(f"Preparing {config.num_class_images} class images of \"{self.class_prompt}\" (cached for reuse).")
+            class_photos = self._class_images(parts)
+        _cast(vae, weight_dtype)
+        instance_latents = encode_images(vae, [p.image for p in self.photos])
+        class_latents = encode_images(vae, class_photos) if config.prior_preservation else None
+        torch.manual_seed(config.seed)  # LoRA's initial weights come from the global generator
+        trainable = self._make_trainable(unet, text_encoder, weight_dtype)
+        if not config.train_text_encoder:
+            _cast(text_encoder, weight_dtype)
+            prompts = {p: encode_prompt(text_encoder, tokenizer, p) for p in (self.instance_prompt, self.class_prompt)}
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        if cuda:
+            unet.to(memory_format=torch.channels_last)
+        optimizer, note = self._optimizer(list(trainable.values()), cuda)
+        if note:
+            yield Note(note)
+        from diffusers.optimization import get_scheduler
+
+        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                     num_training_steps=config.steps)
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+        if config.train_text_encoder:  # a frozen module must not be wrapped for distributed training
+            text_encoder = accelerator.prepare(text_encoder)
+        if config.compile:
+            unet = torch.compile(unet)
+
+        step, losses = 0, []
+        if resume:
+            latest = self.checkpoints.latest()
+            if latest is None:
+                yield Note("No checkpoint to resume from; starting at step 0.")
+            else:
+                resumed = self.checkpoints.load(latest, self.fingerprint, trainable, optimizer, lr_scheduler,
+                                                accelerator.scaler)
+                step, losses = resumed.step, resumed.losses
+                yield Note(f"Resuming from step {step} ({latest.name}).")
+
+        def embeddings(prompt: str, batch: int) -> torch.Tensor:
+            if config.train_text_encoder:  # the encoder changes: encode every time, with gradients
+                return text_encoder(tokenize(tokenizer, prompt).to(accelerator.device))[0].expand(batch, -1, -1)
+            return prompts[prompt].expand(batch, -1, -1)
+
+        batch_size, accumulation, oom_retried = config.batch_size, config.gradient_accumulation, False
+        started, first_step = time.monotonic(), step
+        while step < config.steps:
+            if self._cancel.is_set():
+                path = self._save_checkpoint(step, losses, trainable, optimizer, lr_scheduler)
+                yield Cancelled(step, path)
+                return
+            try:
+                loss = 0.0
+                optimizer.zero_grad(set_to_none=True)
+                for micro in range(accumulation):
+                    g = torch.Generator("cpu").manual_seed(_step_seed(config.seed, accelerator.process_index, step, micro))
+                    sync = accelerator.no_sync(unet) if micro < accumulation - 1 else contextlib.nullcontext()
+                    with sync, accelerator.autocast():
+                        micro_loss = self._loss(unet, noise_scheduler, instance_latents, class_latents,
+                                                embeddings, batch_size, g)
+                        accelerator.backward(micro_loss / accumulation)
+                    loss += micro_loss.item() / accumulation
+                if not math.isfinite(loss):
+                    raise TrainingFailure(
+                        f"The loss became {loss} at step {step + 1}: training diverged. Lower the learning rate "
+                        f"(now {config.learning_rate:g}) or train without mixed precision, then start again."
+                    )
+                accelerator.clip_grad_norm_(list(trainable.values()), config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+            except torch.OutOfMemoryError:
+                optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                if oom_retried:
+                    raise TrainingFailure(
+                        f"Out of GPU memory even with gradient checkpointing and batch size {batch_size}. "
+                        "Use the LoRA method, a lower resolution, or a GPU with more memory.") from None
+                oom_retried = True
+                accelerator.unwrap_model(unet).enable_gradient_checkpointing()
+                if batch_size > 1:  # keep the effective batch: half the images, twice the passes
+                    batch_size, accumulation = batch_size // 2, accumulation * 2
+                yield Note(f"Out of GPU memory at step {step + 1}: retrying with gradient checkpointing and "
+                           f"batch size {batch_size} x {accumulation} accumulation.")
+                continue
+            step += 1
+            losses.append(loss)
+            rate = (step - first_step) / max(time.monotonic() - started, 1e-9)
+            yield Progress(step, config.steps, loss, lr_scheduler.get_last_lr()[0], rate, (config.steps - step) / rate)
+            if config.sample_every and step % config.sample_every == 0 and step < config.steps:
+                yield self._sample(step, parts, unet, text_encoder)
+            if step % config.checkpoint_every == 0 and step < config.steps:
+                yield CheckpointSaved(step, self._save_checkpoint(step, losses, trainable, optimizer, lr_scheduler))
+
+        final_sample = self._sample(step, parts, unet, text_encoder)
+        yield final_sample
+        model = self._save_pet_model(unet, text_encoder, parts, losses, final_sample, time.monotonic() - started)
+        yield Finished(model, time.monotonic() - started, losses[-1])
+
+    def _loss(self, unet, noise_scheduler, instance_latents, class_latents, embeddings, batch_size, g) -> torch.Tensor:
+        """The DreamBooth loss of one micro-batch: denoising error on the pet's photos, plus the
+        weighted error on class images (prior preservation), drawn with generator `g`."""
+        config = self.config
+        sets = [(instance_latents, self.instance_prompt)]
+        if class_latents is not None:
+            sets.append((class_latents, self.class_prompt))
+        latents, conditions = [], []
+        for cache, prompt in sets:
+            indices = torch.randint(len(cache), (batch_size,), generator=g)
+            flips = torch.randint(2, (batch_size,), generator=g) if config.random_flip else torch.zeros_like(indices)
+            latents.append(cache.sample(indices, flips, g))
+            conditions.append(embeddings(prompt, batch_size))
+        latents = torch.cat(latents) * self.vae_scaling_factor
+        conditions = torch.cat(conditions)
+        noise = torch.randn(latents.shape, generator=g)
+        if config.offset_noise:
+            noise += config.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=g)
+        timesteps = torch.randint(noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g)
+        device = conditions.device
+        latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        prediction = unet(noisy, timesteps, conditions).sample
+        per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        instance_loss, prior_loss = per_image[:batch_size], per_image[batch_size:]
+        if config.snr_gamma:
+            from diffusers.training_utils import compute_snr
+
+            snr = compute_snr(noise_scheduler, timesteps[:batch_size])
+            weight = torch.clamp(snr, max=config.snr_gamma) / snr
+            if noise_scheduler.config.prediction_type == "v_prediction":
+                weight = torch.clamp(snr, max=config.snr_gamma) / (snr + 1)
+            instance_loss = instance_loss * weight
+        loss = instance_loss.mean()
+        if prior_loss.numel():
+            loss = loss + config.prior_loss_weight * prior_loss.mean()
+        return loss
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def _load_models(self, device):
+        """(unet, vae, text_encoder, tokenizer, DDPM noise scheduler) through the one pipeline loader."""
+        from diffusers import DDPMScheduler
+
+        pipeline = load_pipeline(self.profile.base_model, revision=self.profile.base_model_revision,
+                                 device=device, dtype=torch.float32)
+        self.vae_scaling_factor = pipeline.vae.config.scaling_factor
+        for model in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+            model.requires_grad_(False)
+        noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        return pipeline.unet, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, noise_scheduler
+
+    def _class_images(self, parts):
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+        unet, vae, text_encoder, tokenizer, noise_scheduler = parts
+        pipeline = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+            scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler.config), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        folder = class_images_folder(self.data_dir, self.profile.base_model_id, self.profile.base_model_revision,
+                                     self.pet.class_noun, self.resolution)
+        with quiet_libraries():
+            return ensure_class_images(pipeline, folder, self.class_prompt, self.config.num_class_images,
+                                       self.resolution, self.config.class_image_steps)
+
+    def _make_trainable(self, unet, text_encoder, weight_dtype) -> dict[str, torch.nn.Parameter]:
+        """Switch on gradients for what this method trains; return those parameters by name."""
+        config = self.config
+        if config.method == "lora":
+            from peft import LoraConfig
+
+            _cast(unet, weight_dtype)  # the frozen base may be half precision; the adapter stays fp32
+            unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha or config.rank,
+                                        init_lora_weights="gaussian", target_modules=list(config.lora_target_modules)))
+            if config.train_text_encoder:
+                _cast(text_encoder, weight_dtype)
+                text_encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha or config.rank,
+                                                    init_lora_weights="gaussian",
+                                                    target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+            for model in (unet, text_encoder):
+                for name, parameter in model.named_parameters():
+                    if "lora_" in name:
+                        parameter.data = parameter.data.float()
+        else:
+            unet.requires_grad_(True)
+            if config.train_text_encoder:
+                text_encoder.requires_grad_(True)
+        unet.train()
+        text_encoder.train(config.train_text_encoder)
+        named = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
+        named.update({f"text_encoder.{n}": p for n, p in text_encoder.named_parameters() if p.requires_grad})
+        return named
+
+    def _optimizer(self, parameters, cuda: bool) -> tuple[torch.optim.Optimizer, str | None]:
+        """(optimizer, a note on any fallback). 8-bit AdamW saves ~75% of optimizer memory on a full
+        fine-tune; for LoRA's few weights plain fused AdamW is as small and faster."""
+        config, note = self.config, None
+        kwargs = dict(lr=config.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        wants_8bit = config.optimizer == "adamw8bit" or (config.optimizer == "auto" and cuda and config.method == "full")
+        if wants_8bit and cuda:
+            try:
+                import bitsandbytes
+
+                return bitsandbytes.optim.AdamW8bit(parameters, **kwargs), None
+            except Exception as error:  # a broken CUDA setup shows up only here
+                note = f"8-bit AdamW is unavailable ({type(error).__name__}: {error}); using AdamW."
+        elif wants_8bit:
+            note = "8-bit AdamW needs a CUDA GPU; using AdamW (32-bit state) on the CPU."
+        return torch.optim.AdamW(parameters, fused=cuda, **kwargs), note
+
+    def _check_output_folder(self, resume: bool) -> None:
+        if (self.output_dir / METADATA_FILE).is_file():
+            raise TrainingFailure(
+                f"{self.output_dir} already holds a trained pet model. Choose another output folder, or "
+                "delete it to train again.")
+        if not resume and self.checkpoints.latest() is not None:
+            raise TrainingFailure(
+                f"{self.output_dir} holds checkpoints of an unfinished run. Add --resume to continue it, or "
+                "delete the folder to start over.")
+
+    def _wait_for_device(self):
+        """An exclusive lock on the training device, shared by threads and processes; waits if taken."""
+        device = "cuda" if torch.cuda.is_available() and self.device_setting != "cpu" else "cpu"
+        path = self.data_dir / "locks" / f"train-{device}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield Note(f"Another training is using the {device}; this one starts when it ends.")
+            while True:
+                if self._cancel.is_set():
+                    handle.close()
+                    raise TrainingFailure("Cancelled while waiting for the device.")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.2)
+        return handle  # closing the file releases the lock
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def _save_checkpoint(self, step, losses, trainable, optimizer, lr_scheduler) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        return self.checkpoints.save(step, self.fingerprint, losses, trainable, optimizer, lr_scheduler,
+                                     self.accelerator.scaler)
+
+    @torch.no_grad()
+    def _sample(self, step: int, parts, unet, text_encoder) -> Sample:
+        """Pictures from the model as it is now: fixed prompts and seeds, comparable across steps."""
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+        _, vae, _, tokenizer, noise_scheduler = parts
+        prompts = [self.instance_prompt, f"a photo of {self.pet.phrase} on a sunny beach"]
+        unet_model = self.accelerator.unwrap_model(unet)
+        pipeline = StableDiffusionPipeline(
+            vae=vae, text_encoder=self.accelerator.unwrap_model(text_encoder), tokenizer=tokenizer, unet=unet_model,
+            scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler.config), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        unet_model.eval()
+        with quiet_libraries(), self.accelerator.autocast():
+            images = [pipeline(p, num_inference_steps=self.config.sample_steps, height=self.resolution,
+                               width=self.resolution, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+                      for p, seed in zip(prompts, SAMPLE_SEEDS)]
+        unet_model.train()
+        return Sample(step, images, prompts)
+
+    def _save_pet_model(self, unet, text_encoder, parts, losses, sample: Sample, seconds: float) -> PetModel:
+        """Write weights, samples, loss.png, then petdream.json last: a folder with it is complete."""
+        from diffusers import StableDiffusionPipeline
+
+        out, config = self.output_dir, self.config
+        out.mkdir(parents=True, exist_ok=True)
+        unet, text_encoder = self.accelerator.unwrap_model(unet), self.accelerator.unwrap_model(text_encoder)
+        if config.method == "lora":
+            from diffusers.utils import convert_state_dict_to_diffusers
+            from peft.utils import get_peft_model_state_dict
+
+            kwargs = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+                      "unet_lora_adapter_metadata": unet.peft_config["default"].to_dict()}
+            if config.train_text_encoder:
+                kwargs["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+                kwargs["text_encoder_lora_adapter_metadata"] = text_encoder.peft_config["default"].to_dict()
+            StableDiffusionPipeline.save_lora_weights(out, weight_name=LORA_WEIGHTS_FILE, **kwargs)
+        else:
+            _, vae, _, tokenizer, _ = parts
+            with quiet_libraries():
+                pipeline = StableDiffusionPipeline.from_pretrained(
+                    self.profile.base_model, revision=self.profile.base_model_revision, unet=unet.float(),
+                    text_encoder=text_encoder.float(), vae=vae.float(), tokenizer=tokenizer, safety_checker=None,
+                    requires_safety_checker=False)
+                pipeline.save_pretrained(out / PIPELINE_DIR)
+        _save_samples(out / "samples", sample)
+        _plot_losses(out / "loss.png", losses)
+        model = PetModel(
+            path=out, pet=self.pet, base_model_id=self.profile.base_model_id,
+            base_model_revision=self.profile.base_model_revision, profile=self.profile.name, method=config.method,
+            training={**config.to_dict(), "resolution": self.resolution, "instance_prompt": self.instance_prompt,
+                      "class_prompt": self.class_prompt if config.prior_preservation else None,
+                      "steps_done": len(losses), "seconds": round(seconds, 1), "final_loss": losses[-1],
+                      "mixed_precision_used": self.accelerator.mixed_precision,
+                      "device": str(self.accelerator.device)},
+            photos=[{"sha256": p.sha256, "width": p.width, "height": p.height} for p in self.photos],
+            created_at=PetModel.now(),
+        )
+        model.write_metadata()
+        shutil.rmtree(self.checkpoints.folder, ignore_errors=True)  # only needed to resume an unfinished run
+        return PetModel.load(out)
+
+
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast a frozen model for mixed precision; a no-op (and no diffusers warning) in fp32."""
+    if dtype != torch.float32:
+        model.to(dtype=dtype)
+
+
+def _step_seed(seed: int, process: int, step: int, micro: int) -> int:
+    """A distinct, reproducible seed for every (process, step, micro-batch) of a run."""
+    return (seed * 1_000_003 + process * 7_919 + step * 101 + micro) % (2**63)
+
+
+def _save_samples(folder: Path, sample: Sample) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (image, prompt) in enumerate(zip(sample.images, sample.prompts)):
+        image.save(folder / f"{i:02d}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')[:60]}.png")
+    size = sample.images[0].size
+    grid = Image.new("RGB", (size[0] * len(sample.images), size[1]))
+    for i, image in enumerate(sample.images):
+        grid.paste(image, (i * size[0], 0))
+    grid.save(folder / "grid.png")
+
+
+def _plot_losses(path: Path, losses: list[float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axes.plot(range(1, len(losses) + 1), losses, linewidth=0.8, alpha=0.4, label="step")
+    window = max(1, len(losses) // 20)
+    smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
+              for i in range(len(losses))]
+    axes.plot(range(1, len(losses) + 1), smooth, linewidth=1.8, label=f"mean of {window}")
+    axes.set(xlabel="step", ylabel="loss", title="DreamBooth training loss")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

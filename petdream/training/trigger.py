@@ -1,0 +1,66 @@
+"""Choosing the words a pet is trained on: its own name where that works, a rare token where not."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from petdream.petmodel import Pet
+
+# A rare single CLIP token with no meaning of its own (the community's replacement for "sks",
+# which CLIP knows as a rifle).
+RARE_TRIGGER = "ohwx"
+
+# Popular pet names that are also things Stable Diffusion draws: "pepper dog" paints pepper.
+DRAWABLE_NAMES = frozenset("""
+    angel apple bandit banana bean bear biscuit blue boots bubbles buddy butter button candy
+    caramel cherry chip cinnamon cloud coco cocoa coffee cookie cupcake daisy diamond dog cat
+    duke fox ginger gizmo ghost gold honey jelly king kiwi lemon lily lion lucky mango maple
+    marshmallow midnight mocha moon muffin noodle nugget oreo olive peach peaches peanut pepper
+    pickle pixel princess pumpkin queen rainbow rose rusty sandy shadow smokey snow snowball
+    socks sugar sunny sunshine taco tiger toast tofu waffle whiskey wolf ziggy
+""".split())
+
+
+def choose_trigger(name: str, tokenizer) -> tuple[str, str | None]:
+    """(trigger, why a rare token replaced the name or None) for a pet called `name`.
+
+    The name itself is the best trigger when CLIP reads it as at most two tokens and it does
+    not name something drawable; otherwise the model would paint the word, or spread the pet
+    over many fragments, and a rare token learns the pet more cleanly.
+    """
+    word = _ascii_word(name)
+    if not word:
+        return RARE_TRIGGER, f"the name {name!r} has no Latin letters for the text encoder to read"
+    if word in DRAWABLE_NAMES:
+        return RARE_TRIGGER, f"{word!r} is also a common word, so the model would draw a {word}"
+    pieces = len(tokenizer(word, add_special_tokens=False).input_ids)
+    if pieces > 2:
+        return RARE_TRIGGER, f"{word!r} splits into {pieces} tokens, which learn a subject poorly"
+    return word, None
+
+
+def new_pet(name: str, class_noun: str, trigger: str | None = None) -> tuple[Pet, str | None]:
+    """A Pet to train, and a note for the person when a rare trigger stands in for the name.
+
+    Every Stable Diffusion 1.x model reads prompts with CLIP ViT-L/14's tokenizer, so the
+    offline copy decides for all of them.
+    """
+    from petdream.models.tiny import clip_tokenizer
+
+    if not name.strip():
+        raise ValueError("The pet needs a name.")
+    noun = class_noun.strip().lower()
+    if not noun:
+        raise ValueError("Say what kind of animal the pet is (the class noun), e.g. dog or cat.")
+    if trigger:
+        return Pet(name.strip(), trigger, noun), None
+    chosen, why = choose_trigger(name, clip_tokenizer())
+    note = f"{name.strip()} will be called \"{chosen}\" in prompts: {why}." if why else None
+    return Pet(name.strip(), chosen, noun), note
+
+
+def _ascii_word(name: str) -> str:
+    """'Bruñó' -> 'bruno'; 'Mr. Whiskers' -> 'mrwhiskers'."""
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z]", "", folded.lower())

@@ -178,8 +178,11 @@ class DreamBoothTrainer:
             if latest is None:
                 yield Note("No checkpoint to resume from; starting at step 0.")
             else:
-                resumed = self.checkpoints.load(latest, self.fingerprint, trainable, optimizer, lr_scheduler,
-                                                accelerator.scaler)
+                try:
+                    resumed = self.checkpoints.load(latest, self.fingerprint, trainable, optimizer, lr_scheduler,
+                                                    accelerator.scaler)
+                except ValueError as mismatch:
+                    raise TrainingFailure(str(mismatch)) from None
                 step, losses = resumed.step, resumed.losses
                 yield Note(f"Resuming from step {step} ({latest.name}).")
 

@@ -1,0 +1,395 @@
+"""Training speed and memory: PetDream's trainer against diffusers' DreamBooth-LoRA script.
+
+Both sides train a rank-4 LoRA on the same model folder and photos with the same settings
+(resolution, batch 1, learning rate, seed, fp32, no prior preservation, no validation, no
+checkpoints during the run), one after the other, never at the same time, each with the
+same number of CPU threads. Each side runs N and then 2N steps as separate processes;
+
+    steps/s = N / (t_2N - t_N)          t = wall-clock seconds of the whole process
+
+so loading models, caching latents, writing the result and the like (everything that does not
+grow with the step count) cancels out without parsing any logs. Peak memory is the maximum
+resident set size of the process (os.wait4's ru_maxrss, which includes its waited-for
+children), over both runs. On a GPU it is host RAM, not GPU memory.
+
+The reference script is not part of PetDream (see benchmarks/README.md for how to get it and
+the venv it needs). Configs:
+
+    tiny       the tiny profile's 128 px model (random weights), built by PetDream
+    sd15-arch  a Stable Diffusion 1.5-shaped pipeline with random weights (sd15_arch.py), 256 px
+
+    python benchmarks/train_bench.py --config all \\
+        --reference-script /work/bench/ref/train_dreambooth_lora.py \\
+        --reference-python /work/bench/venv/bin/python --work-dir /work/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PHOTOS = REPO.parent / "shared" / "data" / "dreambench" / "dog"
+TARGET_SPEEDUP = 1.5  # PetDream's steps/s over the reference's, at least
+TARGET_MEMORY = 1.0  # PetDream's peak RSS over the reference's, at most
+PET_NAME, CLASS_NOUN = "bruno", "dog"
+NOISE_SHARE = 0.1  # warn when other processes used more CPU-s than this share of a run's wall time
+NEVER = 1_000_000  # "checkpoint every" this many steps: no checkpoint during a benchmark run
+
+
+@dataclass(frozen=True)
+class Config:
+    """One benchmark configuration: which model, at what size, for how many steps."""
+
+    name: str
+    resolution: int  # px, square
+    steps: int  # N: each side runs N and 2N steps
+
+
+CONFIGS = {
+    "tiny": Config("tiny", resolution=128, steps=25),
+    "sd15-arch": Config("sd15-arch", resolution=256, steps=2),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training settings both sides share."""
+
+    model: Path  # a diffusers StableDiffusionPipeline folder
+    photos: Path
+    resolution: int  # px
+    steps: int  # N
+    rank: int = 4
+    learning_rate: float = 1e-4
+    batch_size: int = 1
+    seed: int = 0
+
+
+@dataclass
+class Run:
+    """One training process."""
+
+    steps: int
+    wall_s: float  # wall-clock seconds, start to exit
+    peak_rss_mb: float  # max resident set size, MiB
+    cpu_s: float  # CPU seconds it used (user + system)
+    others_cpu_s: float  # CPU seconds the rest of the machine used meanwhile: noise if large
+    log: str  # its stdout and stderr
+
+
+@dataclass
+class Side:
+    """One trainer's runs on one config, and what follows from them."""
+
+    name: str  # "reference" or "petdream"
+    torch: str  # torch version of its interpreter
+    threads: int  # torch.get_num_threads() under the benchmark's environment
+    runs: list[Run] = field(default_factory=list)
+
+    def wall(self, steps: int) -> float:
+        """Seconds: the fastest run of `steps` steps (noise only ever adds time)."""
+        return min(r.wall_s for r in self.runs if r.steps == steps)
+
+    def steps_per_s(self, n: int) -> float:
+        """Training-loop steps per second: N / (t_2N - t_N)."""
+        return n / (self.wall(2 * n) - self.wall(n))
+
+    def startup_s(self, n: int) -> float:
+        """Seconds not spent in training steps (load, prepare, save): t_N - N / rate = 2 t_N - t_2N."""
+        return 2 * self.wall(n) - self.wall(2 * n)
+
+    def peak_rss_mb(self) -> float:
+        """MiB: the highest peak RSS of any of its runs."""
+        return max(r.peak_rss_mb for r in self.runs)
+
+
+# -- running processes ----------------------------------------------------------------------
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment for every measured process: `threads` CPU threads, the Hub offline."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return env
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat; 0 where there is none)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple[float, float, float, float]:
+    """Run `command` to completion; return (wall s, peak RSS MiB, its CPU s, other processes' CPU s).
+
+    Raise RuntimeError, quoting the end of its log, if it fails.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        out.write(" ".join(command) + "\n\n")
+        out.flush()
+        busy_before, started = busy_cpu_s(), time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not all children's
+        wall, busy = time.perf_counter() - started, busy_cpu_s() - busy_before
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"exit {process.returncode}: {' '.join(command)}\n--- last lines of {log} ---\n{tail}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, usage.ru_maxrss / 1024, cpu, max(busy - cpu, 0.0)  # Linux: ru_maxrss in KiB
+
+
+def probe(python: str, env: dict[str, str], modules: tuple[str, ...]) -> dict:
+    """torch version, thread count and CUDA availability of `python`; fails if `modules` do not import."""
+    code = (f"import json, torch, {', '.join(modules)}; print(json.dumps({{'torch': torch.__version__, "
+            "'threads': torch.get_num_threads(), 'cuda': torch.cuda.is_available()}))")
+    result = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"{python} cannot import {', '.join(modules)}:\n{result.stderr.strip()[-1500:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def petdream_can_train(python: str, env: dict[str, str]) -> bool:
+    """True if this checkout has the `train` command."""
+    result = subprocess.run([python, "-m", "petdream", "train", "--help"], env=env, cwd=REPO, capture_output=True)
+    return result.returncode == 0
+
+
+# -- the two trainers' command lines ---------------------------------------------------------
+
+
+def reference_command(python: str, script: Path, recipe: Recipe, steps: int, output: Path) -> list[str]:
+    """diffusers' train_dreambooth_lora.py, single process, with the recipe's settings."""
+    return [
+        python, str(script),
+        "--pretrained_model_name_or_path", str(recipe.model),
+        "--instance_data_dir", str(recipe.photos),
+        "--instance_prompt", f"a photo of {PET_NAME} {CLASS_NOUN}",
+        "--output_dir", str(output),
+        "--resolution", str(recipe.resolution),
+        "--train_batch_size", str(recipe.batch_size),
+        "--rank", str(recipe.rank),
+        "--learning_rate", str(recipe.learning_rate),
+        "--lr_scheduler", "constant",
+        "--max_train_steps", str(steps),
+        "--checkpointing_steps", str(NEVER),
+        "--mixed_precision", "no",
+        "--report_to", "all",  # "all" of none installed: no tracker (the default needs tensorboard)
+        "--seed", str(recipe.seed),
+    ]
+
+
+def petdream_command(python: str, config: Config, recipe: Recipe, steps: int, output: Path,
+                     data_dir: Path) -> list[str]:
+    """`python -m petdream train` with the recipe's settings; the tiny preset has no Min-SNR/offset noise."""
+    if config.name == "tiny":
+        profile = ["--profile", "tiny"]
+    else:
+        profile = ["--profile", "sd15", "--base-model", str(recipe.model)]
+    return [
+        python, "-m", "petdream", "train",
+        "--photos", str(recipe.photos),
+        "--name", PET_NAME,
+        "--class-noun", CLASS_NOUN,
+        "--output", str(output),
+        *profile,
+        "--data-dir", str(data_dir),
+        "--preset", "tiny",
+        "--method", "lora",
+        "--steps", str(steps),
+        "--resolution", str(recipe.resolution),
+        "--no-prior-preservation",
+        "--seed", str(recipe.seed),
+        "--rank", str(recipe.rank),
+        "--batch-size", str(recipe.batch_size),
+        "--gradient-accumulation", "1",
+        "--learning-rate", str(recipe.learning_rate),
+        "--mixed-precision", "no",
+        "--no-train-text-encoder",
+        "--no-gradient-checkpointing",
+        "--checkpoint-every", str(NEVER),
+        "--sample-every", "0",
+    ]
+
+
+# -- model folders ---------------------------------------------------------------------------
+
+
+def model_folder(config: Config, work_dir: Path, petdream_python: str, env: dict[str, str]) -> Path:
+    """The pipeline folder for `config`, built with PetDream's interpreter on first use."""
+    if config.name == "tiny":
+        code = ("import pathlib, sys; from petdream.models.profiles import tiny_profile; "
+                "print(tiny_profile(pathlib.Path(sys.argv[1])).base_model)")
+        command = [petdream_python, "-c", code, str(work_dir / "data")]
+    else:
+        print(f"building (once) the SD 1.5-shaped pipeline in {work_dir / 'sd15-arch'} ...", flush=True)
+        command = [petdream_python, str(REPO / "benchmarks" / "sd15_arch.py"), str(work_dir / "sd15-arch")]
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"could not build the {config.name} model:\n{result.stderr[-2000:]}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def measure(side: Side, recipe: Recipe, repeats: int, command_for, env: dict[str, str], run_dir: Path,
+            cwd: Path) -> Side:
+    """Run `side` for N and 2N steps, `repeats` times each; `command_for(steps, output)` builds its command."""
+    for repeat in range(1, repeats + 1):
+        for steps in (recipe.steps, 2 * recipe.steps):
+            output = run_dir / f"{side.name}-{steps}steps-r{repeat}"
+            shutil.rmtree(output, ignore_errors=True)
+            print(f"  {side.name}: {steps} steps (repeat {repeat}/{repeats}) ...", end=" ", flush=True)
+            wall, rss, cpu, others = run_measured(command_for(steps, output), env, cwd, output.with_suffix(".log"))
+            busy = f"; other processes used {others:.0f} CPU-s meanwhile: timings are noisy" \
+                if others > NOISE_SHARE * wall else ""
+            print(f"{wall:.1f} s, {cpu:.0f} CPU-s, peak RSS {rss:.0f} MiB{busy}", flush=True)
+            side.runs.append(Run(steps, wall, rss, cpu, others, str(output.with_suffix(".log"))))
+    return side
+
+
+def print_table(config: Config, recipe: Recipe, sides: list[Side], threads: int) -> dict:
+    """Print one config's table and ratios; return them as a dict (for --json)."""
+    n = recipe.steps
+    print(f"\n{config.name}: {recipe.resolution} px, batch {recipe.batch_size}, LoRA rank {recipe.rank}, "
+          f"lr {recipe.learning_rate:g}, seed {recipe.seed}, fp32, no prior preservation; "
+          f"N={n} and 2N={2 * n} steps; {threads} threads")
+    header = f"{'side':<10} {'torch':<14} {'t_N s':>8} {'t_2N s':>8} {'steps/s':>8} {'s/step':>8} " \
+             f"{'startup s':>9} {'peak RSS MiB':>12}"
+    print(header + "\n" + "-" * len(header))
+    rows = {}
+    for side in sides:
+        rate = side.steps_per_s(n)
+        rows[side.name] = dict(torch=side.torch, threads=side.threads, t_n_s=side.wall(n), t_2n_s=side.wall(2 * n),
+                               steps_per_s=rate, s_per_step=1 / rate, startup_s=side.startup_s(n),
+                               peak_rss_mb=side.peak_rss_mb(), runs=[dataclasses.asdict(r) for r in side.runs])
+        r = rows[side.name]
+        print(f"{side.name:<10} {side.torch:<14} {r['t_n_s']:>8.1f} {r['t_2n_s']:>8.1f} {rate:>8.3f} "
+              f"{1 / rate:>8.2f} {r['startup_s']:>9.1f} {r['peak_rss_mb']:>12.0f}")
+    result = dict(config=config.name, resolution=recipe.resolution, steps=n, threads=threads,
+                  model=str(recipe.model), sides=rows)
+    if {"reference", "petdream"} <= rows.keys():
+        speed = rows["petdream"]["steps_per_s"] / rows["reference"]["steps_per_s"]
+        memory = rows["petdream"]["peak_rss_mb"] / rows["reference"]["peak_rss_mb"]
+        met = speed >= TARGET_SPEEDUP and memory <= TARGET_MEMORY
+        print(f"petdream/reference: steps/s {speed:.2f}x, peak RSS {memory:.2f}x  "
+              f"(target: steps/s >= {TARGET_SPEEDUP}x with peak RSS <= {TARGET_MEMORY}x: "
+              f"{'met' if met else 'NOT met'})")
+        if any(s.steps_per_s(n) <= 0 for s in sides):
+            print("warning: t_2N <= t_N for a side: too few steps to see the loop; raise --steps")
+        result.update(speedup=speed, memory_ratio=memory, target_met=met)
+    return result
+
+
+def bench_config(config: Config, args: argparse.Namespace, env: dict[str, str], sides: dict[str, dict]) -> dict:
+    """Build the model folder, run both sides, print the table."""
+    recipe = Recipe(model=model_folder(config, args.work_dir, args.petdream_python, env), photos=args.photos,
+                    resolution=args.resolution or config.resolution, steps=args.steps or config.steps)
+    run_dir = args.work_dir / "runs" / config.name
+    print(f"\n== {config.name}: model {recipe.model}, logs in {run_dir}", flush=True)
+    measured = []
+    if "reference" in sides:
+        info = sides["reference"]
+        measured.append(measure(
+            Side("reference", info["torch"], info["threads"]), recipe, args.repeats,
+            lambda steps, out: reference_command(args.reference_python, args.reference_script, recipe, steps, out),
+            env, run_dir, cwd=run_dir))
+    if "petdream" in sides:
+        info = sides["petdream"]
+        measured.append(measure(
+            Side("petdream", info["torch"], info["threads"]), recipe, args.repeats,
+            lambda steps, out: petdream_command(args.petdream_python, config, recipe, steps, out,
+                                                args.work_dir / "data"),
+            env, run_dir, cwd=REPO))
+    return print_table(config, recipe, measured, args.threads)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=(*CONFIGS, "all"), default="tiny")
+    parser.add_argument("--steps", type=int, help="N: each side runs N and 2N steps "
+                        f"(default: {', '.join(f'{c.name} {c.steps}' for c in CONFIGS.values())})")
+    parser.add_argument("--resolution", type=int, help="px (default: tiny 128, sd15-arch 256; 512 on a GPU)")
+    parser.add_argument("--threads", type=int, default=2, help="OMP/MKL/torch threads for both sides (default: 2)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each length; the fastest counts (default 1)")
+    parser.add_argument("--reference-script", type=Path, default=os.environ.get("PETDREAM_REFERENCE_SCRIPT"),
+                        help="diffusers' examples/dreambooth/train_dreambooth_lora.py "
+                             "(or env PETDREAM_REFERENCE_SCRIPT)")
+    parser.add_argument("--reference-python", default=os.environ.get("PETDREAM_REFERENCE_PYTHON", sys.executable),
+                        help="interpreter with torchvision for the reference (or env PETDREAM_REFERENCE_PYTHON; "
+                             "default: this one)")
+    parser.add_argument("--petdream-python", default=sys.executable, help="interpreter for PetDream (default: this one)")
+    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help=f"instance photos (default: {DEFAULT_PHOTOS})")
+    parser.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "petdream-bench",
+                        help="models, outputs and logs (default: ~/.cache/petdream-bench)")
+    parser.add_argument("--only", choices=("reference", "petdream"), help="run one side only")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    args.work_dir = args.work_dir.resolve()
+    args.photos = args.photos.resolve()
+    return args
+
+
+def available_sides(args: argparse.Namespace, env: dict[str, str]) -> dict[str, dict]:
+    """{side: probe info} for the sides that can run; explain on stdout why one cannot."""
+    sides = {}
+    if args.only in (None, "reference"):
+        if args.reference_script is None or not Path(args.reference_script).is_file():
+            sys.exit(f"error: the reference script {args.reference_script or '(not given)'} is missing. Get it with\n"
+                     "  git clone --depth 1 https://github.com/huggingface/diffusers && pass\n"
+                     "  --reference-script diffusers/examples/dreambooth/train_dreambooth_lora.py "
+                     "(see benchmarks/README.md)")
+        args.reference_script = Path(args.reference_script).resolve()
+        sides["reference"] = probe(args.reference_python, env, ("torchvision", "diffusers", "peft", "accelerate"))
+    if args.only in (None, "petdream"):
+        if petdream_can_train(args.petdream_python, env):
+            sides["petdream"] = probe(args.petdream_python, env, ("petdream",))
+        else:
+            print(f"note: `{args.petdream_python} -m petdream train` is not available in this checkout; "
+                  "measuring the reference only")
+    for name, info in sides.items():
+        if info["threads"] != args.threads:
+            print(f"warning: {name}'s torch uses {info['threads']} threads, not {args.threads}")
+    return sides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.photos.is_dir():
+        print(f"SKIP: the photos folder {args.photos} does not exist (give one with --photos)")
+        return 0
+    env = thread_env(args.threads)
+    sides = available_sides(args, env)
+    for name, info in sides.items():
+        print(f"{name}: torch {info['torch']}, {info['threads']} threads, CUDA {'yes' if info['cuda'] else 'no'}")
+    configs = list(CONFIGS.values()) if args.config == "all" else [CONFIGS[args.config]]
+    results = [bench_config(config, args, env, sides) for config in configs]
+    if args.json:
+        machine = dict(cpus=os.cpu_count(), platform=platform.platform(), python=platform.python_version())
+        args.json.write_text(json.dumps(dict(machine=machine, threads=args.threads, results=results), indent=2))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""DreamBooth training on the tiny profile: outputs, events, checkpoints, resume, guard rails."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from photo_factory import make_photo
+from safetensors.torch import load_file
+
+from conftest import REPO
+from petdream.petmodel import PetModel
+from petdream.photos import intake
+from petdream.training import (
+    Cancelled,
+    CheckpointSaved,
+    DreamBoothTrainer,
+    Failed,
+    Finished,
+    Note,
+    Progress,
+    Sample,
+    TrainingConfig,
+    choose_trigger,
+    new_pet,
+)
+from petdream.training.checkpoints import Checkpoints
+
+FAST = dict(steps=6, checkpoint_every=3, num_class_images=2, class_image_steps=2, sample_steps=2)
+
+
+@pytest.fixture(scope="module")
+def photos(tiny):
+    """Four synthetic photos, already at the tiny resolution (intake's output)."""
+    return intake([(f"p{i}.png", _png(make_photo(i, (200, 160)))) for i in range(4)], resolution=tiny.resolution).accepted
+
+
+def _png(image):
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_trainer(tiny, photos, data_dir, output, name="Bruno", **overrides):
+    pet, _ = new_pet(name, "dog")
+    config = TrainingConfig.preset("tiny", **{**FAST, **overrides})
+    return DreamBoothTrainer(tiny, photos, pet, output, config, data_dir=data_dir, device="cpu")
+
+
+def run_all(trainer, resume=False):
+    return list(trainer.run(resume=resume))
+
+
+def weights(folder):
+    return load_file(folder / "pytorch_lora_weights.safetensors")
+
+
+def same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- configuration and triggers --------------------------------------------------------------
+
+
+def test_paper_preset_is_the_papers_recipe():
+    paper = TrainingConfig.preset("paper")
+    assert (paper.method, paper.learning_rate, paper.steps, paper.batch_size, paper.gradient_accumulation) == (
+        "full", 5e-6, 300, 2, 2)
+    assert paper.mixed_precision == "fp16" and paper.gradient_checkpointing and paper.optimizer == "adamw8bit"
+
+
+def test_presets_can_be_overridden_and_bad_values_are_refused():
+    assert TrainingConfig.preset("quick", steps=10, rank=None).steps == 10
+    assert TrainingConfig.preset("quick").prior_preservation
+    with pytest.raises(ValueError, match="unknown preset 'fast'; choose one of paper, quick, tiny"):
+        TrainingConfig.preset("fast")
+    with pytest.raises(ValueError, match="method must be one of lora, full; got 'dora'"):
+        TrainingConfig(method="dora")
+    with pytest.raises(ValueError, match="resolution must be a multiple of 8"):
+        TrainingConfig(resolution=100)
+
+
+@pytest.mark.parametrize(
+    "name, trigger, why",
+    [
+        ("Bruno", "bruno", None),
+        ("Luna", "luna", None),
+        ("Pepper", "ohwx", "'pepper' is also a common word, so the model would draw a pepper"),
+        ("Mr. Whiskers", "ohwx", "'mrwhiskers' splits into"),
+        ("小黑", "ohwx", "has no Latin letters"),
+    ],
+)
+def test_trigger_is_the_name_unless_it_would_draw_the_wrong_thing(name, trigger, why):
+    from petdream.models.tiny import clip_tokenizer
+
+    chosen, reason = choose_trigger(name, clip_tokenizer())
+    assert chosen == trigger
+    assert (reason is None) if why is None else why in reason
+
+
+def test_new_pet_keeps_name_and_trigger_and_says_why():
+    pet, note = new_pet("Pepper", " Dog ")
+    assert (pet.name, pet.trigger, pet.class_noun, pet.instance_prompt) == ("Pepper", "ohwx", "dog", "a photo of ohwx dog")
+    assert note.startswith('Pepper will be called "ohwx" in prompts')
+    assert new_pet("Pepper", "dog", trigger="pep")[0].trigger == "pep"
+    with pytest.raises(ValueError, match="class noun"):
+        new_pet("Rex", "  ")
+
+
+# -- a whole run -----------------------------------------------------------------------------
+
+
+def test_a_run_emits_events_in_order_and_writes_a_pet_model(tiny, photos, data_dir, tmp_path):
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "bruno", sample_every=2))
+    kinds = [type(e) for e in events]
+    assert kinds[-1] is Finished and Failed not in kinds
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [p.step for p in progress] == [1, 2, 3, 4, 5, 6] and progress[-1].eta_seconds == 0
+    assert all(p.total_steps == 6 and p.loss > 0 and p.learning_rate == 1e-3 and p.steps_per_second > 0 for p in progress)
+    assert [e.step for e in events if isinstance(e, Sample)] == [2, 4, 6]
+    assert [e.step for e in events if isinstance(e, CheckpointSaved)] == [3]
+    sample = [e for e in events if isinstance(e, Sample)][-1]
+    assert sample.prompts == ["a photo of bruno dog", "a photo of bruno dog on a sunny beach"]
+    assert all(image.size == (128, 128) for image in sample.images)
+
+    model = events[-1].model
+    assert isinstance(model, PetModel) and model.method == "lora" and model.pet.trigger == "bruno"
+    meta = json.loads((model.path / "petdream.json").read_text())
+    training = meta["training"]
+    for key in ("learning_rate", "rank", "batch_size", "gradient_accumulation", "prior_preservation", "seed",
+                "steps", "seconds", "final_loss", "instance_prompt", "class_prompt", "resolution"):
+        assert key in training, key
+    assert training["steps_done"] == 6 and training["final_loss"] == progress[-1].loss
+    assert meta["base_model"] == {"id": "petdream/tiny-sd-v1", "revision": None}
+    assert [p["sha256"] for p in meta["photos"]] == [p.sha256 for p in photos]
+    assert (model.path / "loss.png").stat().st_size > 1000
+    assert (model.path / "samples" / "grid.png").is_file()
+    assert not (model.path / "checkpoints").exists()  # only an unfinished run needs them
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tiny, photos, data_dir, tmp_path):
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "a"))
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "b"))
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "c", seed=1))
+    assert same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    assert not same_weights(weights(tmp_path / "a"), weights(tmp_path / "c"))
+
+
+def test_class_images_are_generated_once_per_base_model_and_class(tiny, photos, data_dir, tmp_path):
+    from petdream.training.data import class_images_folder
+
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "one", num_class_images=3))
+    folder = class_images_folder(data_dir, tiny.base_model_id, None, "dog", 128)
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+    assert len(stamps) >= 3
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "two", num_class_images=3))
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == stamps
+
+
+@pytest.mark.parametrize("options", [
+    dict(prior_preservation=False),
+    dict(snr_gamma=5.0, offset_noise=0.05),
+    dict(batch_size=2, gradient_accumulation=2, lr_scheduler="cosine", lr_warmup_steps=2),
+    dict(gradient_checkpointing=True, optimizer="adamw8bit"),
+])
+def test_training_options_run_to_the_end(tiny, photos, data_dir, tmp_path, options):
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", **options))
+    assert isinstance(events[-1], Finished), events[-1]
+    notes = [e.text for e in events if isinstance(e, Note)]
+    if options.get("optimizer") == "adamw8bit":
+        assert "8-bit AdamW needs a CUDA GPU; using AdamW (32-bit state) on the CPU." in notes
+
+
+def test_text_encoder_lora_is_saved_for_plain_diffusers(tiny, photos, data_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", train_text_encoder=True))
+    keys = weights(tmp_path / "pet").keys()
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny.base_model, safety_checker=None)
+    pipeline.load_lora_weights(events[-1].model.path)
+    assert set(pipeline.get_list_adapters()) == {"unet", "text_encoder"}
+
+
+def test_full_fine_tune_writes_a_pipeline_the_generator_draws_with(tiny, photos, data_dir, tmp_path, generator):
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "full", method="full", learning_rate=1e-3))
+    model = events[-1].model
+    assert model.method == "full" and (model.path / "pipeline" / "unet").is_dir()
+    assert not model.lora_weights.exists()
+    trained = generator.generate("a photo of bruno dog", seed=0, steps=3, pet=model).images[0]
+    base = generator.generate("a photo of bruno dog", seed=0, steps=3).images[0]
+    assert trained.tobytes() != base.tobytes()
+
+
+# -- interruptions -----------------------------------------------------------------------------
+
+
+def test_cancel_from_another_thread_stops_within_a_step_and_resume_matches(tiny, photos, data_dir, tmp_path):
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "whole", steps=8))
+    trainer = make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8)
+    events = []
+    for event in trainer.run():
+        events.append(event)
+        if isinstance(event, Progress) and event.step == 2:
+            threading.Thread(target=trainer.cancel).start()
+            time.sleep(0.2)
+    cancelled = events[-1]
+    assert isinstance(cancelled, Cancelled) and cancelled.step in (2, 3)
+    assert cancelled.checkpoint.name == f"step-{cancelled.step:06d}"
+    assert not (tmp_path / "cut" / "petdream.json").exists()
+
+    again = make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8)
+    with pytest.raises(Exception):  # without --resume the unfinished run is not thrown away
+        again.train()
+    resumed = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8), resume=True)
+    assert f"Resuming from step {cancelled.step}" in " ".join(e.text for e in resumed if isinstance(e, Note))
+    assert [e.step for e in resumed if isinstance(e, Progress)][0] == cancelled.step + 1
+    assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny, photos, data_dir, tmp_path):
+    trainer = make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8)
+    for event in trainer.run():
+        if isinstance(event, CheckpointSaved):
+            trainer.cancel()
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8, learning_rate=5e-4), resume=True)
+    assert isinstance(events[-1], Failed) and "made with other settings" in events[-1].reason
+
+
+def test_checkpoints_keep_the_last_n(tiny, photos, data_dir, tmp_path):
+    trainer = make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=9, checkpoint_every=2, checkpoints_kept=2)
+    for event in trainer.run():
+        if isinstance(event, Progress) and event.step == 7:
+            trainer.cancel()
+    names = sorted(p.name for p in (tmp_path / "pet" / "checkpoints").iterdir())
+    assert names == ["step-000006", "step-000007"]
+
+
+def test_killed_with_sigkill_resumes_to_the_same_weights(tiny, photos, data_dir, tmp_path, dreambench):
+    """The CLI, killed -9 mid-run, resumed with --resume, ends where an uninterrupted run ends."""
+    args = ["--profile", "tiny", "--photos", dreambench / "dog", "--name", "bruno", "--class-noun", "dog",
+            "--steps", "40", "--checkpoint-every", "5", "--num-class-images", "2"]
+    env = {**os.environ, "PETDREAM_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+
+    def train(output, *extra):
+        command = [sys.executable, "-m", "petdream", "train", *map(str, args), "--output", str(output), *extra]
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    whole = train(tmp_path / "whole")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+
+    victim = train(tmp_path / "killed")
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "step-000010").is_dir():
+        assert victim.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=30) == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "petdream.json").exists()
+    assert Checkpoints(checkpoints, keep=2).latest() is not None
+
+    resumed = train(tmp_path / "killed", "--resume")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "Resuming from step" in err and "trained bruno" in out
+    assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "killed"))
+
+
+# -- guard rails -------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny, photos, data_dir, tmp_path, monkeypatch):
+    real = DreamBoothTrainer._loss
+    calls = []
+
+    def diverging(self, *args):
+        calls.append(1)
+        loss = real(self, *args)
+        return loss * float("nan") if len(calls) >= 4 else loss
+
+    monkeypatch.setattr(DreamBoothTrainer, "_loss", diverging)
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet"))
+    failed = events[-1]
+    assert isinstance(failed, Failed)
+    assert failed.reason.startswith("The loss became nan at step 4: training diverged. Lower the learning rate")
+    assert failed.checkpoint.name == "step-000003"
+
+
+def test_out_of_memory_retries_once_with_checkpointing_and_a_smaller_batch(tiny, photos, data_dir, tmp_path, monkeypatch):
+    real = DreamBoothTrainer._loss
+    calls = []
+
+    def oom_once(self, *args):
+        calls.append(args[-2])  # batch_size
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(self, *args)
+
+    monkeypatch.setattr(DreamBoothTrainer, "_loss", oom_once)
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", batch_size=2))
+    notes = [e.text for e in events if isinstance(e, Note)]
+    assert ("Out of GPU memory at step 2: retrying with gradient checkpointing and batch size 1 x 2 accumulation."
+            in notes)
+    assert isinstance(events[-1], Finished) and calls[:3] == [2, 2, 1]
+
+
+def test_out_of_memory_twice_fails_kindly(tiny, photos, data_dir, tmp_path, monkeypatch):
+    def always_oom(self, *args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(DreamBoothTrainer, "_loss", always_oom)
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet"))
+    assert isinstance(events[-1], Failed) and "Out of GPU memory even with gradient checkpointing" in events[-1].reason
+
+
+def test_full_disk_fails_clearly_and_keeps_the_last_checkpoint(tiny, photos, data_dir, tmp_path, monkeypatch):
+    real_save = Checkpoints.save
+
+    def fill_disk_on_second(self, step, *args, **kwargs):
+        if step > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.folder))
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoints, "save", fill_disk_on_second)
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8))
+    failed = events[-1]
+    assert isinstance(failed, Failed) and failed.reason.startswith("The disk is full")
+    assert failed.checkpoint.name == "step-000003" and (failed.checkpoint / "trainable.safetensors").is_file()
+
+
+def test_a_second_training_on_the_same_device_waits(tiny, photos, data_dir, tmp_path):
+    first = make_trainer(tiny, photos, data_dir, tmp_path / "first", steps=10)
+    second = make_trainer(tiny, photos, data_dir, tmp_path / "second", steps=2)
+    first_events, second_events = [], []
+    started = threading.Event()
+
+    def run_first():
+        for event in first.run():
+            first_events.append((time.monotonic(), event))
+            started.set()
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    started.wait(60)
+    for event in second.run():
+        second_events.append((time.monotonic(), event))
+    thread.join()
+    assert isinstance(second_events[0][1], Note) and "Another training is using the cpu" in second_events[0][1].text
+    first_done = first_events[-1][0]
+    assert isinstance(second_events[-1][1], Finished)
+    assert all(t >= first_done for t, e in second_events if isinstance(e, Progress))
+
+
+def test_a_finished_pet_model_is_never_overwritten(tiny, photos, data_dir, tmp_path):
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet"))
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet"))
+    assert isinstance(events[-1], Failed) and "already holds a trained pet model" in events[-1].reason
+
+
+def test_photos_at_the_wrong_size_are_refused(tiny, data_dir, tmp_path):
+    wrong = intake([("a.png", _png(make_photo(1, (300, 300))))], resolution=256).accepted
+    with pytest.raises(ValueError, match="Photos must be 128x128 px"):
+        make_trainer(tiny, wrong, data_dir, tmp_path / "pet")
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def test_cli_trains_the_dog_photos_and_plain_diffusers_draws_with_the_result(tiny, data_dir, tmp_path, dreambench):
+    from diffusers import StableDiffusionPipeline
+
+    env = {**os.environ, "PETDREAM_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "petdream", "train", "--profile", "tiny", "--preset", "tiny", "--photos",
+               str(dreambench / "dog"), "--name", "bruno", "--class-noun", "dog", "--output", str(tmp_path / "bruno"),
+               "--steps", "50"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("trained bruno (lora, preset tiny, 5 photos, 50 steps) in ")
+    assert summary.endswith(f'prompt with "bruno dog" -> {tmp_path / "bruno"}')
+
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny.base_model, safety_checker=None)
+    pipeline.set_progress_bar_config(disable=True)
+
+    def draw():
+        return pipeline("a photo of bruno dog", num_inference_steps=5, generator=torch.Generator().manual_seed(0),
+                        output_type="np").images[0]
+
+    before = draw()
+    pipeline.load_lora_weights(tmp_path / "bruno")  # plain diffusers, no PetDream
+    after = draw()
+    assert abs(after - before).mean() > 0.005
+
+
+def test_cli_with_too_few_usable_photos_says_how_many_more(tmp_path, data_dir, tiny):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    make_photo(1).save(folder / "a.jpg")
+    (folder / "b.jpg").write_text("not a photo")
+    env = {**os.environ, "PETDREAM_DATA_DIR": str(data_dir)}
+    result = subprocess.run([sys.executable, "-m", "petdream", "train", "--profile", "tiny", "--photos", str(folder),
+                             "--name", "rex", "--class-noun", "dog", "--output", str(tmp_path / "rex")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "skipped b.jpg: b.jpg is not a photo" in result.stderr
+    assert "error: Only 1 usable photo; DreamBooth needs at least 3. Add 2 more photos of your pet." in result.stderr
+    assert not (tmp_path / "rex").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -165,7 +166,9 @@ def run_train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     signal.signal(signal.SIGINT, cancel_on_ctrl_c)
-    bar = tqdm(total=config.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+    # Under `accelerate launch` / torchrun every process runs this; only rank 0 reports.
+    quiet = os.environ.get("RANK", "0") != "0"
+    bar = tqdm(total=config.steps, unit="step", file=sys.stderr, dynamic_ncols=True, disable=quiet)
     for event in trainer.run(resume=args.resume):
         if isinstance(event, Progress):
             bar.n = event.step
@@ -176,6 +179,8 @@ def run_train(args: argparse.Namespace) -> int:
             bar.write(f"checkpoint: {event.path}", file=sys.stderr)
         elif isinstance(event, Finished):
             bar.close()
+            if quiet:
+                return 0
             print(f"trained {pet.name} ({config.method}, preset {preset}, {len(report.accepted)} photos, "
                   f"{event.model.training['steps_done']} steps) in {event.seconds:.1f} s, final loss "
                   f"{event.final_loss:.4f}; prompt with \"{pet.phrase}\" -> {event.model.path}")

@@ -354,7 +354,7 @@ def test_a_second_training_on_the_same_device_waits(tiny, photos, data_dir, tmp_
     for event in second.run():
         second_events.append((time.monotonic(), event))
     thread.join()
-    assert isinstance(second_events[0][1], Note) and "Another training is using the cpu" in second_events[0][1].text
+    assert isinstance(second_events[0][1], Note) and "Another training is using the cpu-0" in second_events[0][1].text
     first_done = first_events[-1][0]
     assert isinstance(second_events[-1][1], Finished)
     assert all(t >= first_done for t, e in second_events if isinstance(e, Progress))

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import threading
@@ -146,7 +147,8 @@ class DreamBoothTrainer:
         unet, vae, text_encoder, tokenizer, noise_scheduler = parts
         if config.prior_preservation:
             yield Note(f"Preparing {config.num_class_images} class images of \"{self.class_prompt}\" (cached for reuse).")
-            class_photos = self._class_images(parts)
+            with accelerator.main_process_first():  # one process fills the cache, the others read it
+                class_photos = self._class_images(parts)
         _cast(vae, weight_dtype)
         instance_latents = encode_images(vae, [p.image for p in self.photos])
         class_latents = encode_images(vae, class_photos) if config.prior_preservation else None
@@ -240,10 +242,13 @@ class DreamBoothTrainer:
             if step % config.checkpoint_every == 0 and step < config.steps:
                 yield CheckpointSaved(step, self._save_checkpoint(step, losses, trainable, optimizer, lr_scheduler))
 
-        final_sample = self._sample(step, parts, unet, text_encoder)
-        yield final_sample
-        model = self._save_pet_model(unet, text_encoder, parts, losses, final_sample, time.monotonic() - started)
-        yield Finished(model, time.monotonic() - started, losses[-1])
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # one PetModel, written by one process
+            final_sample = self._sample(step, parts, unet, text_encoder)
+            yield final_sample
+            self._save_pet_model(unet, text_encoder, parts, losses, final_sample, time.monotonic() - started)
+        accelerator.wait_for_everyone()
+        yield Finished(PetModel.load(self.output_dir), time.monotonic() - started, losses[-1])
 
     def _loss(self, unet, noise_scheduler, instance_latents, class_latents, embeddings, batch_size, g) -> torch.Tensor:
         """The DreamBooth loss of one micro-batch: denoising error on the pet's photos, plus the
@@ -375,6 +380,8 @@ class DreamBoothTrainer:
     def _wait_for_device(self):
         """An exclusive lock on the training device, shared by threads and processes; waits if taken."""
         device = "cuda" if torch.cuda.is_available() and self.device_setting != "cpu" else "cpu"
+        # Under `accelerate launch` each process owns the device of its local rank.
+        device += f"-{os.environ.get('LOCAL_RANK', '0')}"
         path = self.data_dir / "locks" / f"train-{device}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "w")
@@ -423,7 +430,7 @@ class DreamBoothTrainer:
         unet_model.train()
         return Sample(step, images, prompts)
 
-    def _save_pet_model(self, unet, text_encoder, parts, losses, sample: Sample, seconds: float) -> PetModel:
+    def _save_pet_model(self, unet, text_encoder, parts, losses, sample: Sample, seconds: float) -> None:
         """Write weights, samples, loss.png, then petdream.json last: a folder with it is complete."""
         from diffusers import StableDiffusionPipeline
 
@@ -463,7 +470,6 @@ class DreamBoothTrainer:
         )
         model.write_metadata()
         shutil.rmtree(self.checkpoints.folder, ignore_errors=True)  # only needed to resume an unfinished run
-        return PetModel.load(out)
 
 
 def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:

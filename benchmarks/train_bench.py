@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -101,8 +102,13 @@ class Side:
         return min(r.wall_s for r in self.runs if r.steps == steps)
 
     def steps_per_s(self, n: int) -> float:
-        """Training-loop steps per second: N / (t_2N - t_N)."""
-        return n / (self.wall(2 * n) - self.wall(n))
+        """Training-loop steps per second: N / (t_2N - t_N); NaN if t_2N <= t_N (too few steps, or noise)."""
+        loop = self.wall(2 * n) - self.wall(n)
+        return n / loop if loop > 0 else math.nan
+
+    def noisy(self) -> bool:
+        """True if other processes used the CPUs noticeably during any of its runs."""
+        return any(r.others_cpu_s > NOISE_SHARE * r.wall_s for r in self.runs)
 
     def startup_s(self, n: int) -> float:
         """Seconds not spent in training steps (load, prepare, save): t_N - N / rate = 2 t_N - t_2N."""
@@ -249,18 +255,41 @@ def model_folder(config: Config, work_dir: Path, petdream_python: str, env: dict
 # -- measuring -------------------------------------------------------------------------------
 
 
-def measure(side: Side, recipe: Recipe, repeats: int, command_for, env: dict[str, str], run_dir: Path,
-            cwd: Path) -> Side:
-    """Run `side` for N and 2N steps, `repeats` times each; `command_for(steps, output)` builds its command."""
-    for repeat in range(1, repeats + 1):
+def wait_for_quiet(limit_s: float, window_s: float = 5.0) -> None:
+    """Wait (at most `limit_s` seconds) until other processes use under NOISE_SHARE of the CPUs."""
+    deadline, told = time.monotonic() + limit_s, False
+    while True:
+        before = busy_cpu_s()
+        time.sleep(window_s)
+        share = (busy_cpu_s() - before) / (window_s * (os.cpu_count() or 1))
+        if share < NOISE_SHARE or time.monotonic() > deadline:
+            return
+        if not told:
+            print(f"(the machine is {share:.0%} busy: waiting up to {limit_s:.0f} s for it to be quiet)", end=" ",
+                  flush=True)
+            told = True
+
+
+def measure(side: Side, recipe: Recipe, args: argparse.Namespace, command_for, env: dict[str, str],
+            run_dir: Path, cwd: Path) -> Side:
+    """Run `side` for N and 2N steps, `args.repeats` times each; `command_for(steps, output)` builds its command.
+
+    Each run starts once the machine is quiet; a run during which other processes still used
+    the CPUs noticeably is done again, up to `args.retries` times.
+    """
+    for repeat in range(1, args.repeats + 1):
         for steps in (recipe.steps, 2 * recipe.steps):
             output = run_dir / f"{side.name}-{steps}steps-r{repeat}"
-            shutil.rmtree(output, ignore_errors=True)
-            print(f"  {side.name}: {steps} steps (repeat {repeat}/{repeats}) ...", end=" ", flush=True)
-            wall, rss, cpu, others = run_measured(command_for(steps, output), env, cwd, output.with_suffix(".log"))
-            busy = f"; other processes used {others:.0f} CPU-s meanwhile: timings are noisy" \
-                if others > NOISE_SHARE * wall else ""
-            print(f"{wall:.1f} s, {cpu:.0f} CPU-s, peak RSS {rss:.0f} MiB{busy}", flush=True)
+            for attempt in range(args.retries + 1):
+                shutil.rmtree(output, ignore_errors=True)
+                print(f"  {side.name}: {steps} steps (repeat {repeat}/{args.repeats}) ...", end=" ", flush=True)
+                wait_for_quiet(args.quiet_wait)
+                wall, rss, cpu, others = run_measured(command_for(steps, output), env, cwd, output.with_suffix(".log"))
+                noisy = others > NOISE_SHARE * wall
+                print(f"{wall:.1f} s, {cpu:.0f} CPU-s, peak RSS {rss:.0f} MiB"
+                      + (f"; other processes used {others:.0f} CPU-s meanwhile: noisy" if noisy else ""), flush=True)
+                if not noisy or attempt == args.retries:
+                    break
             side.runs.append(Run(steps, wall, rss, cpu, others, str(output.with_suffix(".log"))))
     return side
 
@@ -277,23 +306,24 @@ def print_table(config: Config, recipe: Recipe, sides: list[Side], threads: int)
     rows = {}
     for side in sides:
         rate = side.steps_per_s(n)
-        rows[side.name] = dict(torch=side.torch, threads=side.threads, t_n_s=side.wall(n), t_2n_s=side.wall(2 * n),
-                               steps_per_s=rate, s_per_step=1 / rate, startup_s=side.startup_s(n),
-                               peak_rss_mb=side.peak_rss_mb(), runs=[dataclasses.asdict(r) for r in side.runs])
-        r = rows[side.name]
+        rows[side.name] = r = dict(
+            torch=side.torch, threads=side.threads, t_n_s=side.wall(n), t_2n_s=side.wall(2 * n), steps_per_s=rate,
+            s_per_step=1 / rate, startup_s=side.startup_s(n), peak_rss_mb=side.peak_rss_mb(), noisy=side.noisy(),
+            runs=[dataclasses.asdict(run) for run in side.runs])
         print(f"{side.name:<10} {side.torch:<14} {r['t_n_s']:>8.1f} {r['t_2n_s']:>8.1f} {rate:>8.3f} "
-              f"{1 / rate:>8.2f} {r['startup_s']:>9.1f} {r['peak_rss_mb']:>12.0f}")
+              f"{1 / rate:>8.2f} {r['startup_s']:>9.1f} {r['peak_rss_mb']:>12.0f}"
+              + ("  (noisy: other processes were busy)" if side.noisy() else ""))
     result = dict(config=config.name, resolution=recipe.resolution, steps=n, threads=threads,
                   model=str(recipe.model), sides=rows)
+    if any(math.isnan(r["steps_per_s"]) for r in rows.values()):
+        print("warning: t_2N <= t_N for a side: start-up noise hides the loop; raise --steps or --repeats")
     if {"reference", "petdream"} <= rows.keys():
         speed = rows["petdream"]["steps_per_s"] / rows["reference"]["steps_per_s"]
         memory = rows["petdream"]["peak_rss_mb"] / rows["reference"]["peak_rss_mb"]
         met = speed >= TARGET_SPEEDUP and memory <= TARGET_MEMORY
         print(f"petdream/reference: steps/s {speed:.2f}x, peak RSS {memory:.2f}x  "
-              f"(target: steps/s >= {TARGET_SPEEDUP}x with peak RSS <= {TARGET_MEMORY}x: "
+              f"(target: steps/s >= {TARGET_SPEEDUP:g}x with peak RSS <= {TARGET_MEMORY:g}x: "
               f"{'met' if met else 'NOT met'})")
-        if any(s.steps_per_s(n) <= 0 for s in sides):
-            print("warning: t_2N <= t_N for a side: too few steps to see the loop; raise --steps")
         result.update(speedup=speed, memory_ratio=memory, target_met=met)
     return result
 
@@ -308,13 +338,13 @@ def bench_config(config: Config, args: argparse.Namespace, env: dict[str, str], 
     if "reference" in sides:
         info = sides["reference"]
         measured.append(measure(
-            Side("reference", info["torch"], info["threads"]), recipe, args.repeats,
+            Side("reference", info["torch"], info["threads"]), recipe, args,
             lambda steps, out: reference_command(args.reference_python, args.reference_script, recipe, steps, out),
             env, run_dir, cwd=run_dir))
     if "petdream" in sides:
         info = sides["petdream"]
         measured.append(measure(
-            Side("petdream", info["torch"], info["threads"]), recipe, args.repeats,
+            Side("petdream", info["torch"], info["threads"]), recipe, args,
             lambda steps, out: petdream_command(args.petdream_python, config, recipe, steps, out,
                                                 args.work_dir / "data"),
             env, run_dir, cwd=REPO))
@@ -332,6 +362,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, help="px (default: tiny 128, sd15-arch 256; 512 on a GPU)")
     parser.add_argument("--threads", type=int, default=2, help="OMP/MKL/torch threads for both sides (default: 2)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each length; the fastest counts (default 1)")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="redo a run this many times if other processes used the CPUs during it (default 2)")
+    parser.add_argument("--quiet-wait", type=float, default=600,
+                        help="seconds to wait, before each run, for other processes to go quiet (default 600)")
     parser.add_argument("--reference-script", type=Path, default=os.environ.get("PETDREAM_REFERENCE_SCRIPT"),
                         help="diffusers' examples/dreambooth/train_dreambooth_lora.py "
                              "(or env PETDREAM_REFERENCE_SCRIPT)")

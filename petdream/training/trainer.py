@@ -22,6 +22,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from petdream.photos import Photo
 from petdream.training.checkpoints import Checkpoints
 from petdream.training.config import TrainingConfig
 from petdream.training.data import (
+    LatentCache,
     class_images_folder,
     encode_images,
     encode_prompt,
@@ -128,106 +130,43 @@ class DreamBoothTrainer:
     # -- the run ---------------------------------------------------------------------------
 
     def _run(self, resume: bool) -> Iterator[Event]:
-        from accelerate import Accelerator
-
-        config = self.config
-        cuda = torch.cuda.is_available() and self.device_setting != "cpu"
-        precision = config.mixed_precision if config.mixed_precision != "auto" else ("fp16" if cuda else "no")
-        if precision != "no" and not cuda:
-            yield Note(f"Mixed precision {precision} needs a CUDA GPU; training in full precision (fp32) on the CPU.")
-            precision = "no"
-        accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
-        self.accelerator = accelerator
-        if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True  # free speed on Ampere+; DreamBooth doesn't need full fp32
-            torch.backends.cudnn.allow_tf32 = True
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-
-        parts = self._load_models(accelerator.device)
-        unet, vae, text_encoder, tokenizer, noise_scheduler = parts
-        if config.prior_preservation:
-            yield Note(f"Preparing {config.num_class_images} class images of \"{self.class_prompt}\" (cached for reuse).")
-            with accelerator.main_process_first():  # one process fills the cache, the others read it
-                class_photos = self._class_images(parts)
-        _cast(vae, weight_dtype)
-        instance_latents = encode_images(vae, [p.image for p in self.photos])
-        class_latents = encode_images(vae, class_photos) if config.prior_preservation else None
-        torch.manual_seed(config.seed)  # LoRA's initial weights come from the global generator
-        trainable = self._make_trainable(unet, text_encoder, weight_dtype)
-        if not config.train_text_encoder:
-            _cast(text_encoder, weight_dtype)
-            prompts = {p: encode_prompt(text_encoder, tokenizer, p) for p in (self.instance_prompt, self.class_prompt)}
-        if config.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        if cuda:
-            unet.to(memory_format=torch.channels_last)
-        optimizer, note = self._optimizer(list(trainable.values()), cuda)
-        if note:
-            yield Note(note)
-        from diffusers.optimization import get_scheduler
-
-        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
-                                     num_training_steps=config.steps)
-        unet, optimizer = accelerator.prepare(unet, optimizer)
-        if config.train_text_encoder:  # a frozen module must not be wrapped for distributed training
-            text_encoder = accelerator.prepare(text_encoder)
-        if config.compile:
-            unet = torch.compile(unet)
-
+        run = yield from self._prepare()
+        config, accelerator = self.config, run.accelerator
         step, losses = 0, []
         if resume:
-            latest = self.checkpoints.latest()
-            if latest is None:
-                yield Note("No checkpoint to resume from; starting at step 0.")
-            else:
-                try:
-                    resumed = self.checkpoints.load(latest, self.fingerprint, trainable, optimizer, lr_scheduler,
-                                                    accelerator.scaler)
-                except ValueError as mismatch:
-                    raise TrainingFailure(str(mismatch)) from None
-                step, losses = resumed.step, resumed.losses
-                yield Note(f"Resuming from step {step} ({latest.name}).")
-
-        def embeddings(prompt: str, batch: int) -> torch.Tensor:
-            if config.train_text_encoder:  # the encoder changes: encode every time, with gradients
-                return text_encoder(tokenize(tokenizer, prompt).to(accelerator.device))[0].expand(batch, -1, -1)
-            return prompts[prompt].expand(batch, -1, -1)
-
+            step, losses = yield from self._resume(run)
         batch_size, accumulation, oom_retried = config.batch_size, config.gradient_accumulation, False
         started, first_step = time.monotonic(), step
         while step < config.steps:
             if self._cancel.is_set():
-                path = self._save_checkpoint(step, losses, trainable, optimizer, lr_scheduler)
-                yield Cancelled(step, path)
+                yield Cancelled(step, self._save_checkpoint(run, step, losses))
                 return
             try:
                 loss = 0.0
-                optimizer.zero_grad(set_to_none=True)
+                run.optimizer.zero_grad(set_to_none=True)
                 for micro in range(accumulation):
                     g = torch.Generator("cpu").manual_seed(_step_seed(config.seed, accelerator.process_index, step, micro))
-                    sync = accelerator.no_sync(unet) if micro < accumulation - 1 else contextlib.nullcontext()
+                    sync = accelerator.no_sync(run.unet) if micro < accumulation - 1 else contextlib.nullcontext()
                     with sync, accelerator.autocast():
-                        micro_loss = self._loss(unet, noise_scheduler, instance_latents, class_latents,
-                                                embeddings, batch_size, g)
+                        micro_loss = self._loss(run, batch_size, g)
                         accelerator.backward(micro_loss / accumulation)
                     loss += micro_loss.item() / accumulation
                 if not math.isfinite(loss):
                     raise TrainingFailure(
                         f"The loss became {loss} at step {step + 1}: training diverged. Lower the learning rate "
-                        f"(now {config.learning_rate:g}) or train without mixed precision, then start again."
-                    )
-                accelerator.clip_grad_norm_(list(trainable.values()), config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
+                        f"(now {config.learning_rate:g}) or train without mixed precision, then start again.")
+                accelerator.clip_grad_norm_(list(run.trainable.values()), config.max_grad_norm)
+                run.optimizer.step()
+                run.lr_scheduler.step()
             except torch.OutOfMemoryError:
-                optimizer.zero_grad(set_to_none=True)
+                run.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 if oom_retried:
                     raise TrainingFailure(
                         f"Out of GPU memory even with gradient checkpointing and batch size {batch_size}. "
                         "Use the LoRA method, a lower resolution, or a GPU with more memory.") from None
                 oom_retried = True
-                accelerator.unwrap_model(unet).enable_gradient_checkpointing()
+                accelerator.unwrap_model(run.unet).enable_gradient_checkpointing()
                 if batch_size > 1:  # keep the effective batch: half the images, twice the passes
                     batch_size, accumulation = batch_size // 2, accumulation * 2
                 yield Note(f"Out of GPU memory at step {step + 1}: retrying with gradient checkpointing and "
@@ -236,34 +175,34 @@ class DreamBoothTrainer:
             step += 1
             losses.append(loss)
             rate = (step - first_step) / max(time.monotonic() - started, 1e-9)
-            yield Progress(step, config.steps, loss, lr_scheduler.get_last_lr()[0], rate, (config.steps - step) / rate)
+            yield Progress(step, config.steps, loss, run.lr_scheduler.get_last_lr()[0], rate, (config.steps - step) / rate)
             if config.sample_every and step % config.sample_every == 0 and step < config.steps:
-                yield self._sample(step, parts, unet, text_encoder)
+                yield self._sample(run, step)
             if step % config.checkpoint_every == 0 and step < config.steps:
-                yield CheckpointSaved(step, self._save_checkpoint(step, losses, trainable, optimizer, lr_scheduler))
+                yield CheckpointSaved(step, self._save_checkpoint(run, step, losses))
 
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:  # one PetModel, written by one process
-            final_sample = self._sample(step, parts, unet, text_encoder)
+            final_sample = self._sample(run, step)
             yield final_sample
-            self._save_pet_model(unet, text_encoder, parts, losses, final_sample, time.monotonic() - started)
+            self._save_pet_model(run, losses, final_sample, time.monotonic() - started)
         accelerator.wait_for_everyone()
         yield Finished(PetModel.load(self.output_dir), time.monotonic() - started, losses[-1])
 
-    def _loss(self, unet, noise_scheduler, instance_latents, class_latents, embeddings, batch_size, g) -> torch.Tensor:
+    def _loss(self, run: "_Run", batch_size: int, g: torch.Generator) -> torch.Tensor:
         """The DreamBooth loss of one micro-batch: denoising error on the pet's photos, plus the
         weighted error on class images (prior preservation), drawn with generator `g`."""
-        config = self.config
-        sets = [(instance_latents, self.instance_prompt)]
-        if class_latents is not None:
-            sets.append((class_latents, self.class_prompt))
+        config, noise_scheduler = self.config, run.noise_scheduler
+        sets = [(run.instance_latents, self.instance_prompt)]
+        if run.class_latents is not None:
+            sets.append((run.class_latents, self.class_prompt))
         latents, conditions = [], []
         for cache, prompt in sets:
             indices = torch.randint(len(cache), (batch_size,), generator=g)
             flips = torch.randint(2, (batch_size,), generator=g) if config.random_flip else torch.zeros_like(indices)
             latents.append(cache.sample(indices, flips, g))
-            conditions.append(embeddings(prompt, batch_size))
-        latents = torch.cat(latents) * self.vae_scaling_factor
+            conditions.append(run.embeddings(prompt, batch_size))
+        latents = torch.cat(latents) * run.vae.config.scaling_factor
         conditions = torch.cat(conditions)
         noise = torch.randn(latents.shape, generator=g)
         if config.offset_noise:
@@ -272,21 +211,16 @@ class DreamBoothTrainer:
         device = conditions.device
         latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        prediction = unet(noisy, timesteps, conditions).sample
+        v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
+        target = noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
+        prediction = run.unet(noisy, timesteps, conditions).sample
         per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         instance_loss, prior_loss = per_image[:batch_size], per_image[batch_size:]
-        if config.snr_gamma:
+        if config.snr_gamma:  # Min-SNR: stop easy, low-noise steps from dominating the gradient
             from diffusers.training_utils import compute_snr
 
             snr = compute_snr(noise_scheduler, timesteps[:batch_size])
-            weight = torch.clamp(snr, max=config.snr_gamma) / snr
-            if noise_scheduler.config.prediction_type == "v_prediction":
-                weight = torch.clamp(snr, max=config.snr_gamma) / (snr + 1)
-            instance_loss = instance_loss * weight
+            instance_loss = instance_loss * torch.clamp(snr, max=config.snr_gamma) / (snr + 1 if v_prediction else snr)
         loss = instance_loss.mean()
         if prior_loss.numel():
             loss = loss + config.prior_loss_weight * prior_loss.mean()
@@ -294,28 +228,86 @@ class DreamBoothTrainer:
 
     # -- set-up ----------------------------------------------------------------------------
 
+    def _prepare(self):
+        """Load the models, encode the data once, make the trainable weights and the optimizer.
+        Yields Notes about fallbacks; returns the _Run."""
+        from accelerate import Accelerator
+        from diffusers.optimization import get_scheduler
+
+        config = self.config
+        cuda = torch.cuda.is_available() and self.device_setting != "cpu"
+        precision = config.mixed_precision if config.mixed_precision != "auto" else ("fp16" if cuda else "no")
+        if precision != "no" and not cuda:
+            yield Note(f"Mixed precision {precision} needs a CUDA GPU; training in full precision (fp32) on the CPU.")
+            precision = "no"
+        accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True  # free speed on Ampere+; DreamBooth doesn't need full fp32
+            torch.backends.cudnn.allow_tf32 = True
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+        parts = self._load_models(accelerator.device)
+        unet, vae, text_encoder, tokenizer, noise_scheduler = parts
+        class_latents = None
+        if config.prior_preservation:
+            yield Note(f"Preparing {config.num_class_images} class images of \"{self.class_prompt}\" (cached for reuse).")
+            with accelerator.main_process_first():  # one process fills the cache, the others read it
+                class_photos = self._class_images(parts)
+        _cast(vae, weight_dtype)
+        instance_latents = encode_images(vae, [p.image for p in self.photos])
+        if config.prior_preservation:
+            class_latents = encode_images(vae, class_photos)
+        torch.manual_seed(config.seed)  # LoRA's initial weights come from the global generator
+        trainable = self._make_trainable(unet, text_encoder, weight_dtype)
+        prompt_embeddings = {}
+        if not config.train_text_encoder:
+            _cast(text_encoder, weight_dtype)
+            prompt_embeddings = {p: encode_prompt(text_encoder, tokenizer, p) for p in (self.instance_prompt, self.class_prompt)}
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        if cuda:
+            unet.to(memory_format=torch.channels_last)
+        optimizer, note = self._optimizer(list(trainable.values()), cuda)
+        if note:
+            yield Note(note)
+        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                     num_training_steps=config.steps)
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+        if config.train_text_encoder:  # a frozen module must not be wrapped for distributed training
+            text_encoder = accelerator.prepare(text_encoder)
+        if config.compile:
+            unet = torch.compile(unet)
+        return _Run(accelerator, unet, text_encoder, vae, tokenizer, noise_scheduler, trainable, optimizer,
+                    lr_scheduler, instance_latents, class_latents, prompt_embeddings)
+
+    def _resume(self, run: "_Run"):
+        """(step, losses) restored from the latest checkpoint into `run`; yields a Note either way."""
+        latest = self.checkpoints.latest()
+        if latest is None:
+            yield Note("No checkpoint to resume from; starting at step 0.")
+            return 0, []
+        try:
+            resumed = self.checkpoints.load(latest, self.fingerprint, run.trainable, run.optimizer,
+                                            run.lr_scheduler, run.accelerator.scaler)
+        except ValueError as mismatch:
+            raise TrainingFailure(str(mismatch)) from None
+        yield Note(f"Resuming from step {resumed.step} ({latest.name}).")
+        return resumed.step, resumed.losses
+
     def _load_models(self, device):
         """(unet, vae, text_encoder, tokenizer, DDPM noise scheduler) through the one pipeline loader."""
         from diffusers import DDPMScheduler
 
         pipeline = load_pipeline(self.profile.base_model, revision=self.profile.base_model_revision,
                                  device=device, dtype=torch.float32)
-        self.vae_scaling_factor = pipeline.vae.config.scaling_factor
         for model in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
             model.requires_grad_(False)
         noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         return pipeline.unet, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, noise_scheduler
 
     def _class_images(self, parts):
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
         unet, vae, text_encoder, tokenizer, noise_scheduler = parts
-        pipeline = StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-            scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler.config), safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False,
-        )
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = _pipeline_over(unet, vae, text_encoder, tokenizer, noise_scheduler)
         folder = class_images_folder(self.data_dir, self.profile.base_model_id, self.profile.base_model_revision,
                                      self.pet.class_noun, self.resolution)
         with quiet_libraries():
@@ -402,41 +394,32 @@ class DreamBoothTrainer:
 
     # -- outputs ---------------------------------------------------------------------------
 
-    def _save_checkpoint(self, step, losses, trainable, optimizer, lr_scheduler) -> Path | None:
-        if not self.accelerator.is_main_process:
+    def _save_checkpoint(self, run: "_Run", step: int, losses: list[float]) -> Path | None:
+        if not run.accelerator.is_main_process:
             return None
-        return self.checkpoints.save(step, self.fingerprint, losses, trainable, optimizer, lr_scheduler,
-                                     self.accelerator.scaler)
+        return self.checkpoints.save(step, self.fingerprint, losses, run.trainable, run.optimizer, run.lr_scheduler,
+                                     run.accelerator.scaler)
 
     @torch.no_grad()
-    def _sample(self, step: int, parts, unet, text_encoder) -> Sample:
+    def _sample(self, run: "_Run", step: int) -> Sample:
         """Pictures from the model as it is now: fixed prompts and seeds, comparable across steps."""
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-        _, vae, _, tokenizer, noise_scheduler = parts
         prompts = [self.instance_prompt, f"a photo of {self.pet.phrase} on a sunny beach"]
-        unet_model = self.accelerator.unwrap_model(unet)
-        pipeline = StableDiffusionPipeline(
-            vae=vae, text_encoder=self.accelerator.unwrap_model(text_encoder), tokenizer=tokenizer, unet=unet_model,
-            scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler.config), safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False,
-        )
-        pipeline.set_progress_bar_config(disable=True)
-        unet_model.eval()
-        with quiet_libraries(), self.accelerator.autocast():
+        pipeline = run.pipeline()
+        pipeline.unet.eval()
+        with quiet_libraries(), run.accelerator.autocast():
             images = [pipeline(p, num_inference_steps=self.config.sample_steps, height=self.resolution,
                                width=self.resolution, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
                       for p, seed in zip(prompts, SAMPLE_SEEDS)]
-        unet_model.train()
+        pipeline.unet.train()
         return Sample(step, images, prompts)
 
-    def _save_pet_model(self, unet, text_encoder, parts, losses, sample: Sample, seconds: float) -> None:
+    def _save_pet_model(self, run: "_Run", losses: list[float], sample: Sample, seconds: float) -> None:
         """Write weights, samples, loss.png, then petdream.json last: a folder with it is complete."""
         from diffusers import StableDiffusionPipeline
 
         out, config = self.output_dir, self.config
         out.mkdir(parents=True, exist_ok=True)
-        unet, text_encoder = self.accelerator.unwrap_model(unet), self.accelerator.unwrap_model(text_encoder)
+        unet, text_encoder = run.accelerator.unwrap_model(run.unet), run.accelerator.unwrap_model(run.text_encoder)
         if config.method == "lora":
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
@@ -448,12 +431,11 @@ class DreamBoothTrainer:
                 kwargs["text_encoder_lora_adapter_metadata"] = text_encoder.peft_config["default"].to_dict()
             StableDiffusionPipeline.save_lora_weights(out, weight_name=LORA_WEIGHTS_FILE, **kwargs)
         else:
-            _, vae, _, tokenizer, _ = parts
             with quiet_libraries():
                 pipeline = StableDiffusionPipeline.from_pretrained(
                     self.profile.base_model, revision=self.profile.base_model_revision, unet=unet.float(),
-                    text_encoder=text_encoder.float(), vae=vae.float(), tokenizer=tokenizer, safety_checker=None,
-                    requires_safety_checker=False)
+                    text_encoder=text_encoder.float(), vae=run.vae.float(), tokenizer=run.tokenizer,
+                    safety_checker=None, requires_safety_checker=False)
                 pipeline.save_pretrained(out / PIPELINE_DIR)
         _save_samples(out / "samples", sample)
         _plot_losses(out / "loss.png", losses)
@@ -463,13 +445,55 @@ class DreamBoothTrainer:
             training={**config.to_dict(), "resolution": self.resolution, "instance_prompt": self.instance_prompt,
                       "class_prompt": self.class_prompt if config.prior_preservation else None,
                       "steps_done": len(losses), "seconds": round(seconds, 1), "final_loss": losses[-1],
-                      "mixed_precision_used": self.accelerator.mixed_precision,
-                      "device": str(self.accelerator.device)},
+                      "mixed_precision_used": run.accelerator.mixed_precision, "device": str(run.accelerator.device)},
             photos=[{"sha256": p.sha256, "width": p.width, "height": p.height} for p in self.photos],
             created_at=PetModel.now(),
         )
         model.write_metadata()
         shutil.rmtree(self.checkpoints.folder, ignore_errors=True)  # only needed to resume an unfinished run
+
+
+@dataclass
+class _Run:
+    """What the steps of one run work with, built once by `DreamBoothTrainer._prepare`."""
+
+    accelerator: object
+    unet: torch.nn.Module  # as prepared by accelerate (maybe wrapped for DDP or compiled)
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    tokenizer: object
+    noise_scheduler: object  # DDPM, with the base model's noise schedule
+    trainable: dict[str, torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    instance_latents: LatentCache
+    class_latents: LatentCache | None  # None without prior preservation
+    prompt_embeddings: dict[str, torch.Tensor]  # (1, 77, hidden) per prompt; empty when the text encoder trains
+
+    def embeddings(self, prompt: str, batch: int) -> torch.Tensor:
+        """(batch, 77, hidden) conditioning for `prompt`."""
+        if prompt in self.prompt_embeddings:
+            return self.prompt_embeddings[prompt].expand(batch, -1, -1)
+        ids = tokenize(self.tokenizer, prompt).to(self.accelerator.device)  # the encoder trains: with gradients
+        return self.text_encoder(ids)[0].expand(batch, -1, -1)
+
+    def pipeline(self):
+        """A pipeline over the weights being trained, for samples."""
+        unwrap = self.accelerator.unwrap_model
+        return _pipeline_over(unwrap(self.unet), self.vae, unwrap(self.text_encoder), self.tokenizer,
+                              self.noise_scheduler)
+
+
+def _pipeline_over(unet, vae, text_encoder, tokenizer, noise_scheduler):
+    """A StableDiffusionPipeline sharing these modules (no copies), sampling with DPM-Solver++."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+        scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler.config, algorithm_type="dpmsolver++"))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:

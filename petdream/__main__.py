@@ -85,6 +85,30 @@ def build_parser() -> argparse.ArgumentParser:
     Settings.add_arguments(train)
     train.set_defaults(run=run_train)
 
+    chat = commands.add_parser(
+        "chat", help="talk to the supportive companion, which answers and draws your pet",
+        description="One turn with the companion: an empathetic reply, the mood it heard, and a picture of "
+                    "your pet. An AI companion, not therapy; messages in crisis get help resources instead.",
+    )
+    chat.add_argument("--pet", required=True, help="the pet's name")
+    chat.add_argument("--class-noun", required=True, help="what kind of animal: dog, cat, ...")
+    chat.add_argument("--message", required=True, help="how you feel, or what's on your mind")
+    chat.add_argument("--name", help="your name (optional)")
+    chat.add_argument("--age", help="your age (optional)")
+    chat.add_argument("--occupation", help="what you do (optional)")
+    chat.add_argument("--model", type=Path, help="the pet's model folder, to draw the pet itself")
+    chat.add_argument("--image-out", type=Path, help="PNG to write the picture to (default: in the data dir)")
+    chat.add_argument("--seed", type=int, help="seed for the picture")
+    chat.add_argument("--json", action="store_true", help="print one JSON object")
+    Settings.add_arguments(chat)
+    chat.set_defaults(run=run_chat)
+
+    screen = commands.add_parser(
+        "screen", help="screen messages for crisis signals: one per line on stdin, one JSON line each out",
+        description='Reads one message per line on stdin; prints {"text", "level", "reasons"} per message.',
+    )
+    screen.set_defaults(run=run_screen)
+
     check = commands.add_parser(
         "check-photos", help="check which photos in a folder can be used for training, and why not",
         description="Run photo intake on every file in DIR; exit 0 if enough photos are usable to train, 2 if not.",
@@ -196,6 +220,66 @@ def run_train(args: argparse.Namespace) -> int:
             return 130
         bar.refresh()
     return 1
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    import time
+
+    from petdream.companion import Companion, Person, backend_for
+    from petdream.generate import Generator
+    from petdream.models import resolve_profile
+    from petdream.petmodel import PetModel
+    from petdream.training import new_pet
+
+    pet_model = PetModel.load(args.model) if args.model else None
+    if pet_model is not None and args.profile is None:
+        args.profile = pet_model.profile
+    pet = pet_model.pet if pet_model else new_pet(args.pet, args.class_noun)[0]
+    settings = Settings.from_args(args)
+    profile = resolve_profile(settings)
+    companion = Companion(backend_for(settings, profile.name))
+    person = Person(name=args.name, age=args.age, occupation=args.occupation)
+    streamed: list[str] = []
+
+    def stream(piece: str) -> None:
+        streamed.append(piece)
+        print(piece, end="", flush=True)
+
+    turn = companion.respond(args.message, pet=pet, person=person, on_token=None if args.json else stream)
+    image = None
+    if turn.draw:
+        image = args.image_out or settings.data_dir / "chat" / f"{time.strftime('%Y%m%d-%H%M%S')}.png"
+        result = Generator(profile, device=settings.device, dtype=settings.dtype).generate(
+            turn.image_prompt, negative_prompt=turn.negative_prompt, pet=pet_model, seed=args.seed)
+        image = result.save(image)[0]
+    if args.json:
+        print(json.dumps({
+            "reply": turn.reply, "image_prompt": turn.image_prompt, "mood": turn.mood,
+            "safety": {"level": turn.safety.level, "reasons": turn.safety.reasons},
+            "image": str(image) if image else None, "notices": turn.notices,
+        }, ensure_ascii=False, indent=2))
+    else:
+        if "".join(streamed).strip() != turn.reply.strip():  # the streamed draft was replaced or salvaged
+            print(("\n" if streamed else "") + turn.reply)
+        else:
+            print()
+        for notice in turn.notices:
+            print(f"\n({notice})")
+        print(f"\npicture: {image}" if image else "")
+    return 0
+
+
+def run_screen(args: argparse.Namespace) -> int:
+    from petdream.companion.safety import screen_message
+
+    for line in sys.stdin:
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        assessment = screen_message(text)
+        print(json.dumps({"text": text, "level": assessment.level, "reasons": assessment.reasons},
+                         ensure_ascii=False), flush=True)
+    return 0
 
 
 def run_check_photos(args: argparse.Namespace) -> int:

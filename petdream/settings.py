@@ -41,8 +41,9 @@ class Settings:
     base_model_revision: str | None = None
     clip_model: str = "openai/clip-vit-large-patch14"
     dino_model: str = "facebook/dino-vits16"
-    llm_model: str = "HuggingFaceTB/SmolLM2-1.7B-Instruct"
-    llm_base_url: str | None = None
+    llm_model: str = "HuggingFaceTB/SmolLM2-1.7B-Instruct"  # run locally with transformers
+    llm_remote_model: str = "meta-llama/Llama-3.1-8B-Instruct"  # on HF Inference Providers or the server below
+    llm_base_url: str | None = None  # an OpenAI-compatible server
     device: str = "auto"
     dtype: str = "auto"
     hub_endpoint: str = "https://huggingface.co"
@@ -58,6 +59,7 @@ class Settings:
         "PETDREAM_CLIP_MODEL": "clip_model",
         "PETDREAM_DINO_MODEL": "dino_model",
         "PETDREAM_LLM_MODEL": "llm_model",
+        "PETDREAM_LLM_REMOTE_MODEL": "llm_remote_model",
         "PETDREAM_LLM_BASE_URL": "llm_base_url",
         "PETDREAM_DEVICE": "device",
         "PETDREAM_DTYPE": "dtype",

@@ -1,0 +1,195 @@
+"""Companion: the supportive chat agent (the paper's "therapist agent", which PetDream does
+not call therapy). One turn: screen the message, ask the LLM for a reply, a mood and a scene,
+validate and screen what comes back, and build the pet's image prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from petdream.companion import prompts
+from petdream.companion.backends import BackendUnavailable, closing_brace
+from petdream.companion.safety import CRISIS_MESSAGE, DISCLOSURE, SafetyAssessment, screen_message, screen_reply
+from petdream.petmodel import Pet
+
+logger = logging.getLogger(__name__)
+
+HISTORY_TURNS = 6  # person/companion exchanges the LLM sees
+HISTORY_CHARS = 500  # characters kept of each past message
+MAX_REPLY_TOKENS = 160
+BACKEND_TROUBLE = ("My usual voice is not reachable right now, so a simpler one is answering; "
+                   "I'm still here with you.")
+NO_BACKEND = ("I'm sorry, I can't find my words right now: none of my language models answered. "
+              "Please try again in a moment.")
+SAFE_REPLY = ("Thank you for telling me how you feel. I'm here with you, and I'm glad you reached out. "
+              "Would you like to tell me a little more about what's on your mind?")
+
+
+@dataclass(frozen=True)
+class Person:
+    """Who the companion talks to; every field is optional."""
+
+    name: str | None = None
+    age: str | None = None
+    occupation: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"name": self.name, "age": self.age, "occupation": self.occupation}
+
+
+@dataclass
+class Turn:
+    """The companion's answer to one message."""
+
+    reply: str
+    image_prompt: str  # always carries the pet's trigger phrase; fits 60 CLIP tokens
+    negative_prompt: str
+    mood: str  # one of prompts.MOODS
+    safety: SafetyAssessment  # of the person's message
+    draw: bool = True  # False on a crisis: a calming picture may be offered, not pushed
+    notices: list[str] = field(default_factory=list)  # disclosure, fallbacks: shown beside the reply
+
+
+class Companion:
+    """Answers a person's messages with empathy and a picture of their pet.
+
+    backend: anything with `complete(messages, max_tokens, on_token)`, see backends.py.
+    """
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def respond(self, message: str, *, pet: Pet, person: Person = Person(), history: list[dict] | None = None,
+                on_token: Callable[[str], None] | None = None) -> Turn:
+        """One turn. `history` holds earlier {"role", "content"} messages of this conversation
+        (replies as shown); `on_token` receives the reply as it streams."""
+        if not message or not message.strip():
+            raise ValueError("The message is empty: say how you feel or what's on your mind.")
+        history = history or []
+        notices = [] if history else [DISCLOSURE]
+        safety = _screen_everything(message, pet, person)
+        if safety.is_crisis:
+            logger.warning("crisis screen: reasons=%s (message not recorded)", ",".join(safety.reasons))
+            prompt, negative = prompts.image_prompt(None, pet, "calm", "")
+            return Turn(CRISIS_MESSAGE, prompt, negative, prompts.mood_from_text(message), safety, draw=False,
+                        notices=notices)
+
+        messages = [{"role": "system", "content": prompts.system_prompt(pet, person.as_dict())}]
+        messages += [{"role": m["role"], "content": str(m["content"])[:HISTORY_CHARS]}
+                     for m in history[-2 * HISTORY_TURNS:] if m.get("role") in ("user", "assistant")]
+        messages.append({"role": "user", "content": message})
+        try:
+            answer = self._ask(messages, on_token)
+        except BackendUnavailable:
+            notices.append(NO_BACKEND)
+            answer = {}
+        if getattr(self.backend, "fallbacks", None):
+            notices.append(BACKEND_TROUBLE)
+
+        reply = answer.get("reply") or SAFE_REPLY
+        if screen_reply(reply).is_crisis or prompts.leaks_instructions(reply):
+            logger.warning("companion reply replaced: %s", ",".join(screen_reply(reply).reasons) or "instructions")
+            reply = SAFE_REPLY
+        mood = answer.get("mood") if answer.get("mood") in prompts.MOODS else prompts.mood_from_text(message)
+        prompt, negative = prompts.image_prompt(answer.get("image_prompt"), pet, mood, message)
+        return Turn(reply, prompt, negative, mood, safety, notices=notices)
+
+    def _ask(self, messages: list[dict], on_token) -> dict:
+        """The LLM's answer as a dict with at least "reply"; malformed output is retried once,
+        then the reply is salvaged from the text."""
+        stream = _ReplyStream(on_token) if on_token else None
+        first = self.backend.complete(messages, max_tokens=MAX_REPLY_TOKENS, on_token=stream)
+        answer = parse_answer(first)
+        if answer is None:
+            logger.info("companion: malformed LLM output, asking once more")
+            retry = messages + [{"role": "assistant", "content": first[:400]},
+                                {"role": "user", "content": 'That was not valid JSON. Answer again with JSON only: '
+                                                            '{"reply": "...", "mood": "...", "image_prompt": "..."}'}]
+            stream = _ReplyStream(on_token) if on_token and not (stream and stream.emitted) else None
+            second = self.backend.complete(retry, max_tokens=MAX_REPLY_TOKENS, on_token=stream)
+            answer = parse_answer(second) or {"reply": salvage_reply(first, second)}
+        return answer
+
+
+def _screen_everything(message: str, pet: Pet, person: Person) -> SafetyAssessment:
+    """The message decides, but a crisis typed into a profile field counts too."""
+    assessment = screen_message(message)
+    if assessment.is_crisis:
+        return assessment
+    fields = " . ".join(v for v in (person.name, person.occupation, pet.name) if v)
+    from_fields = screen_message(fields) if fields else None
+    return from_fields if from_fields is not None and from_fields.is_crisis else assessment
+
+
+def parse_answer(text: str) -> dict | None:
+    """The first JSON object in `text` with a non-empty string "reply", or None."""
+    start = text.find("{")
+    while start >= 0:
+        end = closing_brace(text, start)
+        if end is None:
+            return None
+        try:
+            value = json.loads(text[start:end + 1])
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, dict) and isinstance(value.get("reply"), str) and value["reply"].strip():
+            return {k: v.strip() if isinstance(v, str) else None for k, v in value.items()
+                    if k in ("reply", "mood", "image_prompt")}
+        start = text.find("{", start + 1)
+    return None
+
+
+def salvage_reply(*attempts: str) -> str:
+    """A readable reply from malformed outputs: a "reply" value visible in any attempt, else the
+    first attempt's prose without JSON, code or markup. Raw JSON never reaches the person."""
+    for text in attempts:
+        match = re.search(r'"reply"\s*:\s*"((?:[^"\\]|\\.)*)', text)
+        if match and match.group(1).strip():
+            try:
+                return json.loads(f'"{match.group(1)}"').strip()
+            except json.JSONDecodeError:
+                return match.group(1).strip()
+    for text in attempts:
+        prose = re.sub(r"```.*?(```|$)|\{.*?(\}|$)", " ", text, flags=re.DOTALL)
+        prose = re.sub(r"\s+", " ", prose).strip()
+        if prose:
+            return prose
+    return SAFE_REPLY
+
+
+class _ReplyStream:
+    """Passes on only the characters of the JSON "reply" value as the LLM streams its answer."""
+
+    def __init__(self, on_token: Callable[[str], None]):
+        self.on_token, self.buffer, self.emitted, self.state = on_token, "", 0, "searching"
+
+    def __call__(self, piece: str) -> None:
+        self.buffer += piece
+        if self.state == "searching":
+            match = re.search(r'"reply"\s*:\s*"', self.buffer)
+            if not match:
+                return
+            self.state, self.buffer = "inside", self.buffer[match.end():]
+        if self.state == "inside":
+            out, i = [], 0
+            while i < len(self.buffer):
+                char = self.buffer[i]
+                if char == "\\":
+                    if i + 1 >= len(self.buffer):
+                        break  # wait for the escaped character
+                    out.append({"n": "\n", "t": "\t", '"': '"', "\\": "\\"}.get(self.buffer[i + 1], self.buffer[i + 1]))
+                    i += 2
+                    continue
+                if char == '"':
+                    self.state = "done"
+                    break
+                out.append(char)
+                i += 1
+            self.buffer = self.buffer[i:]
+            if out:
+                self.emitted += len(out)
+                self.on_token("".join(out))

@@ -259,7 +259,7 @@ def test_remote_backend_streams(remote, llm_server):
     pieces = []
     turn = Companion(remote).respond("I feel so alone", pet=BRUNO, on_token=pieces.append)
     assert llm_server.requests[0][1]["stream"] is True
-    assert len(pieces) > 3 and "".join(pieces) == turn.reply
+    assert len(pieces) == 2 and "".join(pieces) == turn.reply  # sentence by sentence, each screened
 
 
 @pytest.mark.parametrize("mode", ["500", "slow"])
@@ -365,3 +365,12 @@ def test_chat_cli_on_a_crisis_gives_resources_and_no_picture(tiny, data_dir, tmp
          "--message", "i want to kill myself", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     answer = json.loads(result.stdout)
     assert answer["reply"] == CRISIS_MESSAGE and answer["image"] is None and answer["safety"]["level"] == "crisis"
+
+
+def test_streaming_stops_before_an_unsafe_sentence_shows():
+    answer = json.dumps({"reply": "I'm sorry you feel this way. You could take 300 mg of sertraline tonight. Rest.",
+                         "mood": "sad", "image_prompt": "bruno dog"})
+    pieces = []
+    turn = Companion(ScriptedBackend(answer)).respond("I feel awful", pet=BRUNO, on_token=pieces.append)
+    assert "".join(pieces) == "I'm sorry you feel this way."
+    assert turn.reply == SAFE_REPLY

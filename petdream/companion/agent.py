@@ -162,10 +162,13 @@ def salvage_reply(*attempts: str) -> str:
 
 
 class _ReplyStream:
-    """Passes on only the characters of the JSON "reply" value as the LLM streams its answer."""
+    """Passes on the JSON "reply" value as the LLM streams its answer, a sentence at a time,
+    each screened first: a reply that turns unsafe stops streaming before the unsafe part
+    shows (the final Turn.reply then replaces what was shown)."""
 
     def __init__(self, on_token: Callable[[str], None]):
-        self.on_token, self.buffer, self.emitted, self.state = on_token, "", 0, "searching"
+        self.on_token, self.buffer, self.state = on_token, "", "searching"
+        self.shown, self.pending, self.emitted = "", "", 0
 
     def __call__(self, piece: str) -> None:
         self.buffer += piece
@@ -174,22 +177,34 @@ class _ReplyStream:
             if not match:
                 return
             self.state, self.buffer = "inside", self.buffer[match.end():]
-        if self.state == "inside":
-            out, i = [], 0
-            while i < len(self.buffer):
-                char = self.buffer[i]
-                if char == "\\":
-                    if i + 1 >= len(self.buffer):
-                        break  # wait for the escaped character
-                    out.append({"n": "\n", "t": "\t", '"': '"', "\\": "\\"}.get(self.buffer[i + 1], self.buffer[i + 1]))
-                    i += 2
-                    continue
-                if char == '"':
-                    self.state = "done"
-                    break
-                out.append(char)
-                i += 1
-            self.buffer = self.buffer[i:]
-            if out:
-                self.emitted += len(out)
-                self.on_token("".join(out))
+        if self.state != "inside":
+            return
+        i = 0
+        while i < len(self.buffer):
+            char = self.buffer[i]
+            if char == "\\":
+                if i + 1 >= len(self.buffer):
+                    break  # wait for the escaped character
+                self.pending += {"n": "\n", "t": "\t"}.get(self.buffer[i + 1], self.buffer[i + 1])
+                i += 2
+                continue
+            if char == '"':
+                self.state = "closed"
+                break
+            self.pending += char
+            i += 1
+        self.buffer = self.buffer[i:]
+        sentence_end = max(self.pending.rfind(mark) for mark in ".!?\n")
+        if self.state == "closed":
+            sentence_end = len(self.pending) - 1
+        if sentence_end >= 0:
+            self._release(self.pending[: sentence_end + 1])
+            self.pending = self.pending[sentence_end + 1:]
+
+    def _release(self, text: str) -> None:
+        if screen_reply(self.shown + text).is_crisis:
+            self.state = "stopped"
+            return
+        self.shown += text
+        self.emitted += len(text)
+        self.on_token(text)

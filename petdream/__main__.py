@@ -109,6 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     screen.set_defaults(run=run_screen)
 
+    evaluate = commands.add_parser(
+        "evaluate", help="score a pet model (CLIPScore, SSIM, DINO, CLIP-I, CLIP-T, FID) beside the base model",
+        description="Draw the evaluation prompts with the pet model and with the base model (same seeds), score "
+                    "them against the prompts and the pet's photos, and write report.json, report.md, grid.png "
+                    "and fidelity.png to --out.",
+    )
+    evaluate.add_argument("--model", required=True, type=Path, help="the pet model folder (written by train)")
+    evaluate.add_argument("--photos", required=True, type=Path, help="folder of the pet's photos to compare with")
+    evaluate.add_argument("--out", required=True, type=Path, help="folder to write the report to")
+    evaluate.add_argument("--prompts", type=Path,
+                          help="prompt file, one a line, {0} for the pet's trigger word and {1} for its class "
+                               "(default: the paper's 2 prompts and DreamBench's 25)")
+    evaluate.add_argument("--images-per-prompt", type=int, default=4,
+                          help="images per prompt; image i uses seed i (default: 4, as DreamBench)")
+    evaluate.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
+    evaluate.add_argument("--no-baseline", dest="baseline", action="store_false",
+                          help="skip the base model: half the time, but no 'what training gained'")
+    Settings.add_arguments(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
+
     check = commands.add_parser(
         "check-photos", help="check which photos in a folder can be used for training, and why not",
         description="Run photo intake on every file in DIR; exit 0 if enough photos are usable to train, 2 if not.",
@@ -280,6 +300,51 @@ def run_screen(args: argparse.Namespace) -> int:
         print(json.dumps({"text": text, "level": assessment.level, "reasons": assessment.reasons},
                          ensure_ascii=False), flush=True)
     return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from petdream.evaluation import EvaluationConfig, Evaluator, Failed, Finished, Note, Progress, load_prompts
+    from petdream.models import resolve_profile
+    from petdream.petmodel import PetModel
+    from petdream.photos import intake
+
+    pet = PetModel.load(args.model)
+    if args.profile is None:
+        args.profile = pet.profile  # a pet model only runs on the base it was trained on
+    settings = Settings.from_args(args)
+    if not args.photos.is_dir():
+        raise ValueError(f"{args.photos} is not a folder; give the folder that holds your pet's photos.")
+    config = EvaluationConfig(prompts=tuple(load_prompts(args.prompts)) if args.prompts else None,
+                              images_per_prompt=args.images_per_prompt, steps=args.steps, baseline=args.baseline)
+    profile = resolve_profile(settings)
+    files = sorted(p for p in args.photos.iterdir() if p.is_file() and not p.name.startswith("."))
+    photos = intake(files, resolution=profile.resolution, min_photos=1)
+    for rejection in photos.rejected:
+        print(f"skipped {rejection.file}: {rejection.reason}", file=sys.stderr)
+    if not photos.accepted:
+        raise ValueError(f"No usable photos in {args.photos}: subject fidelity compares the images with them.")
+
+    bar = tqdm(unit="image", file=sys.stderr, dynamic_ncols=True)
+    for event in Evaluator(profile, device=settings.device, dtype=settings.dtype).run(pet, photos.accepted, config):
+        if isinstance(event, Progress):
+            bar.total, bar.n = event.total_steps, event.step
+            bar.set_postfix_str(f"{event.model}: {event.prompt}", refresh=False)
+            bar.refresh()
+        elif isinstance(event, Note):
+            bar.write(f"note: {event.text}", file=sys.stderr)
+        elif isinstance(event, Finished):
+            bar.close()
+            for path in event.report.save(args.out).values():
+                print(f"wrote {path}")
+            print(event.report.summary())
+            return 0
+        elif isinstance(event, Failed):
+            bar.close()
+            print(f"error: {event.reason}", file=sys.stderr)
+            return 1
+    return 1
 
 
 def run_check_photos(args: argparse.Namespace) -> int:

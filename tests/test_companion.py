@@ -15,7 +15,8 @@ from conftest import REPO
 from petdream.companion import Companion, FallbackChatBackend, Person, RemoteChatBackend
 from petdream.companion.agent import BACKEND_TROUBLE, SAFE_REPLY
 from petdream.companion.backends import BackendUnavailable
-from petdream.companion.prompts import MAX_PROMPT_TOKENS, MOODS, _clip_tokenizer
+from petdream.companion.prompts import MAX_PROMPT_TOKENS, MOODS
+from petdream.models.tiny import clip_tokenizer
 from petdream.companion.safety import CRISIS_MESSAGE, DISCLOSURE
 from petdream.petmodel import Pet
 
@@ -44,7 +45,7 @@ class ScriptedBackend:
 
 
 def clip_tokens(text):
-    return len(_clip_tokenizer()(text, add_special_tokens=False).input_ids)
+    return len(clip_tokenizer()(text, add_special_tokens=False).input_ids)
 
 
 def test_a_good_answer_becomes_reply_mood_and_a_prompt_with_the_trigger():

@@ -7,7 +7,6 @@ words, anchored on the pet's trigger phrase, and fitted into 60 CLIP tokens.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 
@@ -120,20 +119,15 @@ def _plain_start(word: str) -> bool:
 
 def fit_tokens(prompt: str, limit: int) -> str:
     """`prompt` cut at a word boundary to at most `limit` CLIP tokens."""
-    tokenizer = _clip_tokenizer()
+    from petdream.models.tiny import clip_tokenizer
+
+    tokenizer = clip_tokenizer()
     if len(tokenizer(prompt, add_special_tokens=False).input_ids) <= limit:
         return prompt
     words = prompt.split()
     while words and len(tokenizer(" ".join(words), add_special_tokens=False).input_ids) > limit:
         words.pop()
     return " ".join(words).rstrip(",")
-
-
-@functools.cache
-def _clip_tokenizer():
-    from petdream.models.tiny import clip_tokenizer
-
-    return clip_tokenizer()
 
 
 def mood_from_text(text: str) -> str:

@@ -13,6 +13,7 @@ identical to `openai/clip-vit-large-patch14`'s tokenizer.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import shutil
@@ -60,8 +61,11 @@ def ensure_tiny_models(data_dir: Path) -> Path:
     return target
 
 
+@functools.cache
 def clip_tokenizer():
-    """CLIP's real tokenizer, rebuilt offline from the BPE merges in the open_clip wheel."""
+    """CLIP's real tokenizer, rebuilt offline from the BPE merges in the open_clip wheel.
+
+    Built once per process (~2 s): trigger choice, prompt fitting and the tiny model share it."""
     from transformers import CLIPTokenizer
 
     spec = importlib.util.find_spec("open_clip")  # locates the package without importing it

@@ -57,8 +57,8 @@ class Config:
 
 
 CONFIGS = {
-    "tiny": Config("tiny", resolution=128, steps=25),
-    "sd15-arch": Config("sd15-arch", resolution=256, steps=2),
+    "tiny": Config("tiny", resolution=128, steps=200),
+    "sd15-arch": Config("sd15-arch", resolution=256, steps=10),
 }
 
 
@@ -97,18 +97,22 @@ class Side:
     threads: int  # torch.get_num_threads() under the benchmark's environment
     runs: list[Run] = field(default_factory=list)
 
+    def fastest(self, steps: int) -> Run:
+        """The fastest run of `steps` steps: the one that counts (noise only ever adds time)."""
+        return min((r for r in self.runs if r.steps == steps), key=lambda r: r.wall_s)
+
     def wall(self, steps: int) -> float:
-        """Seconds: the fastest run of `steps` steps (noise only ever adds time)."""
-        return min(r.wall_s for r in self.runs if r.steps == steps)
+        """Seconds: the fastest run of `steps` steps, start to exit."""
+        return self.fastest(steps).wall_s
 
     def steps_per_s(self, n: int) -> float:
         """Training-loop steps per second: N / (t_2N - t_N); NaN if t_2N <= t_N (too few steps, or noise)."""
         loop = self.wall(2 * n) - self.wall(n)
         return n / loop if loop > 0 else math.nan
 
-    def noisy(self) -> bool:
-        """True if other processes used the CPUs noticeably during any of its runs."""
-        return any(r.others_cpu_s > NOISE_SHARE * r.wall_s for r in self.runs)
+    def noisy(self, n: int) -> bool:
+        """True if other processes used the CPUs noticeably during a run that counts."""
+        return any(r.others_cpu_s > NOISE_SHARE * r.wall_s for r in (self.fastest(n), self.fastest(2 * n)))
 
     def startup_s(self, n: int) -> float:
         """Seconds not spent in training steps (load, prepare, save): t_N - N / rate = 2 t_N - t_2N."""
@@ -279,8 +283,8 @@ def measure(side: Side, recipe: Recipe, args: argparse.Namespace, command_for, e
     """
     for repeat in range(1, args.repeats + 1):
         for steps in (recipe.steps, 2 * recipe.steps):
-            output = run_dir / f"{side.name}-{steps}steps-r{repeat}"
             for attempt in range(args.retries + 1):
+                output = run_dir / (f"{side.name}-{steps}steps-r{repeat}" + (f"-retry{attempt}" if attempt else ""))
                 shutil.rmtree(output, ignore_errors=True)
                 print(f"  {side.name}: {steps} steps (repeat {repeat}/{args.repeats}) ...", end=" ", flush=True)
                 wait_for_quiet(args.quiet_wait)
@@ -288,9 +292,9 @@ def measure(side: Side, recipe: Recipe, args: argparse.Namespace, command_for, e
                 noisy = others > NOISE_SHARE * wall
                 print(f"{wall:.1f} s, {cpu:.0f} CPU-s, peak RSS {rss:.0f} MiB"
                       + (f"; other processes used {others:.0f} CPU-s meanwhile: noisy" if noisy else ""), flush=True)
-                if not noisy or attempt == args.retries:
+                side.runs.append(Run(steps, wall, rss, cpu, others, str(output.with_suffix(".log"))))
+                if not noisy:
                     break
-            side.runs.append(Run(steps, wall, rss, cpu, others, str(output.with_suffix(".log"))))
     return side
 
 
@@ -308,11 +312,11 @@ def print_table(config: Config, recipe: Recipe, sides: list[Side], threads: int)
         rate = side.steps_per_s(n)
         rows[side.name] = r = dict(
             torch=side.torch, threads=side.threads, t_n_s=side.wall(n), t_2n_s=side.wall(2 * n), steps_per_s=rate,
-            s_per_step=1 / rate, startup_s=side.startup_s(n), peak_rss_mb=side.peak_rss_mb(), noisy=side.noisy(),
+            s_per_step=1 / rate, startup_s=side.startup_s(n), peak_rss_mb=side.peak_rss_mb(), noisy=side.noisy(n),
             runs=[dataclasses.asdict(run) for run in side.runs])
         print(f"{side.name:<10} {side.torch:<14} {r['t_n_s']:>8.1f} {r['t_2n_s']:>8.1f} {rate:>8.3f} "
               f"{1 / rate:>8.2f} {r['startup_s']:>9.1f} {r['peak_rss_mb']:>12.0f}"
-              + ("  (noisy: other processes were busy)" if side.noisy() else ""))
+              + ("  (noisy: other processes were busy)" if side.noisy(n) else ""))
     result = dict(config=config.name, resolution=recipe.resolution, steps=n, threads=threads,
                   model=str(recipe.model), sides=rows)
     if any(math.isnan(r["steps_per_s"]) for r in rows.values()):

@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,8 @@ class Side:
     name: str  # "reference" or "petdream"
     torch: str  # torch version of its interpreter
     threads: int  # torch.get_num_threads() under the benchmark's environment
+    cwd: Path  # where its processes run
+    command_for: Callable[[int, Path], list[str]]  # (steps, output folder) -> its command line
     runs: list[Run] = field(default_factory=list)
 
     def fastest(self, steps: int) -> Run:
@@ -274,28 +277,35 @@ def wait_for_quiet(limit_s: float, window_s: float = 5.0) -> None:
             told = True
 
 
-def measure(side: Side, recipe: Recipe, args: argparse.Namespace, command_for, env: dict[str, str],
-            run_dir: Path, cwd: Path) -> Side:
-    """Run `side` for N and 2N steps, `args.repeats` times each; `command_for(steps, output)` builds its command.
+def run_once(side: Side, steps: int, repeat: int, args: argparse.Namespace, env: dict[str, str],
+             run_dir: Path) -> None:
+    """One run of `side` for `steps` steps, added to `side.runs`.
 
-    Each run starts once the machine is quiet; a run during which other processes still used
-    the CPUs noticeably is done again, up to `args.retries` times.
+    It starts once the machine is quiet; if other processes still used the CPUs noticeably
+    during it, it is done again, up to `args.retries` times (every attempt is kept).
     """
+    for attempt in range(args.retries + 1):
+        output = run_dir / (f"{side.name}-{steps}steps-r{repeat}" + (f"-retry{attempt}" if attempt else ""))
+        shutil.rmtree(output, ignore_errors=True)
+        print(f"  {side.name}: {steps} steps (repeat {repeat}/{args.repeats}) ...", end=" ", flush=True)
+        wait_for_quiet(args.quiet_wait)
+        wall, rss, cpu, others = run_measured(side.command_for(steps, output), env, side.cwd,
+                                              output.with_suffix(".log"))
+        noisy = others > NOISE_SHARE * wall
+        print(f"{wall:.1f} s, {cpu:.0f} CPU-s, peak RSS {rss:.0f} MiB"
+              + (f"; other processes used {others:.0f} CPU-s meanwhile: noisy" if noisy else ""), flush=True)
+        side.runs.append(Run(steps, wall, rss, cpu, others, str(output.with_suffix(".log"))))
+        if not noisy:
+            return
+
+
+def measure(sides: list[Side], recipe: Recipe, args: argparse.Namespace, env: dict[str, str], run_dir: Path) -> None:
+    """Run every side for N and 2N steps, `args.repeats` times, interleaved (A N, B N, A 2N, B 2N, ...)
+    so that a slow spell of a shared machine falls on both sides alike."""
     for repeat in range(1, args.repeats + 1):
         for steps in (recipe.steps, 2 * recipe.steps):
-            for attempt in range(args.retries + 1):
-                output = run_dir / (f"{side.name}-{steps}steps-r{repeat}" + (f"-retry{attempt}" if attempt else ""))
-                shutil.rmtree(output, ignore_errors=True)
-                print(f"  {side.name}: {steps} steps (repeat {repeat}/{args.repeats}) ...", end=" ", flush=True)
-                wait_for_quiet(args.quiet_wait)
-                wall, rss, cpu, others = run_measured(command_for(steps, output), env, cwd, output.with_suffix(".log"))
-                noisy = others > NOISE_SHARE * wall
-                print(f"{wall:.1f} s, {cpu:.0f} CPU-s, peak RSS {rss:.0f} MiB"
-                      + (f"; other processes used {others:.0f} CPU-s meanwhile: noisy" if noisy else ""), flush=True)
-                side.runs.append(Run(steps, wall, rss, cpu, others, str(output.with_suffix(".log"))))
-                if not noisy:
-                    break
-    return side
+            for side in sides:
+                run_once(side, steps, repeat, args, env, run_dir)
 
 
 def print_table(config: Config, recipe: Recipe, sides: list[Side], threads: int) -> dict:
@@ -340,18 +350,16 @@ def bench_config(config: Config, args: argparse.Namespace, env: dict[str, str], 
     print(f"\n== {config.name}: model {recipe.model}, logs in {run_dir}", flush=True)
     measured = []
     if "reference" in sides:
-        info = sides["reference"]
-        measured.append(measure(
-            Side("reference", info["torch"], info["threads"]), recipe, args,
-            lambda steps, out: reference_command(args.reference_python, args.reference_script, recipe, steps, out),
-            env, run_dir, cwd=run_dir))
+        measured.append(Side(
+            "reference", sides["reference"]["torch"], sides["reference"]["threads"], cwd=run_dir,
+            command_for=lambda steps, out: reference_command(args.reference_python, args.reference_script, recipe,
+                                                             steps, out)))
     if "petdream" in sides:
-        info = sides["petdream"]
-        measured.append(measure(
-            Side("petdream", info["torch"], info["threads"]), recipe, args,
-            lambda steps, out: petdream_command(args.petdream_python, config, recipe, steps, out,
-                                                args.work_dir / "data"),
-            env, run_dir, cwd=REPO))
+        measured.append(Side(
+            "petdream", sides["petdream"]["torch"], sides["petdream"]["threads"], cwd=REPO,
+            command_for=lambda steps, out: petdream_command(args.petdream_python, config, recipe, steps, out,
+                                                            args.work_dir / "data")))
+    measure(measured, recipe, args, env, run_dir)
     return print_table(config, recipe, measured, args.threads)
 
 

@@ -165,6 +165,54 @@ def test_class_images_are_generated_once_per_base_model_and_class(tiny, photos, 
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == stamps
 
 
+def test_the_final_sample_is_what_plain_diffusers_draws_with_the_saved_lora(tiny, photos, data_dir, tmp_path):
+    """Samples are drawn from cached prompt embeddings (the text encoder is freed during LoRA
+    training); they must still show exactly what the saved model draws from the prompt."""
+    import numpy as np
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from PIL import Image
+
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", prior_preservation=False, sample_steps=4))
+    sample = Image.open(next((tmp_path / "pet" / "samples").glob("00-*.png")))
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny.base_model, safety_checker=None)
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, algorithm_type="dpmsolver++")
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.load_lora_weights(tmp_path / "pet")
+    drawn = pipeline("a photo of bruno dog", num_inference_steps=4, height=128, width=128,
+                     generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    assert np.abs(np.asarray(drawn, dtype=int) - np.asarray(sample, dtype=int)).max() <= 2
+
+
+def test_trains_after_accelerate_was_set_up_differently_in_the_same_process(tiny, photos, data_dir, tmp_path):
+    """The app trains pet after pet in one process; accelerate's process-wide settings from an
+    earlier run (here bf16, where this run trains in fp32) must not make the next one fail."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # whatever earlier tests left: this process now says bf16
+    Accelerator(mixed_precision="bf16", cpu=True)
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", prior_preservation=False))
+    assert isinstance(events[-1], Finished), events[-1]
+
+
+def test_class_images_are_the_same_whether_generated_in_batches_or_one_by_one(tiny, tmp_path):
+    import numpy as np
+
+    from petdream.models.pipeline import load_pipeline
+    from petdream.training.data import ensure_class_images
+
+    pipeline = load_pipeline(tiny.base_model, device="cpu", dtype=torch.float32)
+    pipeline.set_progress_bar_config(disable=True)
+    one_by_one = ensure_class_images(pipeline, tmp_path / "one", "a photo of dog", 3, 128, 2, batch_size=1)
+    batched = ensure_class_images(pipeline, tmp_path / "batched", "a photo of dog", 3, 128, 2, batch_size=2)
+    assert len(batched) == 3 and sorted(p.name for p in (tmp_path / "batched").iterdir()) == [
+        "0000.png", "0001.png", "0002.png"]
+    for single, in_batch in zip(one_by_one, batched):
+        difference = np.abs(np.asarray(single, dtype=int) - np.asarray(in_batch, dtype=int))
+        assert difference.max() <= 2  # batched convolutions may round differently, nothing more
+    assert np.abs(np.asarray(batched[0], dtype=int) - np.asarray(batched[1], dtype=int)).mean() > 5
+
+
 @pytest.mark.parametrize("options", [
     dict(prior_preservation=False),
     dict(snr_gamma=5.0, offset_noise=0.05),

@@ -79,21 +79,23 @@ def class_images_folder(data_dir: Path, base_model_id: str, revision: str | None
 
 
 @torch.no_grad()
-def ensure_class_images(pipeline, folder: Path, prompt: str, count: int, resolution: int, steps: int) -> list[Image.Image]:
-    """`count` images of `prompt` in `folder`, generating only the missing ones.
+def ensure_class_images(pipeline, folder: Path, prompt: str, count: int, resolution: int, steps: int,
+                        batch_size: int = 1) -> list[Image.Image]:
+    """`count` images of `prompt` in `folder`, generating only the missing ones, `batch_size` per call.
 
-    Image i always uses seed i, so a cache filled over several runs equals one filled at once.
+    Image i always uses seed i (its own generator, whatever the batch), so a cache filled over
+    several runs equals one filled at once.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    images = []
-    for i in range(count):
-        path = folder / f"{i:04d}.png"
-        if not path.is_file():
-            generator = torch.Generator("cpu").manual_seed(i)
-            image = pipeline(prompt, num_inference_steps=steps, height=resolution, width=resolution,
-                             generator=generator).images[0]
-            staging = path.with_suffix(".tmp")
+    paths = [folder / f"{i:04d}.png" for i in range(count)]
+    missing = [i for i, path in enumerate(paths) if not path.is_file()]
+    for start in range(0, len(missing), batch_size):
+        chunk = missing[start : start + batch_size]
+        generators = [torch.Generator("cpu").manual_seed(i) for i in chunk]
+        images = pipeline([prompt] * len(chunk), num_inference_steps=steps, height=resolution, width=resolution,
+                          generator=generators).images
+        for i, image in zip(chunk, images):
+            staging = paths[i].with_suffix(".tmp")
             image.save(staging, format="PNG")
-            os.replace(staging, path)  # a killed run never leaves half an image in the cache
-        images.append(Image.open(path).convert("RGB"))
-    return images
+            os.replace(staging, paths[i])  # a killed run never leaves half an image in the cache
+    return [Image.open(path).convert("RGB") for path in paths]

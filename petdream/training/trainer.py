@@ -93,6 +93,11 @@ class DreamBoothTrainer:
         return self.pet.instance_prompt
 
     @property
+    def sample_prompts(self) -> tuple[str, str]:
+        """What the sample images show, the same at every step so they can be compared."""
+        return self.instance_prompt, f"a photo of {self.pet.phrase} on a sunny beach"
+
+    @property
     def class_prompt(self) -> str:
         return f"a photo of {self.pet.class_noun}"
 
@@ -232,6 +237,7 @@ class DreamBoothTrainer:
         """Load the models, encode the data once, make the trainable weights and the optimizer.
         Yields Notes about fallbacks; returns the _Run."""
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
         from diffusers.optimization import get_scheduler
 
         config = self.config
@@ -240,6 +246,10 @@ class DreamBoothTrainer:
         if precision != "no" and not cuda:
             yield Note(f"Mixed precision {precision} needs a CUDA GPU; training in full precision (fp32) on the CPU.")
             precision = "no"
+        # accelerate keeps its settings process-wide and refuses new ones; the app trains pet after pet
+        # in one process (one at a time per device), so each run starts from a clean state.
+        AcceleratorState._reset_state(reset_partial_state=False)  # keeps a distributed launch's process group
+        GradientState._reset_state()
         accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = True  # free speed on Ampere+; DreamBooth doesn't need full fp32
@@ -262,7 +272,12 @@ class DreamBoothTrainer:
         prompt_embeddings = {}
         if not config.train_text_encoder:
             _cast(text_encoder, weight_dtype)
-            prompt_embeddings = {p: encode_prompt(text_encoder, tokenizer, p) for p in (self.instance_prompt, self.class_prompt)}
+            prompts = (self.instance_prompt, self.class_prompt, *self.sample_prompts, "")  # "": the negative prompt
+            prompt_embeddings = {p: encode_prompt(text_encoder, tokenizer, p) for p in prompts}
+            if config.method == "lora":
+                # Every prompt the run needs is encoded and every photo cached: the text encoder and the
+                # VAE's encoder would only hold memory (0.6 GB at SD 1.5 size). `full` saves them.
+                text_encoder, vae.encoder, vae.quant_conv = None, None, None
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         if cuda:
@@ -310,9 +325,11 @@ class DreamBoothTrainer:
         pipeline = _pipeline_over(unet, vae, text_encoder, tokenizer, noise_scheduler)
         folder = class_images_folder(self.data_dir, self.profile.base_model_id, self.profile.base_model_revision,
                                      self.pet.class_noun, self.resolution)
-        with quiet_libraries():
+        cuda = unet.device.type == "cuda"
+        # Batches keep a GPU busy; on the CPU one image at a time keeps memory low and costs no speed.
+        with quiet_libraries(), torch.autocast("cuda", torch.float16, enabled=cuda):
             return ensure_class_images(pipeline, folder, self.class_prompt, self.config.num_class_images,
-                                       self.resolution, self.config.class_image_steps)
+                                       self.resolution, self.config.class_image_steps, batch_size=8 if cuda else 1)
 
     def _make_trainable(self, unet, text_encoder, weight_dtype) -> dict[str, torch.nn.Parameter]:
         """Switch on gradients for what this method trains; return those parameters by name."""
@@ -403,13 +420,16 @@ class DreamBoothTrainer:
     @torch.no_grad()
     def _sample(self, run: "_Run", step: int) -> Sample:
         """Pictures from the model as it is now: fixed prompts and seeds, comparable across steps."""
-        prompts = [self.instance_prompt, f"a photo of {self.pet.phrase} on a sunny beach"]
+        prompts = list(self.sample_prompts)
         pipeline = run.pipeline()
         pipeline.unet.eval()
+        images = []
         with quiet_libraries(), run.accelerator.autocast():
-            images = [pipeline(p, num_inference_steps=self.config.sample_steps, height=self.resolution,
-                               width=self.resolution, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
-                      for p, seed in zip(prompts, SAMPLE_SEEDS)]
+            for prompt, seed in zip(prompts, SAMPLE_SEEDS):
+                text = ({"prompt": prompt} if pipeline.text_encoder is not None else
+                        {"prompt_embeds": run.prompt_embeddings[prompt], "negative_prompt_embeds": run.prompt_embeddings[""]})
+                images += pipeline(**text, num_inference_steps=self.config.sample_steps, height=self.resolution,
+                                   width=self.resolution, generator=torch.Generator("cpu").manual_seed(seed)).images
         pipeline.unet.train()
         return Sample(step, images, prompts)
 
@@ -419,7 +439,8 @@ class DreamBoothTrainer:
 
         out, config = self.output_dir, self.config
         out.mkdir(parents=True, exist_ok=True)
-        unet, text_encoder = run.accelerator.unwrap_model(run.unet), run.accelerator.unwrap_model(run.text_encoder)
+        unet = run.accelerator.unwrap_model(run.unet)
+        text_encoder = run.accelerator.unwrap_model(run.text_encoder) if run.text_encoder is not None else None
         if config.method == "lora":
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
@@ -459,8 +480,8 @@ class _Run:
 
     accelerator: object
     unet: torch.nn.Module  # as prepared by accelerate (maybe wrapped for DDP or compiled)
-    text_encoder: torch.nn.Module
-    vae: torch.nn.Module
+    text_encoder: torch.nn.Module | None  # None once every prompt is encoded (LoRA with a frozen encoder)
+    vae: torch.nn.Module  # only its decoder is left when LoRA training has cached the latents
     tokenizer: object
     noise_scheduler: object  # DDPM, with the base model's noise schedule
     trainable: dict[str, torch.nn.Parameter]
@@ -480,7 +501,8 @@ class _Run:
     def pipeline(self):
         """A pipeline over the weights being trained, for samples."""
         unwrap = self.accelerator.unwrap_model
-        return _pipeline_over(unwrap(self.unet), self.vae, unwrap(self.text_encoder), self.tokenizer,
+        text_encoder = unwrap(self.text_encoder) if self.text_encoder is not None else None
+        return _pipeline_over(unwrap(self.unet), self.vae, text_encoder, self.tokenizer,
                               self.noise_scheduler)
 
 

@@ -221,10 +221,7 @@ class TrainingRun:
         """The stored config as a TrainingConfig again (JSON turned its tuple into a list)."""
         from petdream.training.config import TrainingConfig
 
-        values = dict(self.config)
-        if "lora_target_modules" in values:
-            values["lora_target_modules"] = tuple(values["lora_target_modules"])
-        return TrainingConfig(**values)
+        return TrainingConfig.from_dict(self.config)
 
 
 @dataclass(frozen=True)

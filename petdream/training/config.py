@@ -84,6 +84,16 @@ class TrainingConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingConfig":
+        """A config from `to_dict()`'s output as stored in JSON (petdream.json's training section, the
+        store); keys that are not hyperparameters (steps_done, seconds, ...) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in values.items() if k in names}
+        if "lora_target_modules" in known:
+            known["lora_target_modules"] = tuple(known["lora_target_modules"])
+        return cls(**known)
+
     def fingerprint(self) -> str:
         """Identifies what the weights depend on; a checkpoint resumes only under the same one."""
         ignored = {"sample_every", "sample_steps", "checkpoint_every", "checkpoints_kept", "compile"}

@@ -1,27 +1,39 @@
-"""The Gradio app: one Blocks, one module per tab. The UI only calls into the engine."""
+"""The Gradio app: one Blocks, one module per tab. The UI only calls into PetDreamService."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from petdream.generate import Generator
 from petdream.models import TINY_WARNING, resolve_profile
+from petdream.service import PetDreamService
 from petdream.settings import Settings
-from petdream.ui import draw_tab, photos_tab
+from petdream.ui import api, chat_tab, evaluate_tab, train_tab
+from petdream.ui.session import browser_id_or_new, oauth_enabled
+
+MAX_UPLOAD = "20mb"  # per file: a phone photo is 2-8 MB; intake refuses more than 50 photos
 
 
-def build_app(settings: Settings) -> gr.Blocks:
+def build_app(settings: Settings, service: PetDreamService | None = None) -> gr.Blocks:
     """The whole app. Models load on first use, so the page is up in seconds."""
     profile = resolve_profile(settings)
-    generator = Generator(profile, device=settings.device, dtype=settings.dtype)
+    service = service or PetDreamService(settings, profile)
     with gr.Blocks(title="PetDream") as app:
-        gr.Markdown(
-            "# PetDream\nA personal image model of your pet, drawn by Stable Diffusion. "
-            f"Running profile **{profile.name}** ({profile.reason})."
-        )
+        with gr.Row():
+            gr.Markdown("# 🐾 PetDream\nYour pet, drawn by a model that learned them from your photos, "
+                        f"and a companion to talk to. Running profile **{profile.name}** ({profile.reason}).")
+            if oauth_enabled():
+                gr.LoginButton()
         if profile.random_weights:
-            gr.Markdown(f"⚠️ {TINY_WARNING}", elem_id="tiny-banner")
+            gr.Markdown(f"⚠️ **Demo mode.** {TINY_WARNING}", elem_id="tiny-banner")
+        browser_id = gr.BrowserState("", storage_key="petdream-browser-id")
         with gr.Tabs():
-            photos_tab.render(resolution=profile.resolution)
-            draw_tab.render(generator)
+            train = train_tab.render(service, browser_id, tiny=profile.random_weights)
+            chat = chat_tab.render(service, browser_id)
+            evaluation = evaluate_tab.render(service, browser_id, tiny=profile.random_weights)
+        api.register(service)
+
+        app.load(browser_id_or_new, inputs=browser_id, outputs=browser_id, api_visibility="private").then(
+            *train["list_resumable"], api_visibility="private").then(
+            *chat["list_pets"], api_visibility="private").then(*evaluation["list_pets"], api_visibility="private")
+    app.petdream_service = service
     return app

@@ -1,0 +1,247 @@
+"""PetDreamService: what the app does for a person, with no Gradio in it.
+
+The UI (and gradio_client scripts through it) call these methods with an `owner` ("hf:<user>" or
+"session:<id>", see store.py); every method reads and writes only that owner's pets. Models load
+on first use, so the page is up before any of them: the profile's pipeline with the first
+picture or training, the chat model with the first message, the metric models with the first
+evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from petdream.models import Profile, resolve_profile
+from petdream.petmodel import Pet, PetModel
+from petdream.photos import IntakeReport, intake
+from petdream.settings import Settings
+from petdream.store import NotFound, PetRecord, Store
+from petdream.training import (Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished, Note, Progress,
+                               Sample, TrainingConfig, new_pet)
+from petdream.training.queue import TrainingJob, TrainingQueue
+
+logger = logging.getLogger(__name__)
+
+FURTHER_TRAINING_STEPS = 100  # a short run from the current weights with the liked pictures added
+
+
+@dataclass(frozen=True)
+class ChatPicture:
+    """A picture drawn for a chat turn, as stored (its id is what a rating refers to)."""
+
+    image_id: int
+    path: Path
+    prompt: str
+    seed: int
+
+
+class PetDreamService:
+    def __init__(self, settings: Settings, profile: Profile | None = None):
+        self.settings = settings
+        self.data_dir = settings.ensure_data_dir()
+        self._profile = profile
+        self.store = Store(self.data_dir)
+        interrupted = self.store.mark_interrupted_runs()  # a run left "running" died with the last process
+        if interrupted:
+            logger.info("%d training run(s) were cut off by a restart; they can be resumed", interrupted)
+        self.trainings = TrainingQueue()
+        self._lazy_lock = threading.RLock()
+        self._generator = self._companion = self._evaluator = None
+
+    # -- models, loaded on first use ----------------------------------------------------------
+
+    @property
+    def profile(self) -> Profile:
+        with self._lazy_lock:
+            if self._profile is None:
+                self._profile = resolve_profile(self.settings)
+            return self._profile
+
+    @property
+    def generator(self):
+        from petdream.generate import Generator
+
+        profile = self.profile
+        with self._lazy_lock:
+            if self._generator is None:
+                self._generator = Generator(profile, device=self.settings.device, dtype=self.settings.dtype)
+            return self._generator
+
+    @property
+    def companion(self):
+        from petdream.companion import Companion, backend_for
+
+        profile = self.profile
+        with self._lazy_lock:
+            if self._companion is None:
+                self._companion = Companion(backend_for(self.settings, profile.name))
+            return self._companion
+
+    @property
+    def evaluator(self):
+        from petdream.evaluation import Evaluator
+
+        generator = self.generator
+        with self._lazy_lock:
+            if self._evaluator is None:
+                self._evaluator = Evaluator(self.profile, generator=generator)
+            return self._evaluator
+
+    # -- pets ------------------------------------------------------------------------------------
+
+    def check_photos(self, paths: list[str]) -> IntakeReport:
+        return intake(paths, resolution=self.profile.resolution)
+
+    def pets(self, owner: str, trained_only: bool = False) -> list[PetRecord]:
+        return [p for p in self.store.pets(owner) if p.model_dir is not None or not trained_only]
+
+    def pet_model(self, owner: str, pet_id: str) -> PetModel:
+        record = self.store.pet(owner, pet_id)
+        if record.model_dir is None:
+            raise NotFound(f"{record.name} has no trained model yet: train it on the My pet tab first.")
+        return PetModel.load(record.model_dir)
+
+    # -- training --------------------------------------------------------------------------------
+
+    def start_training(self, owner: str, name: str, class_noun: str, photo_paths: list[str], preset: str,
+                       **overrides) -> TrainingJob:
+        """Check the photos, create the pet and queue its training; raises ValueError saying what to fix."""
+        report = intake(photo_paths, resolution=self.profile.resolution)
+        report.require_enough()
+        pet, note = new_pet(name, class_noun)
+        config = TrainingConfig.preset(preset, **overrides)
+        record = self.store.add_pet(owner, pet.name, pet.class_noun, pet.trigger)
+        report.save(record.photos_dir)  # the normalized crops: a resume after a restart trains on the same
+        run = self.store.add_run(owner, record.id, config.to_dict())
+        job = self._queue(owner, record, run.id, config, resume=False)
+        job.message = note or ""
+        return job
+
+    def train_further(self, owner: str, pet_id: str) -> TrainingJob:
+        """Add the pictures the person liked to the pet's photos and train on from its current weights."""
+        record = self.store.pet(owner, pet_id)
+        model = self.pet_model(owner, pet_id)
+        liked = self.store.liked_images(owner, pet_id)
+        if not liked:
+            raise ValueError(f"No liked pictures of {record.name} yet: rate pictures in the chat with a thumbs up.")
+        for image in liked:
+            shutil.copyfile(image.path, Path(record.photos_dir) / f"liked-{image.id}.png")
+        config = TrainingConfig.from_dict({**model.training, "steps": FURTHER_TRAINING_STEPS})
+        run = self.store.add_run(owner, pet_id, config.to_dict(), init_model_dir=model.path)
+        return self._queue(owner, record, run.id, config, resume=False, init_model=model)
+
+    def resume_training(self, owner: str, run_id: str) -> TrainingJob:
+        """Continue a run that a restart, a cancel or a failure stopped, from its last checkpoint."""
+        run = self.store.run(owner, run_id)
+        record = self.store.pet(owner, run.pet_id)
+        self.store.update_run(owner, run_id, status="queued")
+        init = PetModel.load(run.init_model_dir) if run.init_model_dir else None
+        return self._queue(owner, record, run_id, run.training_config(), resume=True, init_model=init)
+
+    def training(self, owner: str, run_id: str) -> TrainingJob | None:
+        """The live state of `owner`'s run (None for anyone else's, or once the process restarted)."""
+        job = self.trainings.job(run_id)
+        return job if job is not None and job.owner == owner else None
+
+    def cancel_training(self, owner: str, run_id: str) -> bool:
+        return self.training(owner, run_id) is not None and self.trainings.cancel(run_id)
+
+    def _queue(self, owner: str, record: PetRecord, run_id: str, config: TrainingConfig, resume: bool,
+               init_model: PetModel | None = None) -> TrainingJob:
+        job = TrainingJob(run_id=run_id, owner=owner, pet_name=record.name, total_steps=config.steps)
+        self.trainings.submit(job, lambda job: self._train(job, record, config, resume, init_model))
+        return job
+
+    def _train(self, job: TrainingJob, record: PetRecord, config: TrainingConfig, resume: bool,
+               init_model: PetModel | None) -> None:
+        """The worker's side: run the trainer, mirror its events into the job and the store."""
+        owner, store = job.owner, self.store
+        photos = intake(sorted(Path(record.photos_dir).glob("*.png")), resolution=self.profile.resolution).accepted
+        run = store.run(owner, job.run_id)
+        extra = {"init_model": init_model} if init_model is not None else {}
+        trainer = DreamBoothTrainer(self.profile, photos, Pet(record.name, record.trigger, record.class_noun),
+                                    run.output_dir, config, data_dir=self.data_dir, device=self.settings.device,
+                                    **extra)
+        job.on_cancel = trainer.cancel
+        if job.cancel_requested.is_set():
+            trainer.cancel()
+        job.status = "running"
+        store.update_run(owner, job.run_id, status="running")
+        samples_dir = run.output_dir / "live-samples"
+        for event in trainer.run(resume=resume):
+            if isinstance(event, Progress):
+                job.step, job.loss, job.eta_seconds = event.step, event.loss, event.eta_seconds
+                job.steps_per_second = event.steps_per_second
+                job.losses.append(event.loss)
+            elif isinstance(event, Sample):
+                samples_dir.mkdir(parents=True, exist_ok=True)
+                for i, (image, prompt) in enumerate(zip(event.images, event.prompts)):
+                    path = samples_dir / f"step{event.step:05d}-{i}.png"
+                    image.save(path)
+                    job.samples.append((str(path), f"step {event.step}: {prompt}"))
+            elif isinstance(event, (Note, CheckpointSaved)):
+                job.message = event.text if isinstance(event, Note) else f"Checkpoint saved at step {event.step}."
+                if isinstance(event, CheckpointSaved):
+                    store.update_run(owner, job.run_id, metrics={"step": event.step})
+            elif isinstance(event, Finished):
+                store.finish_run(owner, job.run_id, event.model.path, metrics={
+                    "steps": event.model.training.get("steps_done"), "seconds": round(event.seconds, 1),
+                    "final_loss": event.final_loss})
+                job.status, job.message = "finished", f"{record.name} is ready: chat with them on the Chat tab."
+            elif isinstance(event, Failed):
+                store.update_run(owner, job.run_id, status="failed", error=event.reason)
+                job.status, job.message = "failed", event.reason
+            elif isinstance(event, Cancelled):
+                store.update_run(owner, job.run_id, status="cancelled", metrics={"step": event.step})
+                job.status, job.message = "cancelled", f"Cancelled at step {event.step}; you can resume it."
+
+    # -- chat and pictures -------------------------------------------------------------------------
+
+    def chat(self, owner: str, pet_id: str, message: str, *, person=None, history: list[dict] | None = None,
+             on_token: Callable[[str], None] | None = None):
+        """The companion's Turn for `message`, and a picture of the pet (None on a crisis reply)."""
+        from petdream.companion import Person
+
+        model = self.pet_model(owner, pet_id)
+        turn = self.companion.respond(message, pet=model.pet, person=person or Person(), history=history,
+                                      on_token=on_token)
+        self.store.add_chat_turn(owner, "user", message, pet_id=pet_id, mood=turn.mood)
+        picture = self.draw(owner, pet_id, turn.image_prompt, turn.negative_prompt) if turn.draw else None
+        self.store.add_chat_turn(owner, "assistant", turn.reply, pet_id=pet_id, mood=turn.mood,
+                                 image_path=picture.path if picture else None)
+        return turn, picture
+
+    def draw(self, owner: str, pet_id: str, prompt: str, negative_prompt: str | None = None,
+             seed: int | None = None) -> ChatPicture:
+        """One picture of the pet, kept in its images folder and recorded for rating."""
+        model = self.pet_model(owner, pet_id)
+        result = self.generator.generate(prompt, pet=model, negative_prompt=negative_prompt, seed=seed)
+        folder = self.store.paths(owner, pet_id).images
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{uuid.uuid4().hex}.png"
+        result.images[0].save(path)
+        image = self.store.add_image(owner, pet_id, path, prompt, result.seed)
+        return ChatPicture(image.id, path, prompt, result.seed)
+
+    def rate(self, owner: str, image_id: int, liked: bool | None) -> None:
+        self.store.rate_image(owner, image_id, liked)
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def evaluate(self, owner: str, pet_id: str, config) -> Iterator:
+        """The evaluator's events (see petdream.evaluation.events) for `owner`'s pet."""
+        record = self.store.pet(owner, pet_id)
+        model = self.pet_model(owner, pet_id)
+        photos = intake(sorted(Path(record.photos_dir).glob("*.png")), resolution=self.profile.resolution,
+                        min_photos=1).accepted
+        yield from self.evaluator.run(model, photos, config)
+
+    def save_report(self, owner: str, pet_id: str, report) -> dict[str, Path]:
+        """Write an evaluation report into the pet's folder; return its files (json, markdown, grid, chart)."""
+        return report.save(self.store.paths(owner, pet_id).root / "evaluation" / uuid.uuid4().hex[:8])

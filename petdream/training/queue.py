@@ -1,0 +1,109 @@
+"""TrainingQueue: trainings run one at a time in a background thread, the rest wait in line.
+
+The app starts trainings from request handlers that must return at once; the queue runs them
+in submission order on one worker thread (one GPU trains one pet at a time, as the trainer's
+device lock also ensures across processes) and keeps each one's live state in a `TrainingJob`
+that the UI reads whenever it likes: from the handler that started it, after a page reload,
+or from another tab.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingJob:
+    """What one queued or running training looks like right now. Updated by the worker only."""
+
+    run_id: str
+    owner: str
+    pet_name: str
+    total_steps: int
+    status: str = "queued"  # queued | running | finished | failed | cancelled
+    step: int = 0
+    loss: float | None = None
+    eta_seconds: float | None = None
+    steps_per_second: float | None = None
+    losses: list[float] = field(default_factory=list)
+    samples: list[tuple[str, str]] = field(default_factory=list)  # (image path, caption), newest last
+    message: str = ""  # the latest note, or the failure's reason
+    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    on_cancel: Callable[[], None] | None = field(default=None, repr=False)  # set while running
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("finished", "failed", "cancelled")
+
+
+class TrainingQueue:
+    """Runs `work(job)` for each submitted job, one at a time, in submission order."""
+
+    def __init__(self):
+        self._waiting: deque[tuple[TrainingJob, Callable[[TrainingJob], None]]] = deque()
+        self._jobs: dict[str, TrainingJob] = {}
+        self._running: TrainingJob | None = None
+        self._lock = threading.Condition()
+        self._worker = threading.Thread(target=self._work, name="petdream-training", daemon=True)
+        self._worker.start()
+
+    def submit(self, job: TrainingJob, work: Callable[[TrainingJob], None]) -> TrainingJob:
+        with self._lock:
+            self._jobs[job.run_id] = job
+            self._waiting.append((job, work))
+            self._lock.notify()
+        return job
+
+    def job(self, run_id: str) -> TrainingJob | None:
+        with self._lock:
+            return self._jobs.get(run_id)
+
+    def position(self, run_id: str) -> int | None:
+        """0 while it runs, n when n trainings go before it, None when it is not waiting or running."""
+        with self._lock:
+            if self._running is not None and self._running.run_id == run_id:
+                return 0
+            ahead = 1 if self._running is not None else 0
+            for job, _ in self._waiting:
+                if job.run_id == run_id:
+                    return ahead
+                ahead += 1
+            return None
+
+    def cancel(self, run_id: str) -> bool:
+        """Stop a running job after its current step, or take a waiting one out of the line."""
+        with self._lock:
+            job = self._jobs.get(run_id)
+            if job is None or job.done:
+                return False
+            job.cancel_requested.set()
+            for entry in list(self._waiting):
+                if entry[0].run_id == run_id:
+                    self._waiting.remove(entry)
+                    job.status, job.message = "cancelled", "Cancelled before it started."
+                    return True
+            if job.on_cancel is not None:
+                job.on_cancel()
+            return True
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting:
+                    self._lock.wait()
+                job, work = self._waiting.popleft()
+                self._running = job
+            try:
+                work(job)
+            except Exception as error:  # a bug must not kill the worker: the next person still trains
+                logger.exception("training %s crashed", job.run_id)
+                job.status, job.message = "failed", f"Training stopped unexpectedly: {error}"
+            finally:
+                with self._lock:
+                    self._running = None

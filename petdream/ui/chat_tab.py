@@ -1,0 +1,143 @@
+"""Chat: the supportive companion answers, and the person's own pet appears in a picture.
+
+The reply streams in as the language model writes it (each sentence screened before it shows);
+then the pet's model draws the scene. Pictures can be rated with the chatbot's thumbs, and the
+liked ones taught back to the pet ("Teach"), which trains it further from its current weights.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import gradio as gr
+
+from petdream.companion import Person
+from petdream.companion.safety import DISCLOSURE
+from petdream.service import PetDreamService
+from petdream.store import NotFound
+from petdream.ui.session import owner_of, served_copy, trained_pets
+
+CRISIS_TITLE = "🆘 You don't have to face this alone: people who can help, right now"
+
+
+def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
+    with gr.Tab("Chat", id="chat") as tab:
+        gr.Markdown(f"ℹ️ {DISCLOSURE}", elem_id="disclosure")
+        with gr.Row():
+            pet = gr.Dropdown([], label="Pet", elem_id="chat-pet", scale=2, allow_custom_value=True)
+            keep = gr.Checkbox(label="Keep my conversation (you can switch this off; that deletes it)",
+                               value=False, elem_id="chat-consent", scale=3)
+        with gr.Accordion("About you (optional; used only in this session)", open=False):
+            with gr.Row():
+                person_name = gr.Textbox(label="Your name", elem_id="person-name")
+                age = gr.Textbox(label="Age", elem_id="person-age")
+                occupation = gr.Textbox(label="Occupation", elem_id="person-occupation")
+        chatbot = gr.Chatbot(label="PetDream", height=520, elem_id="chatbot")
+        with gr.Row():
+            message = gr.Textbox(label="How are you feeling?", placeholder="Tell me about your day...", scale=5,
+                                 elem_id="chat-input")
+            send = gr.Button("Send", variant="primary", scale=1, elem_id="send-button")
+        with gr.Row():
+            again = gr.Button("New picture", elem_id="new-picture")
+            teach = gr.Button("Teach my pet with the pictures I liked", elem_id="teach-button")
+        note = gr.Markdown(elem_id="chat-note")
+        pictures = gr.State({})  # chatbot message index -> stored image id, for the thumbs
+        last_prompt = gr.State("")
+
+    def respond(text, pet_id, name, age, occupation, history, pictures, browser_id, request: gr.Request,
+                profile: gr.OAuthProfile | None = None):
+        """Stream the companion's reply into the chat, then add the pet's picture."""
+        owner = owner_of(browser_id, request, profile)
+        if not pet_id:
+            raise gr.Error("Choose a pet first (train one on the My pet tab).")
+        if not text or not text.strip():
+            raise gr.Error("Write a message first: say how you feel or what's on your mind.")
+        history = list(history or [])
+        earlier = [{"role": m["role"], "content": m["content"]} for m in history if isinstance(m.get("content"), str)]
+        history += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+        yield history, pictures, "", ""
+
+        tokens: queue.Queue = queue.Queue()
+        outcome: dict = {}
+
+        def work():
+            try:
+                outcome["turn"], outcome["picture"] = service.chat(
+                    owner, pet_id, text, person=Person(name or None, age or None, occupation or None),
+                    history=earlier, on_token=tokens.put)
+            except Exception as error:  # shown to the person below; the worker must always finish
+                outcome["error"] = error
+            finally:
+                tokens.put(None)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (piece := tokens.get()) is not None:
+            history[-1]["content"] += piece
+            yield history, pictures, "", gr.skip()
+        if "error" in outcome:
+            error = outcome["error"]
+            raise gr.Error(str(error) if isinstance(error, (NotFound, ValueError)) else
+                           f"Something went wrong while answering: {error}")
+        turn, picture = outcome["turn"], outcome["picture"]
+        history[-1] = {"role": "assistant", "content": turn.reply}
+        if turn.safety.is_crisis:
+            history[-1]["metadata"] = {"title": CRISIS_TITLE}
+        for notice in turn.notices:
+            if notice != DISCLOSURE:  # the disclosure is always on screen above the chat
+                history.append({"role": "assistant", "content": f"_{notice}_"})
+        if picture is not None:
+            history.append({"role": "assistant", "content": {"path": served_copy(picture.path),
+                                                             "alt_text": picture.prompt}})
+            pictures = {**pictures, len(history) - 1: picture.image_id}
+        yield history, pictures, turn.image_prompt, gr.skip()
+
+    def redraw(pet_id, prompt, history, pictures, browser_id, request: gr.Request,
+               profile: gr.OAuthProfile | None = None):
+        owner = owner_of(browser_id, request, profile)
+        if not pet_id or not prompt:
+            raise gr.Error("Send a message first; then a new picture of the same scene can be drawn.")
+        picture = service.draw(owner, pet_id, prompt)
+        history = list(history or []) + [{"role": "assistant", "content": {"path": served_copy(picture.path),
+                                                                            "alt_text": picture.prompt}}]
+        return history, {**pictures, len(history) - 1: picture.image_id}
+
+    def rate(pictures, browser_id, liked: gr.LikeData, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        owner = owner_of(browser_id, request, profile)
+        index = liked.index[0] if isinstance(liked.index, (list, tuple)) else liked.index
+        image_id = pictures.get(index) if isinstance(pictures, dict) else None
+        if image_id is None:
+            gr.Info("Only pictures can be rated; the ratings teach your pet what it looks like.")
+            return
+        verdict = liked.liked if isinstance(liked.liked, bool) else (None if not liked.liked else liked.liked == "Like")
+        service.rate(owner, image_id, verdict)
+
+    def teach_liked(pet_id, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        owner = owner_of(browser_id, request, profile)
+        if not pet_id:
+            raise gr.Error("Choose a pet first.")
+        try:
+            job = service.train_further(owner, pet_id)
+        except (NotFound, ValueError) as error:
+            raise gr.Error(str(error)) from None
+        position = service.trainings.position(job.run_id) or 0
+        return (f"Teaching {job.pet_name} with the pictures you liked: {job.total_steps} steps"
+                + (f", {position} training(s) ahead" if position else "") + ". The chat uses the new weights "
+                "once it finishes.")
+
+    def consent(keep, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        service.store.set_chat_consent(owner_of(browser_id, request, profile), bool(keep))
+
+    inputs = [message, pet, person_name, age, occupation, chatbot, pictures, browser_id]
+    outputs = [chatbot, pictures, last_prompt, message]
+    send.click(respond, inputs=inputs, outputs=outputs, api_name="chat")
+    message.submit(respond, inputs=inputs, outputs=outputs, api_visibility="private")
+    again.click(redraw, inputs=[pet, last_prompt, chatbot, pictures, browser_id], outputs=[chatbot, pictures],
+                api_visibility="private")
+
+    chatbot.like(rate, inputs=[pictures, browser_id], api_visibility="private")
+    teach.click(teach_liked, inputs=[pet, browser_id], outputs=note, api_name="train_further")
+    keep.change(consent, inputs=[keep, browser_id], api_visibility="private")
+    list_pets = trained_pets(service)
+    tab.select(list_pets, inputs=[pet, browser_id], outputs=pet, api_visibility="private")
+    return {"list_pets": (list_pets, [pet, browser_id], [pet])}

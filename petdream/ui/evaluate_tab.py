@@ -1,0 +1,67 @@
+"""Evaluate: the DreamBench-style protocol on one pet, beside the base model, with its report."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from petdream.evaluation import EvaluationConfig, Failed, Finished, Note, Progress, load_prompts
+from petdream.service import PetDreamService
+from petdream.store import NotFound
+from petdream.ui.session import owner_of, served_copy, trained_pets
+
+QUICK_PROMPTS = 4
+
+
+def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) -> dict:
+    with gr.Tab("Evaluate", id="evaluate") as tab:
+        gr.Markdown(
+            "How well does the model know your pet? Each prompt is drawn by your pet's model and by the base "
+            "model with the same seeds, then scored: CLIPScore (does the picture match the prompt), CLIP-I and "
+            "DINO (does it look like your photos), SSIM, and FID over all pictures.")
+        with gr.Row():
+            pet = gr.Dropdown([], label="Pet", elem_id="eval-pet", allow_custom_value=True)
+            size = gr.Radio([f"quick ({QUICK_PROMPTS} prompts, 1 picture each)", "full (every prompt, 4 pictures)"],
+                            value=f"quick ({QUICK_PROMPTS} prompts, 1 picture each)", label="How thorough",
+                            elem_id="eval-size")
+            steps = gr.Slider(5, 50, value=10 if tiny else 25, step=1, label="Sampling steps")
+        run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-button")
+        status = gr.Markdown(elem_id="eval-status")
+        metrics = gr.Markdown(elem_id="eval-metrics")
+        with gr.Row():
+            grid = gr.Image(label="Your pet's model (top) and the base model", elem_id="eval-grid")
+            chart = gr.Image(label="Subject fidelity against prompt fidelity", elem_id="eval-chart")
+        report = gr.File(label="Report", file_count="multiple", elem_id="eval-report")
+
+    def evaluate(pet_id, size, steps, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """Stream progress, then the metrics table, the grid, the chart and the report files."""
+        owner = owner_of(browser_id, request, profile)
+        if not pet_id:
+            raise gr.Error("Choose a trained pet first.")
+        quick = size.startswith("quick")
+        config = EvaluationConfig(prompts=tuple(load_prompts()[:QUICK_PROMPTS]) if quick else None,
+                                  images_per_prompt=1 if quick else 4, steps=int(steps))
+        try:
+            events = service.evaluate(owner, pet_id, config)
+            for event in events:
+                if isinstance(event, Progress):
+                    who = "your pet's model" if event.model == "pet" else "the base model"
+                    yield (f"Drawing {event.step} of {event.total_steps} with {who}: {event.prompt} "
+                           f"(about {event.eta_seconds:.0f} s left)"), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                elif isinstance(event, Note):
+                    gr.Warning(event.text)
+                elif isinstance(event, Failed):
+                    raise gr.Error(event.reason)
+                elif isinstance(event, Finished):
+                    paths = service.save_report(owner, pet_id, event.report)
+                    files = [served_copy(paths["markdown"]), served_copy(paths["json"])]
+                    yield (f"✅ Done in {event.seconds:.0f} s. {event.report.summary()}", event.report.to_markdown(),
+                           served_copy(paths["grid"]), served_copy(paths["chart"]), files)
+        except NotFound as error:
+            raise gr.Error(str(error)) from None
+
+    run.click(evaluate, inputs=[pet, size, steps, browser_id], outputs=[status, metrics, grid, chart, report],
+              api_name="evaluate")
+    list_pets = trained_pets(service)
+    tab.select(list_pets, inputs=[pet, browser_id], outputs=pet, api_visibility="private")
+    return {"list_pets": (list_pets, [pet, browser_id], [pet])}
+

@@ -1,0 +1,70 @@
+"""Who is asking: the owner key every service call is scoped to, and files they may be shown.
+
+A person logged in with Hugging Face (on a Space with `hf_oauth: true`) is `hf:<username>` on
+every device. Without a login, pets belong to the browser: an unguessable id kept in its local
+storage (`gr.BrowserState`). A gradio_client script has no browser storage; its connection's
+session hash, keyed with this process's secret, stands in for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import gradio as gr
+
+from petdream.store import new_session_id, session_owner, user_owner
+
+_PROCESS_SECRET = secrets.token_bytes(32)
+SERVED_DIR = Path(tempfile.gettempdir()) / "petdream-served"
+
+
+def oauth_enabled() -> bool:
+    """True on a Space with Hugging Face login switched on (it sets OAUTH_CLIENT_ID)."""
+    return bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
+
+
+def browser_id_or_new(browser_id: str | None) -> str:
+    return browser_id if browser_id and len(browser_id) >= 32 else new_session_id()
+
+
+def owner_of(browser_id: str | None, request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
+    if profile is not None:
+        return user_owner(profile.username)
+    if browser_id and len(browser_id) >= 32:
+        return session_owner(browser_id)
+    session_hash = getattr(request, "session_hash", None)
+    if not session_hash:
+        raise gr.Error("Your browser session is not known yet: reload the page.")
+    return session_owner(hashlib.sha256(_PROCESS_SECRET + session_hash.encode()).hexdigest())
+
+
+def served_copy(path: str | Path) -> str:
+    """A copy of one of the owner's files for Gradio to serve.
+
+    Gradio copies what a handler returns into its cache under a content-hash name, and serves
+    only that cache and `allowed_paths`; the data dir itself is never served, so no URL guessed
+    from a pet's folder reaches another person's files. The copy under the temp dir also lets
+    Gradio take files from a data dir outside the working directory (/data on a Space).
+    """
+    SERVED_DIR.mkdir(parents=True, exist_ok=True)
+    target = SERVED_DIR / f"{uuid.uuid4().hex}{Path(path).suffix}"
+    shutil.copyfile(path, target)
+    return str(target)
+
+
+def trained_pets(service):
+    """A handler listing the asker's trained pets for a dropdown, keeping the current choice."""
+
+    def list_pets(current, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        owner = owner_of(browser_id, request, profile)
+        choices = [(p.name, p.id) for p in service.pets(owner, trained_only=True)]
+        ids = [pet_id for _, pet_id in choices]
+        return gr.Dropdown(choices, value=current if current in ids else (ids[-1] if ids else None))
+
+    return list_pets

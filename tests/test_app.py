@@ -1,11 +1,21 @@
 """The Gradio app, served for real and driven through gradio_client as a script would."""
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 
+import httpx
 import pytest
 from photo_factory import make_photo
 
+from conftest import REPO
 from petdream.settings import Settings
+
+ALICE, BOB = "a" * 40, "b" * 40  # the keys two scripts (or browsers) call themselves by
+STEPS = 20
 
 
 def free_port() -> int:
@@ -21,24 +31,55 @@ def served_app(tiny, data_dir):
     settings = Settings.from_env({}, data_dir=data_dir, profile="tiny", device="cpu")
     app = build_app(settings)
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.url = f"http://127.0.0.1:{port}/"
+    yield app
     app.close()
 
 
-def test_page_is_served_with_the_tiny_banner(served_app):
-    import httpx
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(4):
+        make_photo(i, (240, 200)).save(folder / f"dog{i}.jpg")
+    return sorted(folder.iterdir())
 
-    page = httpx.get(served_app, timeout=30)
+
+def client(app):
+    from gradio_client import Client
+
+    return Client(app.url, verbose=False)
+
+
+def train(app, key: str, photos, name: str = "Bruno") -> str:
+    """Train through /train to the end; return the last status line."""
+    from gradio_client import handle_file
+
+    job = client(app).submit([handle_file(str(p)) for p in photos], name, "dog", "tiny", None, STEPS, 0, 0, 0, "off",
+                             key, api_name="/train")
+    outputs = job.outputs() if job.result(timeout=300) is not None else []
+    return outputs[-1][0]
+
+
+@pytest.fixture(scope="module")
+def alices_pet(served_app, photo_files) -> dict:
+    status = train(served_app, ALICE, photo_files)
+    assert status == "✅ Bruno is ready: chat with them on the Chat tab."
+    [pet] = client(served_app).predict(ALICE, api_name="/pets")
+    return pet
+
+
+def test_page_is_served_with_the_tiny_banner(served_app):
+    page = httpx.get(served_app.url, timeout=30)
     assert page.status_code == 200 and "PetDream" in page.text
-    config = httpx.get(served_app + "config", timeout=30).json()
+    config = httpx.get(served_app.url + "config", timeout=30).json()
     assert config["title"] == "PetDream" and config["analytics_enabled"] is False
     texts = " ".join(str(c.get("props", {}).get("value", "")) for c in config["components"])
     assert "random weights" in texts and "profile **tiny**" in texts
 
 
 def test_check_photos_endpoint_reports_accepted_and_rejected(served_app, tmp_path):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     files = []
     for i in range(2):
@@ -46,19 +87,109 @@ def test_check_photos_endpoint_reports_accepted_and_rejected(served_app, tmp_pat
         files.append(tmp_path / f"dog{i}.jpg")
     (tmp_path / "readme.png").write_text("hello")
     files.append(tmp_path / "readme.png")
-    summary, gallery, table = Client(served_app, verbose=False).predict(
-        [handle_file(str(f)) for f in files], api_name="/check_photos"
-    )
+    summary, gallery, table = client(served_app).predict([handle_file(str(f)) for f in files], api_name="/check_photos")
     assert summary == "**2 usable photos: add 1 more to train.**"
     assert len(gallery) == 2
     assert table["data"][0][0] == "readme.png" and "not a photo" in table["data"][0][1]
 
 
-def test_generate_endpoint_draws_and_reports_errors(served_app):
-    from gradio_client import Client
+def test_training_with_too_few_photos_says_what_to_do(served_app, photo_files):
+    with pytest.raises(Exception, match="DreamBooth needs at least 3. Add 1 more photo"):
+        train(served_app, ALICE, photo_files[:2], name="Rex")
 
-    client = Client(served_app, verbose=False)
-    gallery, notes = client.predict("a photo of a dog", "", 3, 7.5, "dpmpp", 5, 2, api_name="/generate")
-    assert len(gallery) == 2 and notes.startswith("Seed 5.")
-    with pytest.raises(Exception, match="The prompt is empty"):
-        client.predict("", "", 3, 7.5, "dpmpp", 5, 1, api_name="/generate")
+
+def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet):
+    assert alices_pet["name"] == "Bruno" and alices_pet["phrase"] == "bruno dog" and alices_pet["trained"]
+    api = client(served_app)
+
+    chat = api.submit("I feel a bit lonely today", alices_pet["id"], "Ana", "", "", [], ALICE, api_name="/chat")
+    chat.result(timeout=300)
+    history = chat.outputs()[-1][0]
+    texts = [part["text"] for m in history for part in m["content"] if part.get("type") == "text"]
+    files = [part["file"] for m in history for part in m["content"] if part.get("type") == "file"]
+    assert history[0]["role"] == "user" and texts[0] == "I feel a bit lonely today"
+    assert len(texts) >= 2 and texts[1].strip()  # the companion's reply
+    assert len(files) == 1 and files[0].endswith(".png")  # the pet's picture, inline
+
+    picture = api.predict(alices_pet["id"], "a photo of bruno dog on a beach", 7, ALICE, api_name="/generate")
+    assert os.path.getsize(picture) > 0
+    service = served_app.petdream_service
+    owner = f"session:{ALICE}"
+    images = service.store.images(owner, alices_pet["id"])
+    assert len(images) == 2 and images[-1].seed == 7 and images[-1].prompt == "a photo of bruno dog on a beach"
+    service.rate(owner, images[-1].id, True)
+    assert [i.id for i in service.store.liked_images(owner, alices_pet["id"])] == [images[-1].id]
+
+    evaluation = api.submit(alices_pet["id"], "quick (4 prompts, 1 picture each)", 5, ALICE, api_name="/evaluate")
+    evaluation.result(timeout=600)
+    status, metrics, grid, chart, report = evaluation.outputs()[-1]
+    assert status.startswith("✅ Done") and "CLIPScore" in status
+    assert "| CLIPScore" in metrics or "CLIPScore" in metrics.split("\n## ")[1]
+    assert os.path.getsize(grid) > 0 and os.path.getsize(chart) > 0
+    assert sorted(os.path.basename(f).rsplit(".", 1)[1] for f in report) == ["json", "md"]
+
+
+def test_another_person_sees_none_of_the_pets_pictures_or_files(served_app, alices_pet, data_dir):
+    bob = client(served_app)
+    assert bob.predict(BOB, api_name="/pets") == []
+    assert bob.predict("", api_name="/pets") == []  # a script with no key: its own connection's pets
+    with pytest.raises(Exception, match="No pet"):
+        bob.predict(alices_pet["id"], "a photo of bruno dog", 1, BOB, api_name="/generate")
+    with pytest.raises(Exception, match="No pet"):
+        bob.submit("hello", alices_pet["id"], "", "", "", [], BOB, api_name="/chat").result(timeout=60)
+    with pytest.raises(Exception, match="No pet"):
+        bob.submit(alices_pet["id"], "quick (4 prompts, 1 picture each)", 5, BOB, api_name="/evaluate").result(
+            timeout=60)
+
+    # Guessing file URLs: Alice's photos, pictures and weights are on disk under the data dir.
+    owner_folder = next((data_dir / "people").iterdir())
+    secrets_on_disk = [p for p in owner_folder.rglob("*") if p.suffix in (".png", ".safetensors", ".json")]
+    assert secrets_on_disk
+    for path in secrets_on_disk[:10] + [data_dir / "petdream.sqlite3"]:
+        for url in (f"gradio_api/file={path}", f"file={path}", f"gradio_api/file={path.relative_to(REPO.parent)}"):
+            answer = httpx.get(served_app.url + url, timeout=30)
+            assert answer.status_code in (403, 404), (url, answer.status_code)
+
+
+RESTART_SCRIPT = r"""
+import sys, time
+from pathlib import Path
+from petdream.service import PetDreamService
+from petdream.settings import Settings
+service = PetDreamService(Settings.from_env({}, data_dir=sys.argv[1], profile="tiny", device="cpu"))
+job = service.start_training("session:" + "c" * 40, "Rex", "dog", sys.argv[2:], "tiny", steps=40,
+                             checkpoint_every=5, prior_preservation=False)
+print(job.run_id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_training_cut_off_by_a_restart_shows_as_resumable_and_resumes(tiny, data_dir, photo_files, tmp_path):
+    from petdream.service import PetDreamService
+
+    restart_dir = tmp_path / "data"
+    restart_dir.mkdir()
+    (restart_dir / "models").symlink_to(data_dir / "models")  # the tiny models, built once for the session
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", RESTART_SCRIPT, str(restart_dir), *map(str, photo_files)],
+                               stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    run_id = process.stdout.readline().strip()
+    owner = "session:" + "c" * 40
+    deadline = time.monotonic() + 180
+    while not list(restart_dir.glob("people/*/pets/*/runs/*/checkpoints/step-*")):
+        assert time.monotonic() < deadline and process.poll() is None, "no checkpoint was written"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)  # the Space restarts: no goodbye, no cleanup
+    process.wait()
+
+    service = PetDreamService(Settings.from_env({}, data_dir=restart_dir, profile="tiny", device="cpu"), tiny)
+    [run] = service.store.resumable_runs(owner)
+    assert run.id == run_id and run.status == "interrupted"
+    job = service.resume_training(owner, run_id)
+    while not job.done:
+        time.sleep(0.2)
+    assert job.status == "finished", job.message
+    assert job.step == 40 and len(job.losses) < 40  # it went on from the checkpoint, not from step 0
+    [pet] = service.pets(owner, trained_only=True)
+    assert pet.name == "Rex" and service.store.run(owner, run_id).status == "finished"
+    assert service.pet_model(owner, pet.id).training["steps_done"] == 40

@@ -144,16 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "--public; the training photos stay local unless --include-photos. The token comes from HF_TOKEN "
                     "or `hf auth login`, never from a flag.",
     )
-    push.add_argument("--model", required=True, type=Path, help="the pet model folder (written by train)")
+    push.add_argument("--model", required=True, type=Path, metavar="DIR", help="the pet model folder (written by train)")
     push.add_argument("--repo", metavar="ID",
                       help="owner/name, or name under your account (default: {you}/petdream-{pet name})")
     push.add_argument("--public", action="store_true", help="make the repo public (default: private)")
     push.add_argument("--include-photos", action="store_true",
-                      help="upload the training photos too, as cropped without EXIF (needs --photos)")
-    push.add_argument("--photos", type=Path, help="with --include-photos: the folder the pet was trained on")
-    push.add_argument("--evaluation", type=Path,
+                      help="upload the training photos too: the square crops it trained on, without EXIF "
+                           "(needs --photos)")
+    push.add_argument("--photos", type=Path, metavar="DIR", help="with --include-photos: the folder the pet was "
+                                                                   "trained on")
+    push.add_argument("--evaluation", type=Path, metavar="DIR",
                       help="the folder `evaluate --out` wrote (default: the model folder's evaluation/, if any)")
-    push.add_argument("--message", help="commit message")
+    push.add_argument("--message", metavar="TEXT", help="commit message")
     push.add_argument("--endpoint", dest="hub_endpoint", metavar="URL", help="the Hub's address (default: HF_ENDPOINT)")
     push.set_defaults(run=run_push)
 
@@ -164,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "flags below (pull says which ones it needs).",
     )
     pull.add_argument("--repo", required=True, metavar="ID", help="owner/name")
-    pull.add_argument("--output", required=True, type=Path, help="the folder to write (new, or empty)")
-    pull.add_argument("--revision", help="branch, tag or commit (default: main)")
+    pull.add_argument("--output", required=True, type=Path, metavar="DIR", help="the folder to write (new, or empty)")
+    pull.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main)")
     pull.add_argument("--name", help="the pet's name (for repos not made by PetDream)")
     pull.add_argument("--class-noun", help="what kind of animal, e.g. dog (default: from the card's instance_prompt)")
     pull.add_argument("--trigger", help="the trigger word, e.g. sks (default: from the card's instance_prompt)")
@@ -233,6 +235,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.push_to is not None and os.environ.get("RANK", "0") == "0":
         from petdream.hub import PetHub
 
+        _quiet_http_log()
         # Before any GPU time: a read-only or mistyped token fails now, not after training.
         hub = PetHub.from_settings(settings)
         repo_id = hub.check_write_access(args.push_to or None, pet_name=args.name)
@@ -299,6 +302,12 @@ def run_train(args: argparse.Namespace) -> int:
     return 1
 
 
+def _quiet_http_log() -> None:
+    """huggingface_hub's HTTP client logs every request at INFO; a push is a handful of lines, not dozens."""
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _push_after_training(hub, model, repo_id: str, args: argparse.Namespace, photos) -> int:
     """Push a just-trained pet; if that fails the model stays, and the way to retry is printed."""
     from petdream.hub import HubError
@@ -329,6 +338,7 @@ def run_push(args: argparse.Namespace) -> int:
     from petdream.petmodel import PetModel
     from petdream.photos import intake
 
+    _quiet_http_log()
     settings = Settings.from_args(args)
     model = PetModel.load(args.model)
     photos = None
@@ -353,6 +363,7 @@ def run_push(args: argparse.Namespace) -> int:
 def run_pull(args: argparse.Namespace) -> int:
     from petdream.hub import HubError, PetHub
 
+    _quiet_http_log()
     settings = Settings.from_args(args)
     try:
         model = PetHub.from_settings(settings).pull(

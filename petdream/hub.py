@@ -303,7 +303,7 @@ class PetHub:
         kept_photos = _photos_for(model, photos or [])
         for photo in kept_photos:
             files[f"{PHOTOS_DIR}/{photo.sha256[:16]}.png"] = photo.png
-        card = make_model_card(model, repo_id, evaluation=report["json"] if report else None,
+        card = make_model_card(model, repo_id, evaluation=report,
                                n_photos_uploaded=len(kept_photos), license=self._base_license(model))
         files[CARD_FILE] = str(card).encode()
         notes: list[str] = []
@@ -608,8 +608,7 @@ CARD_TEMPLATE = """\
 <Gallery />
 
 {{ pet.name }} is a {{ pet.class_noun }}. This model learned {{ pet.name }} from {{ n_photos }} photos with \
-DreamBooth ({{ method_title }}{% if prior %}, with prior preservation{% endif %}), using \
-[PetDream](https://github.com/petdream/petdream).
+DreamBooth ({{ method_title }}{% if prior %}, with prior preservation{% endif %}), trained with PetDream.
 {% if random_weights %}
 > **Test model.** It was trained on PetDream's `tiny` profile: a small Stable Diffusion with random weights. \
 It draws noise; it exists to test the whole path from photos to the Hub.
@@ -645,8 +644,7 @@ Or with PetDream: `python -m petdream pull --repo {{ repo_id }} --output pets/{{
 ## Evaluation
 {% if evaluation %}
 PetDream's evaluation ({{ evaluation.n_prompts }} prompts, {{ evaluation.images_per_prompt }} images each, \
-{{ evaluation.steps }} steps): each cell is *pet model / base model alone*, on the same prompts and seeds. \
-Subject fidelity (DINO, CLIP-I) should rise with training; prompt fidelity (CLIP-T, CLIPScore) should stay \
+{{ evaluation.steps }} steps), beside the base model alone on the same prompts and seeds. Subject fidelity (DINO, CLIP-I) should rise with training; prompt fidelity (CLIP-T, CLIPScore) should stay \
 near the base model's.{% if evaluation.random_weights %} These numbers come from random-weight models and mean \
 nothing.{% endif %}
 
@@ -654,8 +652,8 @@ nothing.{% endif %}
 |---|---|---|
 {% for row in evaluation.rows %}| {{ row.name }} | {{ row.pet }} | {{ row.base }} |
 {% endfor %}
-The full report is in [evaluation/report.md](evaluation/report.md); the pictures in \
-[evaluation/grid.png](evaluation/grid.png).
+{% if "report.md" in evaluation.files %}The full report: [evaluation/report.md](evaluation/report.md). \
+{% endif %}{% if "grid.png" in evaluation.files %}The pictures: [evaluation/grid.png](evaluation/grid.png).{% endif %}
 {% for warning in evaluation.warnings %}
 - {{ warning }}{% endfor %}
 {% else %}
@@ -667,6 +665,7 @@ then push again.
 {% if n_photos_uploaded %}The {{ n_photos_uploaded }} training photos are in `photos/`, as the square crops the \
 model was trained on, re-encoded without EXIF data (no camera or location).{% else %}The training photos are not \
 in this repo; `petdream.json` lists only their SHA-256 hashes and sizes.{% endif %}
+
 {% if license %}The weights inherit the base model's license, `{{ license }}`, and its use restrictions.\
 {% else %}The base model's license could not be determined; check it before sharing images made with this model.\
 {% endif %}
@@ -692,7 +691,10 @@ def make_model_card(model: PetModel, repo_id: str, *, evaluation: dict | None = 
                     license: str | None = None):
     """The repo's README.md: a `huggingface_hub.ModelCard` with metadata the Hub understands
     (base_model, license, tags, instance_prompt, a widget of the samples, the evaluation as
-    model-index) and text for people (prompting, diffusers usage, hyperparameters, numbers)."""
+    model-index) and text for people (prompting, diffusers usage, hyperparameters, numbers).
+
+    evaluation: what `load_evaluation` returns, or None.
+    """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     pet, training = model.pet, model.training
@@ -704,7 +706,8 @@ def make_model_card(model: PetModel, repo_id: str, *, evaluation: dict | None = 
         tags.append("petdream-tiny")
     eval_results, evaluation_view = None, None
     if evaluation is not None:
-        evaluation_view = _evaluation_view(evaluation)
+        evaluation_view = _evaluation_view(evaluation["json"])
+        evaluation_view["files"] = [name for name in EVALUATION_FILES if (evaluation["folder"] / name).is_file()]
         eval_results = [
             EvalResult(task_type="text-to-image", dataset_type="petdream-evaluation-prompts",
                        dataset_name=f"PetDream evaluation prompts ({evaluation_view['n_prompts']})",

@@ -319,14 +319,19 @@ class PetHub:
         if info.private and public:
             notes.append(f"{repo_id} already existed as a private repo and stays private; make it public in its "
                          f"settings on {self.endpoint}/{repo_id}/settings if you want to.")
-        stale = sorted(s.rfilename for s in info.siblings or []
-                       if _managed(s.rfilename) and s.rfilename not in files)
         message = commit_message or f"PetDream: {model.pet.name} ({model.method}, {model.profile})"
         size = _describe_size(files)
+        stale: list[str] = []  # files of an earlier push that this one no longer has
+        attempts = 0
 
         def commit():
             from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
+            nonlocal attempts
+            # A retry reads the repo again: a try whose answer was lost may already have committed.
+            siblings = info.siblings if attempts == 0 else self._api.model_info(repo_id).siblings
+            attempts += 1
+            stale[:] = sorted(s.rfilename for s in siblings or [] if _managed(s.rfilename) and s.rfilename not in files)
             # Fresh operations every try: huggingface_hub marks them used after a commit.
             operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=content)
                           for path, content in sorted(files.items())]

@@ -77,6 +77,7 @@ class Failure:
     times: int
     body: dict
     headers: dict
+    after: bool  # do the work first, then fail: an answer lost on the way back
 
 
 class FakeHub:
@@ -125,10 +126,11 @@ class FakeHub:
         }
 
     def fail(self, method: str, path_pattern: str, status: int, times: int = 1, body: dict | None = None,
-             headers: dict | None = None) -> None:
-        """Answer the next `times` matching requests with `status` instead."""
+             headers: dict | None = None, after: bool = False) -> None:
+        """Answer the next `times` matching requests with `status` instead (after doing the
+        request's work, with after=True)."""
         self.failures.append(Failure(method, path_pattern, status, times,
-                                     body or {"error": f"injected {status}"}, headers or {}))
+                                     body or {"error": f"injected {status}"}, headers or {}, after))
 
     def add_repo(self, repo_id: str, files: dict[str, bytes], *, private=False, owner_token="") -> Repo:
         repo = Repo(repo_id, private, owner_token)
@@ -184,12 +186,14 @@ class FakeHub:
                             and re.search(f.path_pattern, request.path)), None)
             if failure:
                 failure.times -= 1
-        if failure:
+        if failure and not failure.after:
             return self._send(handler, failure.status, failure.body, headers=failure.headers)
         try:
             status, payload, headers = self._route(request)
         except Exception as error:  # a bug in the fake shows as a 500 with the reason
             status, payload, headers = 500, {"error": f"fake hub: {type(error).__name__}: {error}"}, {}
+        if failure:
+            return self._send(handler, failure.status, failure.body, headers=failure.headers)
         self._send(handler, status, payload, headers=headers, head=method == "HEAD")
 
     @staticmethod

@@ -391,6 +391,17 @@ def test_a_hub_that_stays_down_gives_up_after_four_tries_and_leaves_the_model_as
     assert hub.push(model).files  # the same push, run again, works
 
 
+def test_a_commit_whose_answer_was_lost_is_not_made_twice(tiny, tmp_path, fake, hub, sleeps):
+    model = make_lora_pet(tmp_path / "bruno", tiny)
+    photos = intake([(f"p{i}.png", _png(make_photo(i))) for i in range(3)], resolution=128).accepted
+    hub.push(model, photos=photos)
+    fake.fail("POST", "/commit/", 502, after=True)  # committed, but the answer never arrives
+    result = hub.push(model)
+    assert sleeps == [2] and not any(path.startswith("photos/") for path in fake.files("sam/petdream-bruno"))
+    assert len(fake.repos["sam/petdream-bruno"].commits) == 3  # created, with photos, without: no duplicate
+    assert result.commit == fake.repos["sam/petdream-bruno"].head[0]
+
+
 def test_an_unreachable_hub_is_retried_then_explained(tiny, tmp_path, sleeps):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -149,12 +150,13 @@ class PetHub:
     """
 
     def __init__(self, token: str | None = None, *, endpoint: str = DEFAULT_ENDPOINT, retry: Retry = Retry(),
-                 oauth_scope: str | None = None):
+                 oauth_scope: str | None = None, token_source: str = "your Hugging Face token"):
         from huggingface_hub import HfApi
 
         self.endpoint = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
         self.retry = retry
         self.oauth_scope = oauth_scope
+        self.token_source = token_source  # where the token came from, for messages ("HF_TOKEN", ...)
         self._token = token or None
         self._account: Account | None = None
         # The endpoint is passed explicitly: huggingface_hub reads HF_ENDPOINT once, at import.
@@ -165,7 +167,13 @@ class PetHub:
     @classmethod
     def from_settings(cls, settings, token: str | None = None, **kwargs) -> "PetHub":
         """The token given (a Space login), else HF_TOKEN or a saved `hf auth login`."""
-        return cls(token or settings.hf_token(), endpoint=settings.hub_endpoint, **kwargs)
+        if token:
+            source = "your Hugging Face sign-in"
+        else:
+            token = settings.hf_token()
+            source = "the HF_TOKEN token" if token and token == os.environ.get("HF_TOKEN", "").strip() else \
+                "the token saved by `hf auth login`"
+        return cls(token, endpoint=settings.hub_endpoint, token_source=source, **kwargs)
 
     def __repr__(self) -> str:  # never the token
         return f"PetHub(endpoint={self.endpoint!r}, token={'set' if self._token else 'none'})"
@@ -239,12 +247,13 @@ class PetHub:
                 )
         if account.token_role == "read":
             raise HubError(
-                f"Your Hugging Face token is read-only, so it cannot push {repo_id}. Make a token with the 'Write' "
-                f"role at {tokens_page}, then run `hf auth login` with it or set HF_TOKEN."
+                f"{_capital(self.token_source)} is read-only, so it cannot push {repo_id}. Make a token with the "
+                f"'Write' role at {tokens_page}, then run `hf auth login` with it or set HF_TOKEN."
             )
         if account.token_role == "fineGrained" and not self._fine_grained_may_write(account, repo_id):
             raise HubError(
-                f"Your fine-grained Hugging Face token may not write to {repo_id}. Edit it at {tokens_page}: under "
+                f"{_capital(self.token_source)} is fine-grained and may not write to {repo_id}. Edit it at "
+                f"{tokens_page}: under "
                 f"'Repositories permissions' (or the {namespace} entry) tick 'Write access to contents/settings "
                 f"of all repos under {namespace}', or use a token with the 'Write' role."
             )
@@ -452,7 +461,7 @@ class PetHub:
             return (f"{repo} was not found on {self.endpoint}, or it is private and you are not signed in (401). "
                     "Check the repo id (owner/name); for a private repo run `hf auth login` or set HF_TOKEN.")
         if status == 401:
-            return (f"The Hub at {self.endpoint} did not accept your Hugging Face token (401): it is mistyped, "
+            return (f"The Hub at {self.endpoint} did not accept {self.token_source} (401): it is mistyped, "
                     f"expired or revoked. Make a new token with the 'Write' role at {tokens}, then run "
                     "`hf auth login` or set HF_TOKEN (in the app: sign in again).")
         if status == 403 and reading:
@@ -951,6 +960,10 @@ def _is_network_error(error: BaseException) -> bool:
         except (ImportError, AttributeError):
             pass
     return _in_chain(error, transport)
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _short(error: BaseException) -> str:

@@ -304,7 +304,7 @@ def test_repo_names(fake, hub):
 
 
 @pytest.mark.parametrize("token, repo, message", [
-    (READ_TOKEN, None, "token is read-only.*'Write'"),
+    (READ_TOKEN, None, "Your Hugging Face token is read-only.*'Write'"),
     (TOKEN, "catclub/bruno", "role in the organisation catclub is 'read'"),
     (TOKEN, "strangers/bruno", "strangers is neither that nor one of your organisations"),
 ])
@@ -322,7 +322,7 @@ def test_fine_grained_tokens_need_repo_write_on_the_namespace_or_repo(fake, slee
         return PetHub(token, endpoint=fake.url, retry=Retry(sleep=sleeps))
 
     read_only = [{"entity": {"type": "user", "name": "sam"}, "permissions": ["repo.content.read"]}]
-    with pytest.raises(HubError, match="fine-grained.*'Write access to contents/settings of all repos under sam'"):
+    with pytest.raises(HubError, match="is fine-grained.*'Write access to contents/settings of all repos under sam'"):
         hub_with(read_only).check_write_access(None, "Bruno")
     user_write = [{"entity": {"type": "user", "name": "sam"}, "permissions": ["repo.content.read", "repo.write"]}]
     assert hub_with(user_write).check_write_access(None, "Bruno") == "sam/petdream-bruno"
@@ -354,6 +354,7 @@ def test_tokens_come_from_the_argument_then_hf_token_then_the_saved_login(fake, 
     saved.parent.mkdir(parents=True)
     saved.write_text(OTHER_TOKEN)
     assert whoami_token(PetHub.from_settings(settings)) == OTHER_TOKEN
+    assert PetHub.from_settings(settings).token_source == "the token saved by `hf auth login`"
     monkeypatch.setenv("HF_TOKEN", READ_TOKEN)
     assert whoami_token(PetHub.from_settings(settings)) == READ_TOKEN
     assert whoami_token(PetHub.from_settings(settings, token=TOKEN)) == TOKEN  # a Space login wins
@@ -509,6 +510,19 @@ def test_a_repo_without_a_card_needs_every_flag_and_odd_weight_names_are_taken(t
         hub.pull("someone/not-a-lora", tmp_path / "other", name="Rex")
 
 
+@pytest.mark.parametrize("prompt, trigger, class_noun", [
+    ("a photo of sks dog", "sks", "dog"),
+    ("A photo of TOK golden retriever", "TOK", "golden retriever"),
+    ("an image of zwx cat", "zwx", "cat"),
+    ("ohwx", "ohwx", None),
+    (None, None, None),
+])
+def test_the_trigger_and_class_come_from_the_instance_prompt(prompt, trigger, class_noun):
+    from petdream.hub import _parse_instance_prompt
+
+    assert _parse_instance_prompt(prompt) == (trigger, class_noun)
+
+
 def test_pull_says_when_a_repo_does_not_exist(fake, hub, tmp_path):
     with pytest.raises(HubError, match=r"no model repo sam/nothing-here on http://127.0.0.1:\d+ \(404\)"):
         hub.pull("sam/nothing-here", tmp_path / "out")
@@ -595,7 +609,7 @@ def test_the_token_appears_nowhere(tiny, tmp_path, fake, monkeypatch, capsys, ca
     assert main(["push", "--model", str(model.path), "--repo", "x", *args]) == 1
     assert main(["pull", "--repo", "sam/petdream-bruno", "--output", str(tmp_path / "pulled"), *args]) == 0
     captured = capsys.readouterr()
-    assert "may not write to sam/petdream-bruno" in captured.err and "did not accept your" in captured.err
+    assert "may not write to sam/petdream-bruno" in captured.err and "did not accept the HF_TOKEN token" in captured.err
     assert TOKEN not in captured.out + captured.err + caplog.text
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "token"]
     assert written and not [p for p in written if TOKEN.encode() in p.read_bytes()]
@@ -618,7 +632,7 @@ def test_train_push_to_refuses_a_read_only_token_before_training(tmp_path, fake,
     monkeypatch.setenv("HF_TOKEN", READ_TOKEN)
     code = main(["train", "--photos", str(photo_folder), "--name", "Rex", "--class-noun", "dog", "--output",
                  str(tmp_path / "rex"), "--push-to", "--endpoint", fake.url, *TRAIN_FAST])
-    assert code == 2 and "token is read-only" in capsys.readouterr().err
+    assert code == 2 and "The HF_TOKEN token is read-only" in capsys.readouterr().err
     assert not (tmp_path / "rex").exists()  # no training happened
 
 

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--public", action="store_true", help="with --push-to: make the repo public (default: private)")
     train.add_argument("--include-photos", action="store_true",
                        help="with --push-to: upload the training photos too (cropped, without EXIF; default: not)")
-    train.add_argument("--endpoint", dest="hub_endpoint", metavar="URL", help="the Hub's address (default: HF_ENDPOINT)")
+    train.add_argument("--endpoint", dest="hub_endpoint", metavar="URL",
+                       help="the Hub's address (default: HF_ENDPOINT)")
     Settings.add_arguments(train)
     train.set_defaults(run=run_train)
 
@@ -144,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--public; the training photos stay local unless --include-photos. The token comes from HF_TOKEN "
                     "or `hf auth login`, never from a flag.",
     )
-    push.add_argument("--model", required=True, type=Path, metavar="DIR", help="the pet model folder (written by train)")
+    push.add_argument("--model", required=True, type=Path, metavar="DIR",
+                      help="the pet model folder (written by train)")
     push.add_argument("--repo", metavar="ID",
                       help="owner/name, or name under your account (default: {you}/petdream-{pet name})")
     push.add_argument("--public", action="store_true", help="make the repo public (default: private)")
@@ -288,7 +290,8 @@ def run_train(args: argparse.Namespace) -> int:
                   f"{event.final_loss:.4f}; prompt with \"{pet.phrase}\" -> {event.model.path}")
             if hub is None:
                 return 0
-            return _push_after_training(hub, event.model, repo_id, args, report.accepted if args.include_photos else None)
+            photos = report.accepted if args.include_photos else None
+            return _push_after_training(hub, event.model, repo_id, args, photos)
         elif isinstance(event, Failed):
             bar.close()
             kept = f" The last checkpoint is kept: {event.checkpoint}." if event.checkpoint else ""

@@ -658,8 +658,8 @@ Or with PetDream: `python -m petdream pull --repo {{ repo_id }} --output pets/{{
 ## Evaluation
 {% if evaluation %}
 PetDream's evaluation ({{ evaluation.n_prompts }} prompts, {{ evaluation.images_per_prompt }} images each, \
-{{ evaluation.steps }} steps), beside the base model alone on the same prompts and seeds. Subject fidelity (DINO, CLIP-I) should rise with training; prompt fidelity (CLIP-T, CLIPScore) should stay \
-near the base model's.{% if evaluation.random_weights %} These numbers come from random-weight models and mean \
+{{ evaluation.steps }} steps), beside the base model alone on the same prompts and seeds. Subject fidelity \
+(DINO, CLIP-I) should rise with training; prompt fidelity (CLIP-T, CLIPScore) should stay near the base model's.{% if evaluation.random_weights %} These numbers come from random-weight models and mean \
 nothing.{% endif %}
 
 | metric | {{ pet.name }} | base model |
@@ -671,8 +671,8 @@ nothing.{% endif %}
 {% for warning in evaluation.warnings %}
 - {{ warning }}{% endfor %}
 {% else %}
-Not evaluated yet: `python -m petdream evaluate --model pets/{{ slug }} --photos PHOTOS --out pets/{{ slug }}/evaluation`, \
-then push again.
+Not evaluated yet: `python -m petdream evaluate --model pets/{{ slug }} --photos PHOTOS \
+--out pets/{{ slug }}/evaluation`, then push again.
 {% endif %}
 ## Privacy and license
 

@@ -288,12 +288,14 @@ class FakeHub:
         files = {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}
         repo.commits.append((self._commit_sha(repo_id, files), files))
         self.repos[repo_id] = repo
-        return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id, "id": hashlib.md5(repo_id.encode()).hexdigest()}, {}
+        return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id,
+                     "id": hashlib.md5(repo_id.encode()).hexdigest()}, {}
 
     def _info(self, r: Request, repo_id: str, revision: str):
         repo = self.repos.get(repo_id)
         if repo is None:
-            return 401 if self._token(r) is None else 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+            status = 401 if self._token(r) is None else 404
+            return status, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
         denied = self._may_read(r, repo)
         if denied:
             return denied

@@ -142,7 +142,8 @@ def with_samples_and_training(model: PetModel) -> PetModel:
 
 def write_evaluation(folder: Path, model: PetModel) -> Path:
     folder.mkdir(parents=True)
-    overall = {"clip_score": 27.5, "clip_t": 0.281, "clip_i": 0.812, "dino": 0.655, "ssim": {"best": 0.41, "mean": 0.22}}
+    overall = {"clip_score": 27.5, "clip_t": 0.281, "clip_i": 0.812, "dino": 0.655,
+               "ssim": {"best": 0.41, "mean": 0.22}}
     base = {"clip_score": 28.1, "clip_t": 0.29, "clip_i": 0.61, "dino": 0.31, "ssim": {"best": 0.3, "mean": 0.18}}
     report = {"model": "/home/sam/pets/bruno", "pet": {"name": model.pet.name, "trigger": model.pet.trigger,
                                                        "class_noun": model.pet.class_noun},
@@ -292,7 +293,8 @@ def _png(image):
 def test_repo_names(fake, hub):
     assert default_repo_name("Bruno") == "petdream-bruno"
     assert default_repo_name("Mr. Bean II") == "petdream-mr-bean-ii"
-    assert default_repo_name("小黑").startswith("petdream-pet-") and default_repo_name("小黑") != default_repo_name("小白")
+    assert default_repo_name("小黑").startswith("petdream-pet-")
+    assert default_repo_name("小黑") != default_repo_name("小白")  # two pets, two repos
     assert hub.repo_id_for("my-dog") == "sam/my-dog"
     assert hub.repo_id_for("dogclub/bruno") == "dogclub/bruno"
     for bad in ("a/b/c", "sam/has space", "sam/double--dash", ""):
@@ -532,7 +534,8 @@ def test_pull_says_when_a_repo_does_not_exist(fake, hub, tmp_path):
 
 
 def _env(fake, tmp_path, token=TOKEN):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE")) and k != "TRANSFORMERS_OFFLINE"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "HUGGING_FACE")) and k != "TRANSFORMERS_OFFLINE"}
     env.update({"HF_TOKEN": token, "HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": fake.url,
                 "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1,localhost", "OMP_NUM_THREADS": "1",
                 "PETDREAM_DATA_DIR": str(tmp_path / "data")})

@@ -621,6 +621,15 @@ def test_the_token_appears_nowhere(tiny, tmp_path, fake, monkeypatch, capsys, ca
 
 @pytest.fixture
 def photo_folder(tmp_path):
+    """Three photos to train on. (Also puts back pytest's Ctrl-C handler, which `train` replaces.)"""
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    yield _photos(tmp_path)
+    signal.signal(signal.SIGINT, previous)
+
+
+def _photos(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     for i in range(3):

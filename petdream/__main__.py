@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -82,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-class-images", type=int)
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     train.add_argument("--sample-every", type=int, help="steps between sample images (0: only at the end)")
+    train.add_argument("--push-to", nargs="?", const="", metavar="REPO",
+                       help="push the pet model to this Hub repo after training (owner/name; alone: "
+                            "{you}/petdream-{name}). Write access is checked before training starts")
+    train.add_argument("--public", action="store_true", help="with --push-to: make the repo public (default: private)")
+    train.add_argument("--include-photos", action="store_true",
+                       help="with --push-to: upload the training photos too (cropped, without EXIF; default: not)")
+    train.add_argument("--endpoint", dest="hub_endpoint", metavar="URL",
+                       help="the Hub's address (default: HF_ENDPOINT)")
     Settings.add_arguments(train)
     train.set_defaults(run=run_train)
 
@@ -128,6 +137,46 @@ def build_parser() -> argparse.ArgumentParser:
                           help="skip the base model: half the time, but no 'what training gained'")
     Settings.add_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
+
+    push = commands.add_parser(
+        "push", help="upload a pet model to a Hugging Face Hub repo, with a model card",
+        description="Push a pet model folder to a model repo on the Hub in one commit: the weights, petdream.json, "
+                    "samples, the evaluation report when there is one, and a model card. The repo is private unless "
+                    "--public; the training photos stay local unless --include-photos. The token comes from HF_TOKEN "
+                    "or `hf auth login`, never from a flag.",
+    )
+    push.add_argument("--model", required=True, type=Path, metavar="DIR",
+                      help="the pet model folder (written by train)")
+    push.add_argument("--repo", metavar="ID",
+                      help="owner/name, or name under your account (default: {you}/petdream-{pet name})")
+    push.add_argument("--public", action="store_true", help="make the repo public (default: private)")
+    push.add_argument("--include-photos", action="store_true",
+                      help="upload the training photos too: the square crops it trained on, without EXIF "
+                           "(needs --photos)")
+    push.add_argument("--photos", type=Path, metavar="DIR", help="with --include-photos: the folder the pet was "
+                                                                   "trained on")
+    push.add_argument("--evaluation", type=Path, metavar="DIR",
+                      help="the folder `evaluate --out` wrote (default: the model folder's evaluation/, if any)")
+    push.add_argument("--message", metavar="TEXT", help="commit message")
+    push.add_argument("--endpoint", dest="hub_endpoint", metavar="URL", help="the Hub's address (default: HF_ENDPOINT)")
+    push.set_defaults(run=run_push)
+
+    pull = commands.add_parser(
+        "pull", help="download a pet model from a Hub repo (PetDream's, or any diffusers DreamBooth LoRA)",
+        description="Download a model repo into a pet model folder. A repo PetDream pushed comes back as it was; "
+                    "another diffusers DreamBooth LoRA repo gets its petdream.json from its model card and the "
+                    "flags below (pull says which ones it needs).",
+    )
+    pull.add_argument("--repo", required=True, metavar="ID", help="owner/name")
+    pull.add_argument("--output", required=True, type=Path, metavar="DIR", help="the folder to write (new, or empty)")
+    pull.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main)")
+    pull.add_argument("--name", help="the pet's name (for repos not made by PetDream)")
+    pull.add_argument("--class-noun", help="what kind of animal, e.g. dog (default: from the card's instance_prompt)")
+    pull.add_argument("--trigger", help="the trigger word, e.g. sks (default: from the card's instance_prompt)")
+    pull.add_argument("--base-model", dest="pull_base_model", metavar="ID",
+                      help="the base model the LoRA was trained on (default: the card's base_model)")
+    pull.add_argument("--endpoint", dest="hub_endpoint", metavar="URL", help="the Hub's address (default: HF_ENDPOINT)")
+    pull.set_defaults(run=run_pull)
 
     check = commands.add_parser(
         "check-photos", help="check which photos in a folder can be used for training, and why not",
@@ -182,6 +231,17 @@ def run_train(args: argparse.Namespace) -> int:
     settings = Settings.from_args(args)
     if not args.photos.is_dir():
         raise ValueError(f"{args.photos} is not a folder; give the folder that holds your pet's photos.")
+    if (args.public or args.include_photos) and args.push_to is None:
+        raise ValueError("--public and --include-photos go with --push-to REPO.")
+    hub, repo_id = None, None
+    if args.push_to is not None and os.environ.get("RANK", "0") == "0":
+        from petdream.hub import PetHub
+
+        _quiet_http_log()
+        # Before any GPU time: a read-only or mistyped token fails now, not after training.
+        hub = PetHub.from_settings(settings)
+        repo_id = hub.check_write_access(args.push_to or None, pet_name=args.name)
+        print(f"will push to {repo_id} ({'public' if args.public else 'private'}) after training", file=sys.stderr)
     profile = resolve_profile(settings)
     if profile.random_weights:
         logging.warning("note: %s", TINY_WARNING)
@@ -228,7 +288,10 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"trained {pet.name} ({config.method}, preset {preset}, {len(report.accepted)} photos, "
                   f"{event.model.training['steps_done']} steps) in {event.seconds:.1f} s, final loss "
                   f"{event.final_loss:.4f}; prompt with \"{pet.phrase}\" -> {event.model.path}")
-            return 0
+            if hub is None:
+                return 0
+            photos = report.accepted if args.include_photos else None
+            return _push_after_training(hub, event.model, repo_id, args, photos)
         elif isinstance(event, Failed):
             bar.close()
             kept = f" The last checkpoint is kept: {event.checkpoint}." if event.checkpoint else ""
@@ -240,6 +303,81 @@ def run_train(args: argparse.Namespace) -> int:
             return 130
         bar.refresh()
     return 1
+
+
+def _quiet_http_log() -> None:
+    """huggingface_hub's HTTP client logs every request at INFO; a push is a handful of lines, not dozens."""
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _push_after_training(hub, model, repo_id: str, args: argparse.Namespace, photos) -> int:
+    """Push a just-trained pet; if that fails the model stays, and the way to retry is printed."""
+    from petdream.hub import HubError
+
+    try:
+        result = hub.push(model, repo_id, public=args.public, photos=photos)
+    except HubError as error:
+        retry = ["python -m petdream push", "--model", shlex.quote(str(model.path)), "--repo", repo_id]
+        retry += ["--public"] if args.public else []
+        retry += ["--include-photos", "--photos", shlex.quote(str(args.photos))] if args.include_photos else []
+        retry += ["--endpoint", hub.endpoint] if args.hub_endpoint else []
+        print(f"error: the pet model was trained, but pushing it failed: {error}\n"
+              f"push it later with: {' '.join(retry)}", file=sys.stderr)
+        return 1
+    _print_push(result)
+    return 0
+
+
+def _print_push(result) -> None:
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"pushed {len(result.files)} files to {result.url} ({'private' if result.private else 'public'}), "
+          f"commit {result.commit[:7]}")
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from petdream.hub import HubError, PetHub
+    from petdream.petmodel import PetModel
+    from petdream.photos import intake
+
+    _quiet_http_log()
+    settings = Settings.from_args(args)
+    model = PetModel.load(args.model)
+    photos = None
+    if args.include_photos:
+        if args.photos is None or not args.photos.is_dir():
+            raise ValueError("--include-photos needs --photos DIR, the folder the pet was trained on: a pet model "
+                             "folder keeps only the photos' hashes, not the photos.")
+        files = sorted(p for p in args.photos.iterdir() if p.is_file() and not p.name.startswith("."))
+        photos = intake(files, resolution=int(model.training.get("resolution") or 512), min_photos=1).accepted
+    elif args.photos is not None:
+        raise ValueError("--photos goes with --include-photos (the photos are not uploaded otherwise).")
+    try:
+        result = PetHub.from_settings(settings).push(model, args.repo, public=args.public, photos=photos,
+                                                     evaluation=args.evaluation, commit_message=args.message)
+    except HubError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    _print_push(result)
+    return 0
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    from petdream.hub import HubError, PetHub
+
+    _quiet_http_log()
+    settings = Settings.from_args(args)
+    try:
+        model = PetHub.from_settings(settings).pull(
+            args.repo, args.output, revision=args.revision, name=args.name, class_noun=args.class_noun,
+            trigger=args.trigger, base_model=args.pull_base_model)
+    except HubError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"pulled {args.repo} -> {model.path}: {model.pet.name} the {model.pet.class_noun} ({model.method}, base "
+          f"{model.base_model_id}); prompt with \"{model.pet.phrase}\"")
+    return 0
 
 
 def run_chat(args: argparse.Namespace) -> int:

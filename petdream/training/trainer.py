@@ -458,7 +458,7 @@ class DreamBoothTrainer:
                     text_encoder=text_encoder.float(), vae=run.vae.float(), tokenizer=run.tokenizer,
                     safety_checker=None, requires_safety_checker=False)
                 pipeline.save_pretrained(out / PIPELINE_DIR)
-        _save_samples(out / "samples", sample)
+        samples = _save_samples(out / "samples", sample)
         _plot_losses(out / "loss.png", losses)
         model = PetModel(
             path=out, pet=self.pet, base_model_id=self.profile.base_model_id,
@@ -466,7 +466,8 @@ class DreamBoothTrainer:
             training={**config.to_dict(), "resolution": self.resolution, "instance_prompt": self.instance_prompt,
                       "class_prompt": self.class_prompt if config.prior_preservation else None,
                       "steps_done": len(losses), "seconds": round(seconds, 1), "final_loss": losses[-1],
-                      "mixed_precision_used": run.accelerator.mixed_precision, "device": str(run.accelerator.device)},
+                      "mixed_precision_used": run.accelerator.mixed_precision, "device": str(run.accelerator.device),
+                      "samples": samples},
             photos=[{"sha256": p.sha256, "width": p.width, "height": p.height} for p in self.photos],
             created_at=PetModel.now(),
         )
@@ -529,17 +530,23 @@ def _step_seed(seed: int, process: int, step: int, micro: int) -> int:
     return (seed * 1_000_003 + process * 7_919 + step * 101 + micro) % (2**63)
 
 
-def _save_samples(folder: Path, sample: Sample) -> None:
+def _save_samples(folder: Path, sample: Sample) -> list[dict]:
+    """Write the sample images and a grid; return [{"file", "prompt", "seed"}] for petdream.json
+    (the Hub's model card shows them with their prompts)."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    for i, (image, prompt) in enumerate(zip(sample.images, sample.prompts)):
-        image.save(folder / f"{i:02d}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')[:60]}.png")
+    written = []
+    for i, (image, prompt, seed) in enumerate(zip(sample.images, sample.prompts, SAMPLE_SEEDS)):
+        name = f"{i:02d}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')[:60]}.png"
+        image.save(folder / name)
+        written.append({"file": f"{folder.name}/{name}", "prompt": prompt, "seed": seed})
     size = sample.images[0].size
     grid = Image.new("RGB", (size[0] * len(sample.images), size[1]))
     for i, image in enumerate(sample.images):
         grid.paste(image, (i * size[0], 0))
     grid.save(folder / "grid.png")
+    return written
 
 
 def _plot_losses(path: Path, losses: list[float]) -> None:

@@ -19,6 +19,7 @@ DREAMBENCH = REPO.parent / "shared" / "data" / "dreambench"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "browser: drives the served app in headless Chromium (tests/test_browser.py)")
     # Raised inside torch by libraries we import; nothing PetDream can act on.
     config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
     config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")

@@ -133,11 +133,11 @@ def test_another_person_sees_none_of_the_pets_pictures_or_files(served_app, alic
     bob = client(served_app)
     assert bob.predict(BOB, api_name="/pets") == []
     assert bob.predict("", api_name="/pets") == []  # a script with no key: its own connection's pets
-    with pytest.raises(Exception, match="No pet"):
+    with pytest.raises(Exception, match="No such pet"):
         bob.predict(alices_pet["id"], "a photo of bruno dog", 1, BOB, api_name="/generate")
-    with pytest.raises(Exception, match="No pet"):
+    with pytest.raises(Exception, match="No such pet"):
         bob.submit("hello", alices_pet["id"], "", "", "", [], BOB, api_name="/chat").result(timeout=60)
-    with pytest.raises(Exception, match="No pet"):
+    with pytest.raises(Exception, match="No such pet"):
         bob.submit(alices_pet["id"], "quick (4 prompts, 1 picture each)", 5, BOB, api_name="/evaluate").result(
             timeout=60)
 

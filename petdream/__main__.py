@@ -53,12 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="fine-tune the base model on photos of a pet (DreamBooth), writing a pet model folder",
         description="DreamBooth on your pet's photos. Bad photos are reported and skipped, not fatal. "
-                    "Ctrl-C stops after the current step and keeps a checkpoint for --resume.",
+                    "Ctrl-C stops after the current step and keeps a checkpoint for --resume. "
+                    "With --init-model, an existing pet model is trained further (e.g. on its photos plus "
+                    "pictures you liked) instead of starting from the base model.",
     )
     train.add_argument("--photos", required=True, type=Path, help="folder of the pet's photos (3 to 50)")
-    train.add_argument("--name", required=True, help="the pet's name, e.g. Bruno")
-    train.add_argument("--class-noun", required=True, help="what kind of animal: dog, cat, rabbit, ...")
+    train.add_argument("--name", help="the pet's name, e.g. Bruno (required, unless --init-model gives it)")
+    train.add_argument("--class-noun", help="what kind of animal: dog, cat, rabbit, ... (required, unless "
+                                            "--init-model gives it)")
     train.add_argument("--output", required=True, type=Path, help="folder to write the pet model to")
+    train.add_argument("--init-model", type=Path, metavar="DIR",
+                       help="train this pet model (a folder written by train) further: start from its weights, "
+                            "not the base model's. Its profile, method, LoRA rank and pet are the defaults; "
+                            "the new petdream.json records it as training.init_model")
     train.add_argument("--preset", choices=("paper", "quick", "tiny"),
                        help="paper: the paper's full fine-tune; quick: fast LoRA (default); tiny: CPU tests "
                             "(default on the tiny profile)")
@@ -224,10 +231,17 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from petdream.models import TINY_WARNING, resolve_profile
+    from petdream.petmodel import PetModel
     from petdream.photos import intake
     from petdream.training import (Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished, Note,
-                                   Progress, TrainingConfig, new_pet)
+                                   Progress, TrainingConfig, further_training_settings, new_pet)
 
+    init_model = PetModel.load(args.init_model) if args.init_model else None
+    if init_model is not None and args.profile is None:
+        args.profile = init_model.profile  # training further only works on the base it was trained on
+    if init_model is None and not (args.name and args.class_noun):
+        raise ValueError("Say the pet's --name and --class-noun (or train an existing model further with "
+                         "--init-model DIR).")
     settings = Settings.from_args(args)
     if not args.photos.is_dir():
         raise ValueError(f"{args.photos} is not a folder; give the folder that holds your pet's photos.")
@@ -249,6 +263,8 @@ def run_train(args: argparse.Namespace) -> int:
         "method", "steps", "resolution", "prior_preservation", "seed", "rank", "batch_size", "gradient_accumulation",
         "learning_rate", "train_text_encoder", "snr_gamma", "offset_noise", "mixed_precision",
         "gradient_checkpointing", "optimizer", "num_class_images", "checkpoint_every", "sample_every")}
+    if init_model is not None:  # the model's method and LoRA shape, unless a flag says otherwise (then refused)
+        overrides = {**further_training_settings(init_model), **{k: v for k, v in overrides.items() if v is not None}}
     preset = args.preset or ("tiny" if profile.name == "tiny" else "quick")
     config = TrainingConfig.preset(preset, **overrides)
     resolution = config.resolution or profile.resolution
@@ -258,11 +274,15 @@ def run_train(args: argparse.Namespace) -> int:
     for rejection in report.rejected:
         print(f"skipped {rejection.file}: {rejection.reason}", file=sys.stderr)
     report.require_enough()
-    pet, note = new_pet(args.name, args.class_noun, args.trigger)
+    if init_model is not None:  # the same pet, prompted with the same words, unless flags say otherwise
+        trigger = args.trigger or (init_model.pet.trigger if args.name is None else None)
+        pet, note = new_pet(args.name or init_model.pet.name, args.class_noun or init_model.pet.class_noun, trigger)
+    else:
+        pet, note = new_pet(args.name, args.class_noun, args.trigger)
     if note:
         print(note, file=sys.stderr)
     trainer = DreamBoothTrainer(profile, report.accepted, pet, args.output, config, data_dir=settings.data_dir,
-                                device=settings.device)
+                                device=settings.device, init_model=init_model)
 
     def cancel_on_ctrl_c(signum, frame):
         print("\nstopping after this step; a checkpoint is kept for --resume (Ctrl-C again to abort)", file=sys.stderr)
@@ -285,8 +305,9 @@ def run_train(args: argparse.Namespace) -> int:
             bar.close()
             if quiet:
                 return 0
+            further = f", further from {init_model.path}" if init_model is not None else ""
             print(f"trained {pet.name} ({config.method}, preset {preset}, {len(report.accepted)} photos, "
-                  f"{event.model.training['steps_done']} steps) in {event.seconds:.1f} s, final loss "
+                  f"{event.model.training['steps_done']} steps{further}) in {event.seconds:.1f} s, final loss "
                   f"{event.final_loss:.4f}; prompt with \"{pet.phrase}\" -> {event.model.path}")
             if hub is None:
                 return 0

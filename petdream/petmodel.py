@@ -11,6 +11,7 @@ It is a contract (DESIGN.md), relied on by scripts outside PetDream:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -71,6 +72,17 @@ class PetModel:
         """Identifies these exact weights: the folder and when its weights were last written."""
         weights = self.lora_weights if self.method == "lora" else self.pipeline_dir / "model_index.json"
         return f"{self.path.resolve()}@{weights.stat().st_mtime_ns}"
+
+    def weights_sha256(self) -> str:
+        """A content hash of the weights: for LoRA the sha256 of its weights file (what `sha256sum`
+        prints); for a full model the sha256 of its UNet's and text encoder's files, one
+        "sha256  path" line each. Lineage records it, and a run training further is tied to it."""
+        if self.method == "lora":
+            return _file_sha256(self.lora_weights)
+        files = sorted(p for part in ("unet", "text_encoder") for p in (self.pipeline_dir / part).rglob("*")
+                       if p.is_file())
+        lines = "".join(f"{_file_sha256(p)}  {p.relative_to(self.pipeline_dir).as_posix()}\n" for p in files)
+        return hashlib.sha256(lines.encode()).hexdigest()
 
     def to_dict(self) -> dict:
         return {
@@ -185,3 +197,8 @@ class PetModel:
             raise PetModelError(
                 f"{self.lora_weights} is damaged ({error}); train the pet again or copy the file anew."
             ) from None
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -1,8 +1,10 @@
 """DreamBooth training on the tiny profile: outputs, events, checkpoints, resume, guard rails."""
 
 import errno
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +13,10 @@ import time
 
 import pytest
 import torch
+from pet_factory import make_full_pet
 from photo_factory import make_photo
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from conftest import REPO
 from petdream.petmodel import PetModel
@@ -49,10 +53,10 @@ def _png(image):
     return buffer.getvalue()
 
 
-def make_trainer(tiny, photos, data_dir, output, name="Bruno", **overrides):
+def make_trainer(tiny, photos, data_dir, output, name="Bruno", init_model=None, **overrides):
     pet, _ = new_pet(name, "dog")
     config = TrainingConfig.preset("tiny", **{**FAST, **overrides})
-    return DreamBoothTrainer(tiny, photos, pet, output, config, data_dir=data_dir, device="cpu")
+    return DreamBoothTrainer(tiny, photos, pet, output, config, data_dir=data_dir, device="cpu", init_model=init_model)
 
 
 def run_all(trainer, resume=False):
@@ -323,6 +327,157 @@ def test_killed_with_sigkill_resumes_to_the_same_weights(tiny, photos, data_dir,
     assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "killed"))
 
 
+# -- training further (the feedback loop) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pet_a(tiny, photos, data_dir, tmp_path_factory):
+    """A LoRA pet model trained from the base model: what further training starts from."""
+    return make_trainer(tiny, photos, data_dir, tmp_path_factory.mktemp("further") / "a").train()
+
+
+@pytest.fixture(scope="module")
+def liked(tiny):
+    """The pet's four photos plus a picture the person liked."""
+    images = [make_photo(i, (200, 160)) for i in range(4)] + [make_photo(40, (160, 200))]
+    return intake([(f"p{i}.png", _png(image)) for i, image in enumerate(images)], resolution=tiny.resolution).accepted
+
+
+def step_zero_weights(trainer):
+    """The trainable weights as the run starts: cancelled before its first step, it checkpoints them."""
+    trainer.cancel()
+    events = run_all(trainer)
+    assert isinstance(events[-1], Cancelled) and events[-1].step == 0, events[-1]
+    return load_file(events[-1].checkpoint / "trainable.safetensors")
+
+
+def lora_loaded_by_diffusers(tiny, folder):
+    """A pet model's LoRA as plain diffusers loads it, under the trainer's parameter names."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny.base_model, safety_checker=None)
+    pipeline.load_lora_weights(folder, adapter_name="default")
+    return {f"{part}.{name}": parameter.detach() for part in ("unet", "text_encoder")
+            for name, parameter in getattr(pipeline, part).named_parameters() if "lora_" in name}
+
+
+def test_training_further_starts_from_the_init_models_lora(tiny, liked, data_dir, tmp_path, pet_a):
+    start = step_zero_weights(make_trainer(tiny, liked, data_dir, tmp_path / "start", init_model=pet_a))
+    assert same_weights(start, lora_loaded_by_diffusers(tiny, pet_a.path))
+    fresh_start = step_zero_weights(make_trainer(tiny, liked, data_dir, tmp_path / "fresh-start"))
+    assert fresh_start.keys() == start.keys() and not same_weights(fresh_start, start)
+
+    further = make_trainer(tiny, liked, data_dir, tmp_path / "further", init_model=pet_a).train()
+    fresh = make_trainer(tiny, liked, data_dir, tmp_path / "fresh").train()  # same seed, settings and photos
+    assert not same_weights(weights(further.path), weights(pet_a.path))
+    assert not same_weights(weights(further.path), weights(fresh.path))
+    assert further.training["init_model"] == {
+        "path": str(pet_a.path.resolve()), "sha256": hashlib.sha256(pet_a.lora_weights.read_bytes()).hexdigest()}
+    assert fresh.training["init_model"] is None
+    assert [p["sha256"] for p in further.photos] == [p.sha256 for p in liked]
+
+
+def test_training_further_continues_a_text_encoder_lora_too(tiny, photos, data_dir, tmp_path):
+    a = make_trainer(tiny, photos, data_dir, tmp_path / "a", train_text_encoder=True, steps=2).train()
+    start = step_zero_weights(make_trainer(tiny, photos, data_dir, tmp_path / "b", train_text_encoder=True,
+                                           init_model=a))
+    assert any(k.startswith("text_encoder.") for k in start) and any(k.startswith("unet.") for k in start)
+    assert same_weights(start, lora_loaded_by_diffusers(tiny, a.path))
+
+
+def test_full_fine_tune_further_starts_from_the_init_models_unet_and_text_encoder(tiny, photos, data_dir, tmp_path):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    init = make_full_pet(tmp_path / "init", tiny, name="Bruno", trigger="bruno", class_noun="dog")
+    text_encoder = CLIPTextModel.from_pretrained(init.pipeline_dir, subfolder="text_encoder")
+    with torch.no_grad():  # as if it had trained the text encoder too
+        for parameter in text_encoder.parameters():
+            parameter.add_(0.01)
+    text_encoder.save_pretrained(init.pipeline_dir / "text_encoder")
+    init = PetModel.load(init.path)
+
+    start = step_zero_weights(make_trainer(tiny, photos, data_dir, tmp_path / "further", method="full",
+                                           train_text_encoder=True, init_model=init))
+    expected = {f"unet.{k}": v for k, v in UNet2DConditionModel.from_pretrained(
+        init.pipeline_dir, subfolder="unet").state_dict().items()}
+    expected.update({f"text_encoder.{k}": v for k, v in CLIPTextModel.from_pretrained(
+        init.pipeline_dir, subfolder="text_encoder").state_dict().items()})
+    assert start.keys() <= expected.keys() and any(k.startswith("text_encoder.") for k in start)
+    assert all(torch.equal(start[k], expected[k]) for k in start)
+    base = UNet2DConditionModel.from_pretrained(tiny.base_model, subfolder="unet").state_dict()
+    assert not torch.equal(start["unet.conv_in.weight"], base["conv_in.weight"])
+
+
+def _copy_model(model, folder, edit_metadata=None, edit_weights=None):
+    """A copy of a pet model's folder with its petdream.json and/or LoRA tensors changed."""
+    shutil.copytree(model.path, folder)
+    if edit_metadata:
+        meta = json.loads((folder / "petdream.json").read_text())
+        edit_metadata(meta)
+        (folder / "petdream.json").write_text(json.dumps(meta))
+    if edit_weights:
+        path = folder / "pytorch_lora_weights.safetensors"
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata()
+        tensors = load_file(path)
+        edit_weights(tensors)
+        save_file(tensors, path, metadata=metadata)
+    return PetModel.load(folder)
+
+
+def _drop_one(tensors):
+    del tensors[sorted(tensors)[0]]
+
+
+def _add_one(tensors):
+    tensors["unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora.extra.weight"] = torch.zeros(4, 4)
+
+
+@pytest.mark.parametrize("overrides, edit_metadata, edit_weights, message", [
+    ({}, lambda m: m["base_model"].update(id="someone/other-sd"), None,
+     "was trained on the base model 'someone/other-sd', but this run uses 'petdream/tiny-sd-v1'. Train it further "
+     "on its own base model (profile tiny), or train a new model from the base model (without --init-model)."),
+    (dict(method="full"), None, None,
+     "was trained with the lora method, but this run asks for full. Training further keeps the method: use "
+     "--method lora, or train a new model"),
+    (dict(rank=8), None, None, "is a LoRA of another shape than this run asks for: rank 8 (the model has 4); "
+                               "lora_alpha 8 (the model has 4). Training further continues its weights"),
+    (dict(train_text_encoder=True), None, None, "train_text_encoder True (the model has False)"),
+    ({}, lambda m: m["training"].pop("rank"), None, "does not record its LoRA's rank and target modules"),
+    ({}, None, _drop_one, "do not fit this run's model: 1 of the model's weights are not in it (e.g. unet.down_"),
+    ({}, None, _add_one, "do not fit this run's model: 1 of its tensors fit nowhere in the model (e.g. unet.mid_block"),
+], ids=["base-model", "method", "rank", "text-encoder", "unrecorded-shape", "missing-key", "unexpected-key"])
+def test_training_further_refuses_a_model_it_cannot_continue(tiny, photos, data_dir, tmp_path, pet_a, overrides,
+                                                             edit_metadata, edit_weights, message):
+    init = _copy_model(pet_a, tmp_path / "init", edit_metadata, edit_weights)
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "further", init_model=init, **overrides))
+    assert isinstance(events[-1], Failed) and message in events[-1].reason, events[-1]
+    assert not any(isinstance(e, Progress) for e in events) and not (tmp_path / "further" / "petdream.json").exists()
+
+
+def test_training_further_resumes_to_the_same_weights_and_only_from_the_same_model(tiny, liked, data_dir, tmp_path,
+                                                                                   pet_a):
+    run_all(make_trainer(tiny, liked, data_dir, tmp_path / "whole", steps=8, init_model=pet_a))
+    trainer = make_trainer(tiny, liked, data_dir, tmp_path / "cut", steps=8, init_model=pet_a)
+    for event in trainer.run():
+        if isinstance(event, Progress) and event.step == 2:
+            trainer.cancel()
+    assert isinstance(event, Cancelled) and event.step == 2
+
+    retrained = _copy_model(pet_a, tmp_path / "retrained", edit_weights=lambda t: t.update(
+        {k: v * 1.01 for k, v in t.items()}))
+    refused = run_all(make_trainer(tiny, liked, data_dir, tmp_path / "cut", steps=8, init_model=retrained), resume=True)
+    assert isinstance(refused[-1], Failed), refused[-1]
+    assert "made with other settings, photos, base model or starting model" in refused[-1].reason
+
+    copied = _copy_model(pet_a, tmp_path / "copied")  # the same weights elsewhere: the same start
+    resumed = run_all(make_trainer(tiny, liked, data_dir, tmp_path / "cut", steps=8, init_model=copied), resume=True)
+    assert "Resuming from step 2" in " ".join(e.text for e in resumed if isinstance(e, Note))
+    assert isinstance(resumed[-1], Finished) and [e.step for e in resumed if isinstance(e, Progress)][0] == 3
+    assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
+
+
 # -- guard rails -------------------------------------------------------------------------------
 
 
@@ -462,3 +617,48 @@ def test_cli_with_too_few_usable_photos_says_how_many_more(tmp_path, data_dir, t
     assert "skipped b.jpg: b.jpg is not a photo" in result.stderr
     assert "error: Only 1 usable photo; DreamBooth needs at least 3. Add 2 more photos of your pet." in result.stderr
     assert not (tmp_path / "rex").exists()
+
+
+def test_cli_trains_a_pet_model_further_with_init_model(tiny, photos, data_dir, tmp_path, capsys):
+    from petdream.__main__ import main
+
+    a = make_trainer(tiny, photos, data_dir, tmp_path / "a", rank=2, lora_alpha=4, steps=2).train()  # not tiny's 4
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        make_photo(i, (200, 160)).save(folder / f"p{i}.png")
+    make_photo(40, (160, 200)).save(folder / "liked.png")  # a picture the person liked
+    env = {**os.environ, "PETDREAM_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+
+    def train(output, *extra):  # no --profile, --name, --class-noun or --rank: the init model gives them
+        return subprocess.run([sys.executable, "-m", "petdream", "train", "--photos", str(folder), "--output",
+                               str(output), "--steps", "4", "--num-class-images", "2", *map(str, extra)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    result = train(tmp_path / "further", "--init-model", a.path)
+    assert result.returncode == 0, result.stderr
+    assert f"Training further from {a.path} (lora, weights sha256 " in result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"trained Bruno (lora, preset tiny, 5 photos, 4 steps, further from {a.path}) in ")
+    meta = json.loads((tmp_path / "further" / "petdream.json").read_text())
+    assert meta["profile"] == "tiny" and meta["pet"] == {"name": "Bruno", "trigger": "bruno", "class_noun": "dog"}
+    training = meta["training"]
+    assert (training["rank"], training["lora_alpha"], training["steps_done"]) == (2, 4, 4)
+    assert training["init_model"] == {
+        "path": str(a.path.resolve()), "sha256": hashlib.sha256(a.lora_weights.read_bytes()).hexdigest()}
+    assert not same_weights(weights(tmp_path / "further"), weights(a.path))
+
+    refused = train(tmp_path / "refused", "--init-model", a.path, "--rank", "8")
+    assert refused.returncode == 1, refused.stderr
+    assert "error: " in refused.stderr and "rank 8 (the model has 2)" in refused.stderr
+    assert not (tmp_path / "refused" / "petdream.json").exists()
+
+    assert main(["train", "--photos", str(folder), "--output", str(tmp_path / "x"), "--init-model",
+                 str(tmp_path / "absent")]) == 2
+    assert f"error: No pet model at {tmp_path / 'absent'}" in capsys.readouterr().err
+    assert main(["train", "--photos", str(folder), "--output", str(tmp_path / "x"), "--name", "Rex"]) == 2
+    assert "error: Say the pet's --name and --class-noun" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--init-model DIR train this pet model (a folder written by train) further" in " ".join(
+        capsys.readouterr().out.split())

@@ -2,10 +2,11 @@
 
 from petdream.training.config import PRESETS, TrainingConfig
 from petdream.training.events import Cancelled, CheckpointSaved, Event, Failed, Finished, Note, Progress, Sample
-from petdream.training.trainer import DreamBoothTrainer, TrainingFailure
+from petdream.training.trainer import DreamBoothTrainer, TrainingFailure, further_training_settings
 from petdream.training.trigger import choose_trigger, new_pet
 
 __all__ = [
-    "PRESETS", "TrainingConfig", "DreamBoothTrainer", "TrainingFailure", "choose_trigger", "new_pet",
+    "PRESETS", "TrainingConfig", "DreamBoothTrainer", "TrainingFailure", "further_training_settings",
+    "choose_trigger", "new_pet",
     "Event", "Note", "Progress", "Sample", "CheckpointSaved", "Finished", "Failed", "Cancelled",
 ]

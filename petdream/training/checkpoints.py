@@ -70,8 +70,9 @@ class Checkpoints:
         state = json.loads((path / STATE_FILE).read_text())
         if state["fingerprint"] != fingerprint:
             raise ValueError(
-                f"The checkpoint {path} was made with other settings, photos or base model; resuming it would "
-                "mix two runs. Resume with the first run's settings, or delete the folder to start over."
+                f"The checkpoint {path} was made with other settings, photos, base model or starting model; "
+                "resuming it would mix two runs. Resume with the first run's settings, or delete the folder to "
+                "start over."
             )
         weights = load_file(path / "trainable.safetensors")
         if weights.keys() != parameters.keys():

@@ -94,11 +94,26 @@ class TrainingConfig:
             known["lora_target_modules"] = tuple(known["lora_target_modules"])
         return cls(**known)
 
+    def lora_shape(self) -> dict:
+        """What this run's LoRA tensors are and where they sit; see `lora_shape`."""
+        return lora_shape(self.to_dict())
+
     def fingerprint(self) -> str:
         """Identifies what the weights depend on; a checkpoint resumes only under the same one."""
         ignored = {"sample_every", "sample_steps", "checkpoint_every", "checkpoints_kept", "compile"}
         relevant = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def lora_shape(settings: dict) -> dict | None:
+    """The rank, alpha, target modules and text-encoder part of a LoRA, from a `TrainingConfig.to_dict()`
+    or a PetModel's recorded `training`; None when the rank or targets were not recorded. A run that
+    trains a LoRA further must have the same: its tensors are the old ones, continued."""
+    if settings.get("rank") is None or not settings.get("lora_target_modules"):
+        return None
+    return {"rank": settings["rank"], "lora_alpha": settings.get("lora_alpha") or settings["rank"],
+            "lora_target_modules": sorted(settings["lora_target_modules"]),
+            "train_text_encoder": bool(settings.get("train_text_encoder"))}
 
 
 PRESETS = {

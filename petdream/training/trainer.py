@@ -5,6 +5,9 @@ app drives it from a worker thread; `cancel()` may be called from any thread. Ev
 frozen VAE and text encoder produce is computed once up front (data.py); each step draws its
 batch, noise and timesteps from a generator seeded by (seed, process, step), which is what makes
 a resumed run end with exactly the weights of an uninterrupted one.
+
+With `init_model` a run trains an existing pet model further (say on photos plus the pictures the
+person liked): the same loop, starting from that model's weights instead of the base model's.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from petdream.models.pipeline import quiet_libraries
 from petdream.petmodel import LORA_WEIGHTS_FILE, METADATA_FILE, PIPELINE_DIR, Pet, PetModel
 from petdream.photos import Photo
 from petdream.training.checkpoints import Checkpoints
-from petdream.training.config import TrainingConfig
+from petdream.training.config import TrainingConfig, lora_shape
 from petdream.training.data import (
     LatentCache,
     class_images_folder,
@@ -66,10 +69,15 @@ class DreamBoothTrainer:
 
     photos: accepted photos from `petdream.photos.intake`, at the training resolution.
     data_dir: where class images are cached and devices are locked.
+    init_model: train this pet model further: start from its weights instead of the base model's.
+        It must be on the same base model with the same method; a LoRA must have the shape `config`
+        asks for (rank, alpha, target modules, text encoder; `further_training_settings` gives them).
+        A mismatch is refused with a Failed event rather than adapted silently: petdream.json must
+        record the settings the weights really have. Class images still come from the base model.
     """
 
     def __init__(self, profile: Profile, photos: list[Photo], pet: Pet, output_dir: Path, config: TrainingConfig,
-                 *, data_dir: Path, device: str = "auto"):
+                 *, data_dir: Path, device: str = "auto", init_model: PetModel | None = None):
         resolution = config.resolution or profile.resolution
         wrong = [p.file for p in photos if p.image.size != (resolution, resolution)]
         if wrong:
@@ -82,10 +90,15 @@ class DreamBoothTrainer:
         self.data_dir = Path(data_dir)
         self.device_setting = device
         self.checkpoints = Checkpoints(self.output_dir / "checkpoints", keep=config.checkpoints_kept)
+        self.init_model = init_model
+        # The starting weights' content, not their path: a copied folder is the same start, a retrained one is not.
+        self.init_model_sha256 = init_model.weights_sha256() if init_model is not None else None
         # What the weights depend on: a checkpoint resumes only into the same run.
-        self.fingerprint = hashlib.sha256(json.dumps([
-            config.fingerprint(), profile.base_model_id, profile.base_model_revision, resolution,
-            pet.instance_prompt, pet.class_noun, sorted(p.sha256 for p in photos)]).encode()).hexdigest()[:16]
+        identity = [config.fingerprint(), profile.base_model_id, profile.base_model_revision, resolution,
+                    pet.instance_prompt, pet.class_noun, sorted(p.sha256 for p in photos)]
+        if init_model is not None:  # appended only then, so runs from the base keep their fingerprints
+            identity.append(self.init_model_sha256)
+        self.fingerprint = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
         self._cancel = threading.Event()
 
     @property
@@ -120,6 +133,7 @@ class DreamBoothTrainer:
         """Train, yielding events; the last one is Finished, Failed or Cancelled."""
         try:
             self._check_output_folder(resume)
+            self._check_init_model()
             lock = yield from self._wait_for_device()
             with lock:
                 yield from self._run(resume)
@@ -255,6 +269,12 @@ class DreamBoothTrainer:
             torch.backends.cuda.matmul.allow_tf32 = True  # free speed on Ampere+; DreamBooth doesn't need full fp32
             torch.backends.cudnn.allow_tf32 = True
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        if self.init_model is not None:
+            yield Note(f"Training further from {self.init_model.path} ({self.init_model.method}, "
+                       f"weights sha256 {self.init_model_sha256[:12]}).")
+            if self.init_model.pet.phrase != self.pet.phrase:
+                yield Note(f"{self.init_model.path} learned \"{self.init_model.pet.phrase}\"; this run teaches "
+                           f"\"{self.pet.phrase}\".")
 
         parts = self._load_models(accelerator.device)
         unet, vae, text_encoder, tokenizer, noise_scheduler = parts
@@ -268,6 +288,7 @@ class DreamBoothTrainer:
         if config.prior_preservation:
             class_latents = encode_images(vae, class_photos)
         torch.manual_seed(config.seed)  # LoRA's initial weights come from the global generator
+        # After the class images: those must show the base model's idea of the class, not the init model's.
         trainable = self._make_trainable(unet, text_encoder, weight_dtype)
         prompt_embeddings = {}
         if not config.train_text_encoder:
@@ -349,7 +370,11 @@ class DreamBoothTrainer:
                 for name, parameter in model.named_parameters():
                     if "lora_" in name:
                         parameter.data = parameter.data.float()
+            if self.init_model is not None:
+                self._load_init_lora(unet, text_encoder)
         else:
+            if self.init_model is not None:
+                self._load_init_pipeline(unet, text_encoder)
             unet.requires_grad_(True)
             if config.train_text_encoder:
                 text_encoder.requires_grad_(True)
@@ -358,6 +383,52 @@ class DreamBoothTrainer:
         named = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
         named.update({f"text_encoder.{n}": p for n, p in text_encoder.named_parameters() if p.requires_grad})
         return named
+
+    def _load_init_lora(self, unet, text_encoder) -> None:
+        """Put the init model's LoRA into the adapters just added, the way diffusers' DreamBooth-LoRA
+        script resumes (lora_state_dict, then peft names, then set_peft_model_state_dict). Every adapter
+        weight must come from the file and every tensor in the file must land: a partial load would
+        quietly train a half-new adapter."""
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import (convert_state_dict_to_diffusers, convert_state_dict_to_peft,
+                                     convert_unet_state_dict_to_peft)
+        from peft.utils import set_peft_model_state_dict
+
+        source = self.init_model.lora_weights
+        state_dict, _ = StableDiffusionPipeline.lora_state_dict(source.parent, weight_name=source.name)
+        parts = {"unet": (unet, convert_unet_state_dict_to_peft)}
+        if self.config.train_text_encoder:
+            parts["text_encoder"] = (text_encoder,
+                                     lambda d: convert_state_dict_to_peft(convert_state_dict_to_diffusers(d)))
+        missing, unexpected = [], [k for k in state_dict if k.split(".", 1)[0] not in parts]
+        for prefix, (model, to_peft) in parts.items():
+            part = to_peft({k[len(prefix) + 1:]: v for k, v in state_dict.items() if k.startswith(f"{prefix}.")})
+            try:
+                result = set_peft_model_state_dict(model, part, adapter_name="default")
+            except RuntimeError as error:  # a tensor of another shape
+                raise TrainingFailure(_unfit(source, f"tensors of other shapes ({_first_line(error)})")) from None
+            # load_state_dict(strict=False) lists the whole base model as missing; only adapter weights count.
+            missing += [f"{prefix}.{k}" for k in result.missing_keys if "lora_" in k]
+            unexpected += [f"{prefix}.{k}" for k in result.unexpected_keys]
+        if missing or unexpected:
+            raise TrainingFailure(_unfit(source, _key_problems(missing, unexpected)))
+
+    def _load_init_pipeline(self, unet, text_encoder) -> None:
+        """Copy the init model's UNet and text encoder (trained or the base's copy, either way what it
+        draws with) into the modules loaded from the base model, every weight or none."""
+        from diffusers import UNet2DConditionModel
+
+        folder = self.init_model.pipeline_dir
+        for model, part, cls in ((unet, "unet", UNet2DConditionModel),
+                                 (text_encoder, "text_encoder", type(text_encoder))):
+            try:
+                with quiet_libraries():
+                    weights = cls.from_pretrained(folder, subfolder=part).state_dict()
+                result = model.load_state_dict(weights, strict=False)
+            except (OSError, ValueError, RuntimeError) as error:  # absent, damaged, or tensors of another shape
+                raise TrainingFailure(_unfit(folder / part, _first_line(error))) from None
+            if result.missing_keys or result.unexpected_keys:
+                raise TrainingFailure(_unfit(folder / part, _key_problems(result.missing_keys, result.unexpected_keys)))
 
     def _optimizer(self, parameters, cuda: bool) -> tuple[torch.optim.Optimizer, str | None]:
         """(optimizer, a note on any fallback). 8-bit AdamW saves ~75% of optimizer memory on a full
@@ -385,6 +456,37 @@ class DreamBoothTrainer:
             raise TrainingFailure(
                 f"{self.output_dir} holds checkpoints of an unfinished run. Add --resume to continue it, or "
                 "delete the folder to start over.")
+
+    def _check_init_model(self) -> None:
+        """Refuse an init model this run cannot continue, saying what to do instead."""
+        source, config, profile = self.init_model, self.config, self.profile
+        if source is None:
+            return
+        start_fresh = "or train a new model from the base model (without --init-model)"
+        theirs = (source.base_model_id, source.base_model_revision)
+        if theirs != (profile.base_model_id, profile.base_model_revision):
+            raise TrainingFailure(
+                f"{source.path} was trained on the base model {_model_name(*theirs)}, but this run uses "
+                f"{_model_name(profile.base_model_id, profile.base_model_revision)}. Train it further on its own "
+                f"base model (profile {source.profile}), {start_fresh}.")
+        if source.method != config.method:
+            raise TrainingFailure(
+                f"{source.path} was trained with the {source.method} method, but this run asks for {config.method}. "
+                f"Training further keeps the method: use --method {source.method}, {start_fresh}.")
+        if config.method != "lora":
+            return
+        recorded, wanted = lora_shape(source.training), config.lora_shape()
+        if recorded is None:
+            raise TrainingFailure(
+                f"{source.path / METADATA_FILE} does not record its LoRA's rank and target modules "
+                f"(training.rank, training.lora_target_modules), so its weights cannot be continued; {start_fresh}.")
+        differ = [f"{name} {wanted[name]} (the model has {recorded[name]})" for name in wanted
+                  if wanted[name] != recorded[name]]
+        if differ:
+            raise TrainingFailure(
+                f"{source.path} is a LoRA of another shape than this run asks for: {'; '.join(differ)}. Training "
+                f"further continues its weights, so their shape stays: use the model's values (the CLI takes them "
+                f"when these flags are left out), {start_fresh}.")
 
     def _wait_for_device(self):
         """An exclusive lock on the training device, shared by threads and processes; waits if taken."""
@@ -463,7 +565,8 @@ class DreamBoothTrainer:
         model = PetModel(
             path=out, pet=self.pet, base_model_id=self.profile.base_model_id,
             base_model_revision=self.profile.base_model_revision, profile=self.profile.name, method=config.method,
-            training={**config.to_dict(), "resolution": self.resolution, "instance_prompt": self.instance_prompt,
+            training={**config.to_dict(), "init_model": self._lineage(),
+                      "resolution": self.resolution, "instance_prompt": self.instance_prompt,
                       "class_prompt": self.class_prompt if config.prior_preservation else None,
                       "steps_done": len(losses), "seconds": round(seconds, 1), "final_loss": losses[-1],
                       "mixed_precision_used": run.accelerator.mixed_precision, "device": str(run.accelerator.device),
@@ -473,6 +576,25 @@ class DreamBoothTrainer:
         )
         model.write_metadata()
         shutil.rmtree(self.checkpoints.folder, ignore_errors=True)  # only needed to resume an unfinished run
+
+    def _lineage(self) -> dict | None:
+        """Where this model's starting weights came from; None: the base model."""
+        if self.init_model is None:
+            return None
+        return {"path": str(self.init_model.path.resolve()), "sha256": self.init_model_sha256}
+
+
+def further_training_settings(model: PetModel) -> dict:
+    """TrainingConfig overrides for a run that trains `model` further: its method, whether it trained the
+    text encoder and, for LoRA, its adapter's rank, alpha and target modules (values not recorded are None,
+    which `TrainingConfig.preset` ignores). Explicit choices go on top; the trainer refuses ones that can't be."""
+    training = model.training
+    settings = {"method": model.method, "train_text_encoder": training.get("train_text_encoder")}
+    if model.method == "lora":
+        targets = training.get("lora_target_modules")
+        settings.update(rank=training.get("rank"), lora_alpha=training.get("lora_alpha") or training.get("rank"),
+                        lora_target_modules=tuple(targets) if targets else None)
+    return settings
 
 
 @dataclass
@@ -517,6 +639,28 @@ def _pipeline_over(unet, vae, text_encoder, tokenizer, noise_scheduler):
         scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler.config, algorithm_type="dpmsolver++"))
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def _model_name(model_id: str, revision: str | None) -> str:
+    return f"{model_id!r}" + (f" (revision {revision})" if revision else "")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _key_problems(missing: list[str], unexpected: list[str]) -> str:
+    said = []
+    if missing:
+        said.append(f"{len(missing)} of the model's weights are not in it (e.g. {missing[0]})")
+    if unexpected:
+        said.append(f"{len(unexpected)} of its tensors fit nowhere in the model (e.g. {unexpected[0]})")
+    return "; ".join(said)
+
+
+def _unfit(source: Path, problem: str) -> str:
+    return (f"The weights in {source} do not fit this run's model: {problem}. The folder may be damaged or "
+            "written by another tool; copy it anew, or train a new model from the base model (without --init-model).")
 
 
 def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from petdream.models import Profile, resolve_profile
+from petdream.models.profiles import ensure_models
 from petdream.petmodel import Pet, PetModel
 from petdream.photos import IntakeReport, intake
 from petdream.settings import Settings
@@ -45,7 +46,8 @@ class PetDreamService:
     def __init__(self, settings: Settings, profile: Profile | None = None):
         self.settings = settings
         self.data_dir = settings.ensure_data_dir()
-        self._profile = profile
+        self.profile = profile or resolve_profile(settings, build_models=False)  # its models built on first use
+        self._models_ready = False
         self.store = Store(self.data_dir)
         interrupted = self.store.mark_interrupted_runs()  # a run left "running" died with the last process
         if interrupted:
@@ -56,18 +58,19 @@ class PetDreamService:
 
     # -- models, loaded on first use ----------------------------------------------------------
 
-    @property
-    def profile(self) -> Profile:
+    def _ready(self) -> Profile:
+        """The profile with its models built (the tiny ones take ~10 s, once per data dir)."""
         with self._lazy_lock:
-            if self._profile is None:
-                self._profile = resolve_profile(self.settings)
-            return self._profile
+            if not self._models_ready:
+                ensure_models(self.profile, self.data_dir)
+                self._models_ready = True
+            return self.profile
 
     @property
     def generator(self):
         from petdream.generate import Generator
 
-        profile = self.profile
+        profile = self._ready()
         with self._lazy_lock:
             if self._generator is None:
                 self._generator = Generator(profile, device=self.settings.device, dtype=self.settings.dtype)
@@ -77,7 +80,7 @@ class PetDreamService:
     def companion(self):
         from petdream.companion import Companion, backend_for
 
-        profile = self.profile
+        profile = self._ready()
         with self._lazy_lock:
             if self._companion is None:
                 self._companion = Companion(backend_for(self.settings, profile.name))
@@ -90,7 +93,7 @@ class PetDreamService:
         generator = self.generator
         with self._lazy_lock:
             if self._evaluator is None:
-                self._evaluator = Evaluator(self.profile, generator=generator)
+                self._evaluator = Evaluator(self._ready(), generator=generator)
             return self._evaluator
 
     # -- pets ------------------------------------------------------------------------------------
@@ -165,7 +168,7 @@ class PetDreamService:
         photos = intake(sorted(Path(record.photos_dir).glob("*.png")), resolution=self.profile.resolution).accepted
         run = store.run(owner, job.run_id)
         extra = {"init_model": init_model} if init_model is not None else {}
-        trainer = DreamBoothTrainer(self.profile, photos, Pet(record.name, record.trigger, record.class_noun),
+        trainer = DreamBoothTrainer(self._ready(), photos, Pet(record.name, record.trigger, record.class_noun),
                                     run.output_dir, config, data_dir=self.data_dir, device=self.settings.device,
                                     **extra)
         job.on_cancel = trainer.cancel
@@ -231,6 +234,41 @@ class PetDreamService:
 
     def rate(self, owner: str, image_id: int, liked: bool | None) -> None:
         self.store.rate_image(owner, image_id, liked)
+
+    # -- the Hub ---------------------------------------------------------------------------------
+
+    def push_to_hub(self, owner: str, pet_id: str, token: str | None, oauth_scope: str | None = None,
+                    repo: str | None = None, public: bool = False):
+        """Push `owner`'s pet to their Hub account (private unless `public`); returns PushResult.
+
+        token: the person's own (a Space login). None uses this machine's HF_TOKEN or saved login,
+        which only the UI of a machine the person owns may allow (see ui/session.py)."""
+        from petdream.hub import PetHub
+
+        record = self.store.pet(owner, pet_id)
+        hub = PetHub.from_settings(self.settings, token=token, oauth_scope=oauth_scope)
+        result = hub.push(self.pet_model(owner, pet_id), repo or None, public=public)
+        self.store.update_pet(owner, pet_id, hub_repo=result.repo_id)
+        logger.info("pushed %s's pet to %s", record.name, result.repo_id)
+        return result
+
+    def load_from_hub(self, owner: str, repo_id: str, token: str | None = None, *, name: str | None = None,
+                      class_noun: str | None = None) -> PetRecord:
+        """A pet model pulled from a Hub repo (PetDream's or any diffusers DreamBooth LoRA) as a new pet."""
+        from petdream.hub import PetHub
+
+        hub = PetHub.from_settings(self.settings, token=token)
+        staging = self.store.paths(owner, "incoming").runs / uuid.uuid4().hex
+        model = hub.pull(repo_id.strip(), staging, name=name or None, class_noun=class_noun or None)
+        if model.base_model_id != self.profile.base_model_id:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ValueError(f"{repo_id} was trained on {model.base_model_id}, but this app runs "
+                             f"{self.profile.base_model_id}; it cannot draw with it.")
+        record = self.store.add_pet(owner, model.pet.name, model.pet.class_noun, model.pet.trigger)
+        target = self.store.paths(owner, record.id).runs / "from-hub"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(target)
+        return self.store.update_pet(owner, record.id, model_dir=target, hub_repo=repo_id.strip())
 
     # -- evaluation ------------------------------------------------------------------------------
 

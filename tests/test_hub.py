@@ -679,3 +679,32 @@ def test_make_model_card_is_a_huggingface_hub_model_card(tiny, tmp_path):
     assert isinstance(card, ModelCard)
     assert card.data.base_model == SD15 and card.data.license == "creativeml-openrail-m"
     assert ModelCard(str(card)).data.to_dict() == card.data.to_dict()
+
+
+def test_the_app_pushes_a_persons_pet_and_another_person_loads_it_back(tiny, tmp_path, fake, caplog):
+    """The service behind the app's Hub buttons: each person's pets stay theirs; the pulled pet draws."""
+    from petdream.service import PetDreamService
+    from petdream.store import NotFound
+
+    caplog.set_level("DEBUG")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "models").symlink_to(Path(tiny.base_model).parent.parent)
+    service = PetDreamService(Settings.from_env({}, data_dir=tmp_path / "data", profile="tiny", device="cpu",
+                                                hub_endpoint=fake.url), tiny)
+    alice, bob = "session:" + "a" * 40, "session:" + "b" * 40
+    record = service.store.add_pet(alice, "Bruno", "dog", "bruno")
+    model = make_lora_pet(service.store.paths(alice, record.id).runs / "r1", tiny)
+    service.store.update_pet(alice, record.id, model_dir=model.path)
+
+    with pytest.raises(NotFound):
+        service.push_to_hub(bob, record.id, TOKEN)
+    result = service.push_to_hub(alice, record.id, TOKEN)
+    assert result.repo_id == "sam/petdream-bruno" and result.private
+    assert service.store.pet(alice, record.id).hub_repo == "sam/petdream-bruno"
+
+    loaded = service.load_from_hub(bob, "sam/petdream-bruno", TOKEN)
+    assert [p.id for p in service.pets(bob, trained_only=True)] == [loaded.id] and loaded.name == "Bruno"
+    assert service.pet_model(bob, loaded.id).lora_weights.read_bytes() == model.lora_weights.read_bytes()
+    picture = service.draw(bob, loaded.id, "a photo of bruno dog", seed=3)
+    assert picture.path.is_file() and [p.id for p in service.pets(alice)] == [record.id]
+    assert TOKEN not in caplog.text

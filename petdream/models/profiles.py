@@ -42,14 +42,17 @@ TINY_WARNING = (
 )
 
 
-def resolve_profile(settings: Settings) -> Profile:
-    """Turn `settings.profile` into a concrete Profile, building the tiny models if needed."""
+def resolve_profile(settings: Settings, build_models: bool = True) -> Profile:
+    """Turn `settings.profile` into a concrete Profile, building the tiny models if needed.
+
+    build_models=False leaves the tiny models for later (`ensure_models`): the app shows its page
+    first and builds them on first use."""
     name, reason = settings.profile, f"asked for profile {settings.profile!r}"
     if name == "auto":
         name, reason = _pick_automatically(settings)
         logger.info("profile auto -> %s: %s", name, reason)
     if name == "tiny":
-        return tiny_profile(settings.data_dir, reason)
+        return tiny_profile(settings.data_dir, reason, build=build_models)
     return Profile(
         name="sd15",
         base_model=settings.base_model,
@@ -63,10 +66,10 @@ def resolve_profile(settings: Settings) -> Profile:
     )
 
 
-def tiny_profile(data_dir: Path, reason: str = "asked for profile 'tiny'") -> Profile:
-    from petdream.models.tiny import RESOLUTION, TINY_VERSION, ensure_tiny_models
+def tiny_profile(data_dir: Path, reason: str = "asked for profile 'tiny'", build: bool = True) -> Profile:
+    from petdream.models.tiny import RESOLUTION, TINY_VERSION, ensure_tiny_models, tiny_models_dir
 
-    folder = ensure_tiny_models(data_dir)
+    folder = ensure_tiny_models(data_dir) if build else tiny_models_dir(data_dir)
     return Profile(
         name="tiny",
         base_model=str(folder / "sd"),
@@ -104,3 +107,11 @@ def _hub_problem(settings: Settings) -> str | None:
     except Exception as error:  # any failure means "not usable now"; the reason is logged
         return f"{type(error).__name__}: {error}".splitlines()[0][:200]
     return None
+
+
+def ensure_models(profile: Profile, data_dir: Path) -> None:
+    """Build what a profile resolved with build_models=False still lacks (the tiny models)."""
+    if profile.name == "tiny":
+        from petdream.models.tiny import ensure_tiny_models
+
+        ensure_tiny_models(data_dir)

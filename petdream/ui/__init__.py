@@ -15,8 +15,8 @@ MAX_UPLOAD = "20mb"  # per file: a phone photo is 2-8 MB; intake refuses more th
 
 def build_app(settings: Settings, service: PetDreamService | None = None) -> gr.Blocks:
     """The whole app. Models load on first use, so the page is up in seconds."""
-    profile = resolve_profile(settings)
-    service = service or PetDreamService(settings, profile)
+    service = service or PetDreamService(settings, resolve_profile(settings, build_models=False))
+    profile = service.profile
     with gr.Blocks(title="PetDream") as app:
         with gr.Row():
             gr.Markdown("# 🐾 PetDream\nYour pet, drawn by a model that learned them from your photos, "
@@ -34,6 +34,7 @@ def build_app(settings: Settings, service: PetDreamService | None = None) -> gr.
 
         app.load(browser_id_or_new, inputs=browser_id, outputs=browser_id, api_visibility="private").then(
             *train["list_resumable"], api_visibility="private").then(
+            *train["list_pets"], api_visibility="private").then(
             *chat["list_pets"], api_visibility="private").then(*evaluation["list_pets"], api_visibility="private")
     app.petdream_service = service
     return app

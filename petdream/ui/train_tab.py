@@ -10,7 +10,8 @@ import pandas as pd
 from petdream.photos import MAX_PHOTOS, NotEnoughPhotosError
 from petdream.service import PetDreamService
 from petdream.store import NotFound
-from petdream.ui.session import owner_of, served_copy
+from petdream.hub import HubError, MissingPetInfo
+from petdream.ui.session import oauth_enabled, owner_of, served_copy, trained_pets
 
 POLL_SECONDS = 0.5
 
@@ -50,6 +51,19 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, elem_id="loss-plot")
         samples = gr.Gallery(label="Samples as it learns", columns=4, height="auto", elem_id="samples")
         run_id = gr.State("")
+        with gr.Accordion("Hugging Face Hub: keep your pet's model, or bring one back", open=False):
+            with gr.Row():
+                hub_pet = gr.Dropdown([], label="Pet to push", allow_custom_value=True, elem_id="hub-pet")
+                hub_repo = gr.Textbox(label="Repo (empty: <you>/petdream-<name>)", elem_id="hub-repo")
+                hub_public = gr.Checkbox(label="Public (default: private)", value=False, elem_id="hub-public")
+                push = gr.Button("Push to Hub", elem_id="push-button")
+            with gr.Row():
+                pull_repo = gr.Textbox(label="Load a pet model by repo id", placeholder="user/petdream-bruno",
+                                       elem_id="pull-repo")
+                pull_name = gr.Textbox(label="Pet name (if the repo doesn't say)", elem_id="pull-name")
+                pull_class = gr.Textbox(label="Kind of pet (if the repo doesn't say)", elem_id="pull-class")
+                pull = gr.Button("Load from Hub", elem_id="pull-button")
+            hub_status = gr.Markdown(elem_id="hub-status")
         with gr.Accordion("Unfinished trainings", open=False):
             resumable = gr.Dropdown([], label="Cut off by a restart, cancelled or failed", elem_id="resumable",
                                     allow_custom_value=True)
@@ -131,6 +145,38 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         return gr.Dropdown([(f"{names.get(r.pet_id, '?')}: {r.status} ({r.created_at[:16]})", r.id) for r in runs],
                            value=None)
 
+    def push_pet(pet_id, repo, public, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None,
+                 oauth: gr.OAuthToken | None = None):
+        owner = owner_of(browser_id, request, profile)
+        if not pet_id:
+            raise gr.Error("Choose a trained pet to push.")
+        if oauth_enabled() and oauth is None:  # never push visitors' pets with the Space owner's token
+            raise gr.Error("Sign in with Hugging Face (the button at the top) to push your pet to your account.")
+        try:
+            result = service.push_to_hub(owner, pet_id, oauth.token if oauth else None,
+                                         oauth.scope if oauth else None, repo=repo, public=bool(public))
+        except (HubError, NotFound, ValueError) as error:
+            raise gr.Error(str(error)) from None
+        notes = "".join(f"\n\n{note}" for note in result.notes)
+        return (f"✅ Pushed to [{result.repo_id}]({result.url}) ({'private' if result.private else 'public'}, "
+                f"{len(result.files)} files).{notes}")
+
+    def pull_pet(repo, pet_name, pet_class, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None,
+                 oauth: gr.OAuthToken | None = None):
+        owner = owner_of(browser_id, request, profile)
+        if not repo or "/" not in repo:
+            raise gr.Error("Give the model repo's id, like user/petdream-bruno.")
+        token = oauth.token if oauth else (None if oauth_enabled() else service.settings.hf_token())
+        try:
+            record = service.load_from_hub(owner, repo, token, name=pet_name, class_noun=pet_class)
+        except (HubError, MissingPetInfo, ValueError) as error:
+            raise gr.Error(str(error)) from None
+        return f"✅ {record.name} is back from {repo}: chat with them on the Chat tab."
+
+    push.click(push_pet, inputs=[hub_pet, hub_repo, hub_public, browser_id], outputs=hub_status,
+               api_visibility="private")
+    pull.click(pull_pet, inputs=[pull_repo, pull_name, pull_class, browser_id], outputs=hub_status,
+               api_name="load_from_hub")
     uploads.change(check, inputs=uploads, outputs=[summary, accepted, rejected], api_name="check_photos")
     inputs = [uploads, name, class_noun, preset, method, steps, learning_rate, rank, seed, prior, browser_id]
     outputs = [run_id, status, progress, loss, samples]
@@ -138,5 +184,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     cancel.click(stop, inputs=[run_id, browser_id], api_name="cancel_training")
     resume.click(resume_run, inputs=[resumable, browser_id], outputs=outputs, api_name="resume_training",
                  concurrency_limit=None)
-    return {"list_resumable": (list_resumable, [browser_id], [resumable])}
+    list_pets = trained_pets(service)
+    hub_pet.focus(list_pets, inputs=[hub_pet, browser_id], outputs=hub_pet, api_visibility="private")
+    return {"list_resumable": (list_resumable, [browser_id], [resumable]),
+            "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet])}
 

@@ -1,0 +1,213 @@
+"""PetDream in a real browser, as a new person uses it: `python app.py --profile tiny` driven
+through headless Chromium (Debian's, at /usr/bin/chromium) with Playwright.
+
+Screenshots of each stage go to test-artifacts/browser/ (a FAILED-<stage>.png and the app's log
+when one fails). PETDREAM_README_SCREENSHOT=1 also writes docs/screenshot.png, the README's
+picture of the Chat tab (install fonts-noto-color-emoji first so the emoji render).
+"""
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from browser import (ARTIFACTS, VIEWPORT, data_dir_sharing_models, launched_chromium, missing_browser,
+                     save_readme_screenshot, screenshot, served_app, stage)
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))]
+
+STEPS = 20
+TRAINED = "✅ Bruno is ready: chat with them on the Chat tab."
+FEELING = "I feel a bit lonely today"
+# Gradio re-renders asynchronously; these bound each wait on the tiny profile on 2 busy cores.
+PAGE_S, INTAKE_S, TRAIN_S, CHAT_S, EVAL_S = 60, 60, 180, 240, 240
+
+
+@pytest.fixture(scope="module")
+def app(tiny, data_dir, tmp_path_factory):
+    """The app as a person starts it, on one data dir for the module (its models are the session's)."""
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # this run's screenshots only
+    own_dir = data_dir_sharing_models(data_dir, tmp_path_factory.mktemp("browser-data"))
+    log = ARTIFACTS / "app.log"
+    with served_app(own_dir, log) as url:
+        yield {"url": url, "data_dir": own_dir, "log": log}
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with launched_chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(chromium, app):
+    """A new visitor: a fresh browser profile (so a new owner), the page loaded."""
+    from playwright.sync_api import expect
+
+    context = chromium.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.goto(app["url"])
+    expect(page.locator("#tiny-banner")).to_be_visible(timeout=PAGE_S * 1000)
+    # The page's load event gives this browser its owner key; wait for it so what is made next is its own.
+    page.wait_for_function("() => !!localStorage.getItem('petdream-browser-id')", timeout=PAGE_S * 1000)
+    yield page
+    context.close()
+
+
+def choose(page, dropdown: str, option: str) -> None:
+    """Pick an option of a gr.Dropdown the way a person does: open it, click the option."""
+    from playwright.sync_api import expect
+
+    page.locator(f"{dropdown} input[role=combobox]").click()
+    page.get_by_role("option", name=option).click()
+    expect(page.locator(f"{dropdown} input[role=combobox]")).to_have_value(option)
+
+
+def wait_for(condition, timeout: float, what: str):
+    """Poll `condition` (not the page) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.25)
+    return result
+
+
+def ratings(data_dir: Path) -> list[tuple[int, int]]:
+    """(image id, liked) of every rating stored (petdream/store.py's feedback table)."""
+    with contextlib.closing(sqlite3.connect(data_dir / "petdream.sqlite3")) as db:
+        return db.execute("SELECT image_id, liked FROM feedback").fetchall()
+
+
+def newest_image(data_dir: Path) -> int:
+    with contextlib.closing(sqlite3.connect(data_dir / "petdream.sqlite3")) as db:
+        return db.execute("SELECT max(id) FROM images").fetchone()[0]
+
+
+def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
+    from playwright.sync_api import expect
+
+    log = app["log"]
+    photos = sorted((dreambench / "dog").glob("*.jpg"))
+    assert len(photos) == 5
+
+    with stage(page, "1-opened", log):
+        expect(page.locator("#tiny-banner")).to_contain_text("Demo mode")
+        expect(page.get_by_role("tab")).to_have_text(["My pet", "Chat", "Evaluate"])
+        expect(page.locator("#preset input[type=radio]:checked")).to_have_value("tiny")
+
+    with stage(page, "2-photos-checked", log):
+        page.locator("#photos input[type=file]").set_input_files(photos)
+        expect(page.locator("#intake-summary")).to_contain_text("5 photos ready for training", timeout=INTAKE_S * 1000)
+        expect(page.locator("#accepted img")).to_have_count(5)
+        expect(page.locator("#rejected tbody")).not_to_contain_text(".jpg")
+
+    with stage(page, "3-trained", log):
+        page.locator("#pet-name").get_by_role("textbox").fill("Bruno")
+        page.get_by_text("Advanced", exact=True).click()
+        page.get_by_label("Steps (0: the preset's)").fill(str(STEPS))
+        page.locator("#train-button").click()
+        expect(page.locator("#train-status")).to_have_text(TRAINED, timeout=TRAIN_S * 1000)
+        # It trained the steps asked for, and showed its loss and samples on the way.
+        expect(page.locator("#train-progress input[type=range]")).to_have_attribute("max", str(STEPS))
+        expect(page.locator("#train-progress input[type=range]")).to_have_value(str(STEPS))
+        expect(page.locator("#samples img").first).to_be_visible()
+        expect(page.locator("#loss-plot canvas, #loss-plot svg").first).to_be_visible()
+
+    with stage(page, "4-chat-answered", log):
+        page.get_by_role("tab", name="Chat").click()
+        expect(page.locator("#disclosure")).to_contain_text("not a person")
+        # Selecting the tab lists the pets trained so far.
+        expect(page.locator("#chat-pet input[role=combobox]")).to_have_value("Bruno", timeout=PAGE_S * 1000)
+        choose(page, "#chat-pet", "Bruno")
+        page.locator("#chat-input").get_by_role("textbox").fill(FEELING)
+        page.locator("#send-button").click()
+        chatbot = page.locator("#chatbot")
+        expect(chatbot.locator("[data-testid=user]")).to_have_text(FEELING)
+        # The reply streams in, then the pet's picture follows it (first message: the chat model loads).
+        picture = chatbot.locator("[data-testid=bot] img")
+        expect(picture).to_have_count(1, timeout=CHAT_S * 1000)
+        expect(picture).to_have_js_property("complete", True)
+        assert picture.evaluate("img => img.naturalWidth") > 0
+        reply = chatbot.locator("[data-testid=bot] .message-content").first.inner_text().strip()
+        assert len(reply) > 10 and not reply.startswith("{"), f"reply: {reply!r}"
+        expect(page.locator("#chat-input").get_by_role("textbox")).to_have_value("")
+        if os.environ.get("PETDREAM_README_SCREENSHOT"):
+            page.evaluate("window.scrollTo(0, 0)")
+            save_readme_screenshot(page, REPO / "docs" / "screenshot.png")
+
+    known_grouping_bug = False
+    with stage(page, "5-picture-rated", log):
+        assert ratings(app["data_dir"]) == []
+        image_id = newest_image(app["data_dir"])
+        # The thumbs of the bubble that holds the picture: the last bot bubble (the picture comes last).
+        chatbot.get_by_role("button", name="Like", exact=True).last.click()
+        expect(chatbot.get_by_role("button", name="Liked", exact=True)).to_have_count(1)
+        refused = page.get_by_text("Only pictures can be rated")
+        stored = wait_for(lambda: ratings(app["data_dir"]) or (refused.count() > 0 and "refused"), 20,
+                          "the rating to be stored (or refused)")
+        picture_bubble = chatbot.locator(".message-row.bot-row").filter(has=page.locator("img"))
+        if stored == "refused" and picture_bubble.locator(".message-content").count():
+            known_grouping_bug = True  # the picture shares its bubble and thumbs with the reply: xfail at the end
+        else:
+            assert stored == [(image_id, 1)], f"ratings stored: {stored}; the chat's picture is image {image_id}"
+
+    with stage(page, "6-evaluated", log):
+        page.get_by_role("tab", name="Evaluate").click()
+        expect(page.locator("#eval-pet input[role=combobox]")).to_have_value("Bruno", timeout=PAGE_S * 1000)
+        choose(page, "#eval-pet", "Bruno")
+        page.locator("#evaluate-button").click()
+        expect(page.locator("#eval-status")).to_contain_text("✅ Done", timeout=EVAL_S * 1000)
+        metrics = page.locator("#eval-metrics")
+        expect(metrics.locator("table").first).to_be_visible()
+        for column in ("CLIPScore", "SSIM best", "DINO", "CLIP-I", "CLIP-T"):
+            expect(metrics.locator("th", has_text=column).first).to_be_visible()
+        expect(metrics).to_contain_text("a bruno dog")
+        grid = page.locator("#eval-grid img")
+        expect(grid).to_be_visible()
+        expect(grid).to_have_js_property("complete", True)
+        assert grid.evaluate("img => img.naturalWidth") > 0
+        expect(page.locator("#eval-chart img")).to_be_visible()
+        expect(page.locator("#eval-report")).to_contain_text(".md")
+        expect(page.locator("#eval-report")).to_contain_text(".json")
+
+    assert page.errors == [], f"errors in the page's JavaScript: {page.errors}"
+    if known_grouping_bug:
+        pytest.xfail("app bug: the thumbs under the chat's picture rate the reply, not the picture "
+                     "(gr.Chatbot groups the reply and the picture in one bubble; its like event carries the "
+                     "reply's index, which petdream/ui/chat_tab.py's rate() does not map to the picture), "
+                     "so 'Only pictures can be rated' shows and nothing is stored")
+
+
+def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambench, tmp_path):
+    from playwright.sync_api import expect
+
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("These are my notes about Bruno, not a photo.\n")
+    photos = sorted((dreambench / "dog").glob("*.jpg"))[:2]
+
+    with stage(page, "bad-upload", app["log"]):
+        page.locator("#photos input[type=file]").set_input_files([notes, *photos])
+        summary = page.locator("#intake-summary")
+        expect(summary).to_contain_text("2 usable photos: add 1 more to train", timeout=INTAKE_S * 1000)
+        expect(page.locator("#accepted img")).to_have_count(2)
+        row = page.locator("#rejected tbody tr", has_text="notes.jpg")
+        expect(row).to_have_count(1)
+        expect(row).to_contain_text("notes.jpg is not a photo in a supported format")
+        expect(row).to_contain_text("Upload the original photo file.")
+
+    with stage(page, "bad-upload-train-refused", app["log"]):
+        page.locator("#pet-name").get_by_role("textbox").fill("Bruno")
+        page.locator("#train-button").click()
+        expect(page.get_by_text("DreamBooth needs at least 3").first).to_be_visible()
+        expect(page.locator("#train-status")).not_to_contain_text("Training")
+    assert page.errors == [], f"errors in the page's JavaScript: {page.errors}"

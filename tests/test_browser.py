@@ -41,6 +41,9 @@ def app(tiny, data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chromium():
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)  # every wait on the page: Gradio renders asynchronously, on busy cores
     with launched_chromium() as browser:
         yield browser
 

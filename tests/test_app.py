@@ -57,8 +57,7 @@ def train(app, key: str, photos, name: str = "Bruno") -> str:
 
     job = client(app).submit([handle_file(str(p)) for p in photos], name, "dog", "tiny", None, STEPS, 0, 0, 0, "off",
                              key, api_name="/train")
-    outputs = job.outputs() if job.result(timeout=300) is not None else []
-    return outputs[-1][0]
+    return job.result(timeout=300)[0]
 
 
 @pytest.fixture(scope="module")

@@ -148,21 +148,14 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
             page.evaluate("window.scrollTo(0, 0)")
             save_readme_screenshot(page, REPO / "docs" / "screenshot.png")
 
-    known_grouping_bug = False
     with stage(page, "5-picture-rated", log):
         assert ratings(app["data_dir"]) == []
         image_id = newest_image(app["data_dir"])
         # The thumbs of the bubble that holds the picture: the last bot bubble (the picture comes last).
         chatbot.get_by_role("button", name="Like", exact=True).last.click()
         expect(chatbot.get_by_role("button", name="Liked", exact=True)).to_have_count(1)
-        refused = page.get_by_text("Only pictures can be rated")
-        stored = wait_for(lambda: ratings(app["data_dir"]) or (refused.count() > 0 and "refused"), 20,
-                          "the rating to be stored (or refused)")
-        picture_bubble = chatbot.locator(".message-row.bot-row").filter(has=page.locator("img"))
-        if stored == "refused" and picture_bubble.locator(".message-content").count():
-            known_grouping_bug = True  # the picture shares its bubble and thumbs with the reply: xfail at the end
-        else:
-            assert stored == [(image_id, 1)], f"ratings stored: {stored}; the chat's picture is image {image_id}"
+        stored = wait_for(lambda: ratings(app["data_dir"]), 20, "the rating to be stored")
+        assert stored == [(image_id, 1)], f"ratings stored: {stored}; the chat's picture is image {image_id}"
 
     with stage(page, "6-evaluated", log):
         page.get_by_role("tab", name="Evaluate").click()
@@ -184,11 +177,6 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
         expect(page.locator("#eval-report")).to_contain_text(".json")
 
     assert page.errors == [], f"errors in the page's JavaScript: {page.errors}"
-    if known_grouping_bug:
-        pytest.xfail("app bug: the thumbs under the chat's picture rate the reply, not the picture "
-                     "(gr.Chatbot groups the reply and the picture in one bubble; its like event carries the "
-                     "reply's index, which petdream/ui/chat_tab.py's rate() does not map to the picture), "
-                     "so 'Only pictures can be rated' shows and nothing is stored")
 
 
 def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambench, tmp_path):

@@ -141,7 +141,7 @@ class EvaluationReport:
         if self.profile.random_weights:
             lines += [f"> **{self.profile.name} profile: random weights; these numbers mean nothing.**", ""]
         lines += [
-            f"Model `{self.result.model}` on `{self.profile.base_model_id}` (profile {self.profile.name}). "
+            f"Model `{Path(self.result.model).name}` on `{self.profile.base_model_id}` (profile {self.profile.name}). "
             f"{len(self.result.prompts)} prompts x {config.images_per_prompt} images (image i with seed i), "
             f"{config.steps} steps, {config.scheduler}, guidance {config.guidance_scale}; "
             f"compared with {self.n_photos} photos. Each cell: pet{base}.",

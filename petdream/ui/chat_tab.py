@@ -33,7 +33,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
                 person_name = gr.Textbox(label="Your name", elem_id="person-name")
                 age = gr.Textbox(label="Age", elem_id="person-age")
                 occupation = gr.Textbox(label="Occupation", elem_id="person-occupation")
-        chatbot = gr.Chatbot(label="PetDream", height=520, elem_id="chatbot")
+        # One bubble per message: each picture gets thumbs of its own (grouped, they would rate the reply).
+        chatbot = gr.Chatbot(label="PetDream", height=520, elem_id="chatbot", group_consecutive_messages=False)
         with gr.Row():
             message = gr.Textbox(label="How are you feeling?", placeholder="Tell me about your day...", scale=5,
                                  elem_id="chat-input")

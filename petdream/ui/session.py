@@ -52,8 +52,9 @@ def served_copy(path: str | Path) -> str:
     from a pet's folder reaches another person's files. The copy under the temp dir also lets
     Gradio take files from a data dir outside the working directory (/data on a Space).
     """
-    SERVED_DIR.mkdir(parents=True, exist_ok=True)
-    target = SERVED_DIR / f"{uuid.uuid4().hex}{Path(path).suffix}"
+    folder = SERVED_DIR / uuid.uuid4().hex  # unique, while the download keeps the file's own name
+    folder.mkdir(parents=True)
+    target = folder / Path(path).name
     shutil.copyfile(path, target)
     return str(target)
 

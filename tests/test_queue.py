@@ -66,3 +66,15 @@ def test_a_crashing_training_fails_with_its_reason_and_the_next_one_still_runs()
     after = queue.submit(TrainingJob("y", "session:x", "Mia", 10), fine)
     wait_until(lambda: after.done)
     assert broken.status == "failed" and "illegal memory access" in broken.message
+
+
+def test_a_jobs_summary_tells_the_person_where_it_stands():
+    job = TrainingJob("r", "session:x", "Bruno", 20)
+    assert job.summary(2) == "Waiting: 2 trainings ahead of Bruno's."
+    assert job.summary(1) == "Waiting: 1 training ahead of Bruno's."
+    job.status, job.message = "running", "Preparing 4 class images."
+    assert job.summary(0) == "Preparing Bruno's training. Preparing 4 class images."
+    job.step, job.loss, job.eta_seconds = 5, 0.1234, 12.4
+    assert job.summary(0) == "Training Bruno: step 5 of 20, loss 0.1234, about 12 s left."
+    job.status, job.message = "failed", "The loss became nan at step 6."
+    assert job.summary(None) == "❌ The loss became nan at step 6."

@@ -41,6 +41,18 @@ class TrainingJob:
     def done(self) -> bool:
         return self.status in ("finished", "failed", "cancelled")
 
+    def summary(self, position: int | None) -> str:
+        """One line for the person; `position` is TrainingQueue.position() (trainings ahead)."""
+        if self.status == "queued":
+            return (f"Waiting: {position} training{'s' * (position != 1)} ahead of {self.pet_name}'s."
+                    if position else "Starting...")
+        if self.status == "running":
+            if self.loss is None:
+                return f"Preparing {self.pet_name}'s training. {self.message}".strip()
+            eta = f", about {self.eta_seconds:.0f} s left" if self.eta_seconds is not None else ""
+            return f"Training {self.pet_name}: step {self.step} of {self.total_steps}, loss {self.loss:.4f}{eta}."
+        return {"finished": "✅ ", "failed": "❌ ", "cancelled": "⏹ "}[self.status] + self.message
+
 
 class TrainingQueue:
     """Runs `work(job)` for each submitted job, one at a time, in submission order."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import gradio as gr
 
@@ -18,6 +19,7 @@ from petdream.service import PetDreamService
 from petdream.store import NotFound
 from petdream.ui.session import owner_of, served_copy, trained_pets
 
+POLL_SECONDS = 0.5
 CRISIS_TITLE = "🆘 You don't have to face this alone: people who can help, right now"
 
 
@@ -121,10 +123,15 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
             job = service.train_further(owner, pet_id)
         except (NotFound, ValueError) as error:
             raise gr.Error(str(error)) from None
-        position = service.trainings.position(job.run_id) or 0
-        return (f"Teaching {job.pet_name} with the pictures you liked: {job.total_steps} steps"
-                + (f", {position} training(s) ahead" if position else "") + ". The chat uses the new weights "
-                "once it finishes.")
+        last = None
+        while True:  # the training's progress, until it ends; the chat keeps the old weights till then
+            line = job.summary(service.trainings.position(job.run_id))
+            if line != last:
+                last = line
+                yield f"Teaching {job.pet_name} with the pictures you liked. {line}"
+            if job.done:
+                return
+            time.sleep(POLL_SECONDS)
 
     def consent(keep, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         service.store.set_chat_consent(owner_of(browser_id, request, profile), bool(keep))

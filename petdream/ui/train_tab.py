@@ -108,16 +108,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             job = service.training(owner, run)
             if job is None:
                 return
-            position = service.trainings.position(run)
-            if job.status == "queued":
-                text = (f"Waiting: {position} training{'s' * (position != 1)} ahead of {job.pet_name}'s."
-                        if position else "Starting...")
-            elif job.status == "running":
-                eta = f", about {job.eta_seconds:.0f} s left" if job.eta_seconds is not None else ""
-                text = (f"Training {job.pet_name}: step {job.step} of {job.total_steps}, loss {job.loss:.4f}{eta}."
-                        if job.loss is not None else f"Preparing {job.pet_name}'s training. {job.message}")
-            else:
-                text = {"finished": "✅ ", "failed": "❌ ", "cancelled": "⏹ "}[job.status] + job.message
+            text = job.summary(service.trainings.position(run))
             state = (job.status, job.step, len(job.samples), text)
             if state != last:
                 last = state

@@ -291,17 +291,24 @@ class FakeHub:
         return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id,
                      "id": hashlib.md5(repo_id.encode()).hexdigest()}, {}
 
-    def _info(self, r: Request, repo_id: str, revision: str):
+    def _readable(self, r: Request, repo_id: str, revision: str, anonymous_status: int = 404):
+        """(repo, (sha, files) at `revision`, None), or (.., .., the refusal to answer with)."""
         repo = self.repos.get(repo_id)
         if repo is None:
-            status = 401 if self._token(r) is None else 404
-            return status, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+            status = anonymous_status if self._token(r) is None else 404
+            return None, None, (status, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
         denied = self._may_read(r, repo)
         if denied:
-            return denied
+            return repo, None, denied
         snapshot = repo.snapshot(revision)
         if snapshot is None:
-            return 404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"}
+            return repo, None, (404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"})
+        return repo, snapshot, None
+
+    def _info(self, r: Request, repo_id: str, revision: str):
+        repo, snapshot, refusal = self._readable(r, repo_id, revision, anonymous_status=401)
+        if refusal:
+            return refusal
         sha, files = snapshot
         card = _card_metadata(files.get("README.md"))
         return 200, {
@@ -369,29 +376,17 @@ class FakeHub:
                      "hookOutput": ""}, {}
 
     def _tree(self, r: Request, repo_id: str, revision: str, folder: str):
-        repo = self.repos.get(repo_id)
-        if repo is None:
-            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-        denied = self._may_read(r, repo)
-        if denied:
-            return denied
-        snapshot = repo.snapshot(revision)
-        if snapshot is None:
-            return 404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"}
+        repo, snapshot, refusal = self._readable(r, repo_id, revision)
+        if refusal:
+            return refusal
         prefix = folder.rstrip("/") + "/" if folder else ""
         return 200, [{"type": "file", "oid": git_blob_id(content), "size": len(content), "path": path}
                      for path, content in sorted(snapshot[1].items()) if path.startswith(prefix)], {}
 
     def _resolve(self, r: Request, repo_id: str, revision: str, path: str):
-        repo = self.repos.get(repo_id)
-        if repo is None:
-            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-        denied = self._may_read(r, repo)
-        if denied:
-            return denied
-        snapshot = repo.snapshot(revision)
-        if snapshot is None:
-            return 404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"}
+        repo, snapshot, refusal = self._readable(r, repo_id, revision)
+        if refusal:
+            return refusal
         sha, files = snapshot
         if path not in files:
             return 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha}

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,11 @@ class Side:
         loop = self.wall(2 * n) - self.wall(n)
         return n / loop if loop > 0 else math.nan
 
+    def progress_steps_per_s(self, n: int) -> float:
+        """Steps per second read off the 2N run's own progress bar, from its first step to its last:
+        no start-up, no final save or sample in it, so it holds even when those vary from run to run."""
+        return progress_steps_per_s(Path(self.fastest(2 * n).log))
+
     def noisy(self, n: int) -> bool:
         """True if other processes used the CPUs noticeably during a run that counts."""
         return any(r.others_cpu_s > NOISE_SHARE * r.wall_s for r in (self.fastest(n), self.fastest(2 * n)))
@@ -124,6 +130,24 @@ class Side:
     def peak_rss_mb(self) -> float:
         """MiB: the highest peak RSS of any of its runs."""
         return max(r.peak_rss_mb for r in self.runs)
+
+
+def progress_steps_per_s(log: Path) -> float:
+    """From a training log's tqdm lines ("3/6 [00:59<...", both sides show "loss=" on them): the elapsed
+    time at each step's first appearance; steps 1 to the last, so the first step's warm-up is left out.
+    NaN when fewer than two steps show or the bar's 1 s resolution cannot tell them apart."""
+    first_seen: dict[int, float] = {}
+    for line in re.split(r"[\r\n]", log.read_text(errors="replace")):
+        if "loss=" not in line:
+            continue
+        match = re.search(r"(\d+)/\d+ \[(?:(\d+):)?(\d+):(\d+)", line)
+        if match:
+            step, hours, minutes, seconds = match.groups()
+            first_seen.setdefault(int(step), int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds))
+    steps = sorted(k for k in first_seen if k >= 1)
+    if len(steps) < 2 or first_seen[steps[-1]] <= first_seen[steps[0]]:
+        return math.nan
+    return (steps[-1] - steps[0]) / (first_seen[steps[-1]] - first_seen[steps[0]])
 
 
 # -- running processes ----------------------------------------------------------------------
@@ -315,17 +339,18 @@ def print_table(config: Config, recipe: Recipe, sides: list[Side], threads: int)
           f"lr {recipe.learning_rate:g}, seed {recipe.seed}, fp32, no prior preservation; "
           f"N={n} and 2N={2 * n} steps; {threads} threads")
     header = f"{'side':<10} {'torch':<14} {'t_N s':>8} {'t_2N s':>8} {'steps/s':>8} {'s/step':>8} " \
-             f"{'startup s':>9} {'peak RSS MiB':>12}"
+             f"{'bar steps/s':>11} {'startup s':>9} {'peak RSS MiB':>12}"
     print(header + "\n" + "-" * len(header))
     rows = {}
     for side in sides:
         rate = side.steps_per_s(n)
         rows[side.name] = r = dict(
             torch=side.torch, threads=side.threads, t_n_s=side.wall(n), t_2n_s=side.wall(2 * n), steps_per_s=rate,
-            s_per_step=1 / rate, startup_s=side.startup_s(n), peak_rss_mb=side.peak_rss_mb(), noisy=side.noisy(n),
+            s_per_step=1 / rate, progress_steps_per_s=side.progress_steps_per_s(n), startup_s=side.startup_s(n),
+            peak_rss_mb=side.peak_rss_mb(), noisy=side.noisy(n),
             runs=[dataclasses.asdict(run) for run in side.runs])
         print(f"{side.name:<10} {side.torch:<14} {r['t_n_s']:>8.1f} {r['t_2n_s']:>8.1f} {rate:>8.3f} "
-              f"{1 / rate:>8.2f} {r['startup_s']:>9.1f} {r['peak_rss_mb']:>12.0f}"
+              f"{1 / rate:>8.2f} {r['progress_steps_per_s']:>11.3f} {r['startup_s']:>9.1f} {r['peak_rss_mb']:>12.0f}"
               + ("  (noisy: other processes were busy)" if side.noisy(n) else ""))
     result = dict(config=config.name, resolution=recipe.resolution, steps=n, threads=threads,
                   model=str(recipe.model), sides=rows)
@@ -338,7 +363,9 @@ def print_table(config: Config, recipe: Recipe, sides: list[Side], threads: int)
         print(f"petdream/reference: steps/s {speed:.2f}x, peak RSS {memory:.2f}x  "
               f"(target: steps/s >= {TARGET_SPEEDUP:g}x with peak RSS <= {TARGET_MEMORY:g}x: "
               f"{'met' if met else 'NOT met'})")
-        result.update(speedup=speed, memory_ratio=memory, target_met=met)
+        bar_speed = rows["petdream"]["progress_steps_per_s"] / rows["reference"]["progress_steps_per_s"]
+        print(f"petdream/reference from the progress bars (steps 1 to 2N): steps/s {bar_speed:.2f}x")
+        result.update(speedup=speed, progress_speedup=bar_speed, memory_ratio=memory, target_met=met)
     return result
 
 

@@ -291,6 +291,16 @@ class FakeHub:
         return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id,
                      "id": hashlib.md5(repo_id.encode()).hexdigest()}, {}
 
+    def _writable(self, r: Request, repo_id: str):
+        """(repo, None), or (.., the refusal to answer with) when it is missing or this token may not write."""
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return None, (404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+        denied = self._may_write(r, repo_id.split("/")[0], repo_id)
+        if denied:
+            return repo, (denied[0], {"error": denied[1]}, {})
+        return repo, None
+
     def _readable(self, r: Request, repo_id: str, revision: str, anonymous_status: int = 404):
         """(repo, (sha, files) at `revision`, None), or (.., .., the refusal to answer with)."""
         repo = self.repos.get(repo_id)
@@ -336,12 +346,9 @@ class FakeHub:
         return 200, {"errors": [], "warnings": []}, {}
 
     def _preupload(self, r: Request, repo_id: str):
-        repo = self.repos.get(repo_id)
-        if repo is None:
-            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-        denied = self._may_write(r, repo_id.split("/")[0], repo_id)
-        if denied:
-            return denied[0], {"error": denied[1]}, {}
+        repo, refusal = self._writable(r, repo_id)
+        if refusal:
+            return refusal
         current = repo.head[1]
         return 200, {"files": [
             {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
@@ -350,12 +357,9 @@ class FakeHub:
         ]}, {}
 
     def _commit(self, r: Request, repo_id: str):
-        repo = self.repos.get(repo_id)
-        if repo is None:
-            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-        denied = self._may_write(r, repo_id.split("/")[0], repo_id)
-        if denied:
-            return denied[0], {"error": denied[1]}, {}
+        repo, refusal = self._writable(r, repo_id)
+        if refusal:
+            return refusal
         files = dict(repo.head[1])
         lines = r.ndjson()
         if not lines or lines[0].get("key") != "header":

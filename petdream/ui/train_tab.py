@@ -103,18 +103,21 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
 
     def follow(owner: str, run: str):
         """(run id, status, progress, loss chart, samples) every time they change, until the run ends."""
-        last = None
+        last, samples_shown = None, -1
         while True:
             job = service.training(owner, run)
             if job is None:
                 return
             text = job.summary(service.trainings.position(run))
-            state = (job.status, job.step, len(job.samples), text)
-            if state != last:
+            state = (job.status, job.step, text)
+            if state != last or len(job.samples) != samples_shown:
                 last = state
                 chart = pd.DataFrame({"step": range(1, len(job.losses) + 1), "loss": job.losses})
                 progress_bar = gr.Slider(maximum=job.total_steps, value=job.step)
-                gallery = [(served_copy(path), caption) for path, caption in job.samples[-8:]]
+                gallery = gr.skip()  # copied and sent only when a new sample arrives, not every step
+                if len(job.samples) != samples_shown:
+                    samples_shown = len(job.samples)
+                    gallery = [(served_copy(path), caption) for path, caption in job.samples[-8:]]
                 yield run, text, progress_bar, chart, gallery
             if job.done:
                 return

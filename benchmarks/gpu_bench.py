@@ -17,8 +17,15 @@ Recipes:
                gradient checkpointing, 8-bit AdamW, samples and checkpoints every 100 steps)
     quick      the `quick` preset as it ships (rank-16 LoRA, 400 steps, Min-SNR, prior
                preservation with 50 class images generated first)
-    paper-bf16 `paper` in bf16 without gradient checkpointing: what the H100 can do with memory to spare
-    paper-no-ckpt  `paper` in fp16 without gradient checkpointing
+  Steps/s of `paper`'s training step changed one way at a time (60 steps, no samples or checkpoints):
+    paper-steps    as it ships
+    paper-b4       batch 4 x accumulation 1: the same 4 images per step and the same gradient, one pass
+    paper-no-ckpt  without gradient checkpointing
+    paper-compile  with the UNet compiled (torch.compile; its compile time is in set-up)
+    paper-fast     all that an 80 GB card allows: bf16, batch 4 x 1, no checkpointing, compiled
+
+--profile RECIPE profiles three of that recipe's steady steps (after step 30) and prints where
+their time went: GPU kernels by time, and how busy the GPU was over the steps' wall time.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,14 +52,20 @@ from petdream.training import (CheckpointSaved, DreamBoothTrainer, Failed, Finis
 
 WARMUP_STEPS = 25  # steps/s is measured after these (allocator warm-up, cuDNN autotuning)
 
+STEPS_ONLY = dict(steps=60, sample_every=0, checkpoint_every=10**6)
 RECIPES = {
     "lora-512": ("quick", dict(rank=4, prior_preservation=False, snr_gamma=None, steps=150, sample_every=0,
                                checkpoint_every=10**6)),
     "paper": ("paper", {}),
     "quick": ("quick", {}),
-    "paper-bf16": ("paper", dict(mixed_precision="bf16", gradient_checkpointing=False)),
-    "paper-no-ckpt": ("paper", dict(gradient_checkpointing=False)),
+    "paper-steps": ("paper", STEPS_ONLY),
+    "paper-b4": ("paper", dict(STEPS_ONLY, batch_size=4, gradient_accumulation=1)),
+    "paper-no-ckpt": ("paper", dict(STEPS_ONLY, gradient_checkpointing=False)),
+    "paper-compile": ("paper", dict(STEPS_ONLY, compile=True)),
+    "paper-fast": ("paper", dict(STEPS_ONLY, mixed_precision="bf16", batch_size=4, gradient_accumulation=1,
+                                 gradient_checkpointing=False, compile=True)),
 }
+PROFILED_STEPS = (30, 33)  # profile from the end of step 30 to the end of step 33
 
 
 def run_recipe(name: str, args: argparse.Namespace) -> dict:
@@ -67,17 +81,20 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     photos = intake(files, resolution=config.resolution or profile.resolution).accepted
     pet, _ = new_pet("bruno", "dog", None)
     output = args.work_dir / "runs" / name
+    shutil.rmtree(output, ignore_errors=True)  # a pet model left by an earlier run would be refused
     trainer = DreamBoothTrainer(profile, photos, pet, output, config, data_dir=settings.data_dir)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
     phases = {"setup": 0.0, "steps": 0.0, "samples": 0.0, "checkpoints": 0.0, "final_save": 0.0}
-    notes, step_seconds, result = [], [], {"recipe": name, "config": config.to_dict()}
+    notes, step_seconds, result, profiler = [], [], {"recipe": name, "config": config.to_dict()}, None
     started = last = time.perf_counter()
     for event in trainer.run():
         now = time.perf_counter()
         took, last = now - last, now
         if isinstance(event, Progress):
+            if name == args.profile and event.step in PROFILED_STEPS:
+                profiler = _profile(profiler, event.step == PROFILED_STEPS[0], result)
             if step_seconds or event.step > 1:
                 step_seconds.append(took)  # the step alone: samples and checkpoints are events of their own
                 phases["steps"] += took
@@ -112,6 +129,32 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     return result
 
 
+def _profile(profiler, start: bool, result: dict):
+    """Start a CPU+CUDA profile, or stop it and print (and keep in `result`) where the time went."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    if start:
+        profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        profiler.__enter__()
+        profiler.began = time.perf_counter()
+        return profiler
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - profiler.began
+    profiler.__exit__(None, None, None)
+    averages = profiler.key_averages()
+    kernels = [e for e in averages if e.device_type == DeviceType.CUDA]  # the rest are CPU-side ops
+    kernels_s = sum(e.self_device_time_total for e in kernels) / 1e6
+    steps = PROFILED_STEPS[1] - PROFILED_STEPS[0]
+    result["profile"] = {"steps": steps, "wall_s": wall, "gpu_kernels_s": kernels_s, "gpu_busy": kernels_s / wall,
+                         "kernel_launches": sum(e.count for e in kernels)}
+    print(f"\nprofile of {steps} steps: wall {wall:.3f} s, GPU kernels {kernels_s:.3f} s "
+          f"({kernels_s / wall:.0%} busy), {result['profile']['kernel_launches']} kernels")
+    print(averages.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=60))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="sd15-arch folder (built there if missing)")
@@ -123,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=float("inf"),
                         help="seconds after which no further recipe starts")
     parser.add_argument("--json", type=Path, help="write results here after each recipe")
+    parser.add_argument("--profile", metavar="RECIPE", help="profile three steady steps of this recipe")
     args = parser.parse_args(argv)
 
     began = time.perf_counter()
@@ -139,12 +183,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {name}: past the deadline of {args.deadline:.0f} s")
             report.setdefault("skipped", []).append(name)
             continue
-        result = run_recipe(name, args)
+        try:
+            result = run_recipe(name, args)
+        except Exception as error:  # one recipe's crash (say, the compiler's) must not lose the others
+            import traceback
+
+            traceback.print_exc()
+            result = {"recipe": name, "error": f"{type(error).__name__}: {error}"[:2000]}
         report["recipes"].append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1), flush=True)
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))
+    print_summary(report)
     return 0
+
+
+def print_summary(report: dict) -> None:
+    print(f"\n{report['device']}, torch {report['torch']}")
+    print(f"{'recipe':<14} {'wall s':>7} {'set-up':>7} {'steps':>7} {'samples':>7} {'ckpts':>7} {'final':>7} "
+          f"{'steps/s':>8} {'GiB':>6}")
+    for r in report["recipes"]:
+        if "error" in r:
+            print(f"{r['recipe']:<14} failed: {r['error'][:100]}")
+            continue
+        phases = r["phases_s"]
+        print(f"{r['recipe']:<14} {r['wall_s']:>7.1f} {phases['setup']:>7.1f} {phases['steps']:>7.1f} "
+              f"{phases['samples']:>7.1f} {phases['checkpoints']:>7.1f} {phases['final_save']:>7.1f} "
+              f"{r.get('steps_per_s', float('nan')):>8.2f} {r.get('peak_gpu_memory_gib', float('nan')):>6.1f}"
+              + (f"  FAILED: {r['failed'][:60]}" if "failed" in r else ""))
 
 
 if __name__ == "__main__":

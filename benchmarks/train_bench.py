@@ -3,14 +3,15 @@
 Both sides train a rank-4 LoRA on the same model folder and photos with the same settings
 (resolution, batch 1, learning rate, seed, fp32, no prior preservation, no validation, no
 checkpoints during the run), one after the other, never at the same time, each with the
-same number of CPU threads. Each side runs N and then 2N steps as separate processes;
+same number of CPU threads. Both run under step_clock.py, which stamps the moment each step
+ends (when the trainer's progress bar advances), so one timer reads both trainers:
 
-    steps/s = N / (t_2N - t_N)          t = wall-clock seconds of the whole process
+    steps/s = (N - W) / (end of step N - end of step W)      W = N // 10 warm-up steps, at least 1
 
-so loading models, caching latents, writing the result and the like (everything that does not
-grow with the step count) cancels out without parsing any logs. Peak memory is the maximum
-resident set size of the process (os.wait4's ru_maxrss, which includes its waited-for
-children), over both runs. On a GPU it is host RAM, not GPU memory.
+Loading, encoding, the first steps' warm-up, the final sample and saving fall outside it; the
+table shows them as "before steps" and "after steps". Peak memory is the maximum resident set
+size of the process (os.wait4's ru_maxrss, which includes its waited-for children). On a GPU it
+is host RAM, not GPU memory.
 
 The reference script is not part of PetDream (see benchmarks/README.md for how to get it and
 the venv it needs). Configs:
@@ -31,7 +32,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+STEP_CLOCK = REPO / "benchmarks" / "step_clock.py"
 DEFAULT_PHOTOS = REPO.parent / "shared" / "data" / "dreambench" / "dog"
 TARGET_SPEEDUP = 1.5  # PetDream's steps/s over the reference's, at least
 TARGET_MEMORY = 1.0  # PetDream's peak RSS over the reference's, at most
@@ -55,12 +56,12 @@ class Config:
 
     name: str
     resolution: int  # px, square
-    steps: int  # N: each side runs N and 2N steps
+    steps: int  # each run's training steps; the rate leaves out the first tenth (at least one)
 
 
 CONFIGS = {
     "tiny": Config("tiny", resolution=128, steps=200),
-    "sd15-arch": Config("sd15-arch", resolution=256, steps=10),
+    "sd15-arch": Config("sd15-arch", resolution=256, steps=12),
 }
 
 
@@ -71,7 +72,7 @@ class Recipe:
     model: Path  # a diffusers StableDiffusionPipeline folder
     photos: Path
     resolution: int  # px
-    steps: int  # N
+    steps: int
     rank: int = 4
     learning_rate: float = 1e-4
     batch_size: int = 1
@@ -80,14 +81,37 @@ class Recipe:
 
 @dataclass
 class Run:
-    """One training process."""
+    """One training process, timed step by step (step_clock.py)."""
 
     steps: int
     wall_s: float  # wall-clock seconds, start to exit
     peak_rss_mb: float  # max resident set size, MiB
     cpu_s: float  # CPU seconds it used (user + system)
     others_cpu_s: float  # CPU seconds the rest of the machine used meanwhile: noise if large
+    stamps: list[tuple[int, float]]  # (step, seconds since the process started) as each step ended
     log: str  # its stdout and stderr
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps left out of the rate: the first ones pay for allocations and kernel selection."""
+        return max(1, self.steps // 10)
+
+    def steps_per_s(self) -> float:
+        """Steps per second from the end of the warm-up steps to the end of the last step; NaN if the
+        stamps do not cover that (the run printed no progress bar of `steps` steps)."""
+        ended = dict(self.stamps)
+        first, last = self.warmup_steps, self.steps
+        if first not in ended or last not in ended or ended[last] <= ended[first]:
+            return math.nan
+        return (last - first) / (ended[last] - ended[first])
+
+    def before_steps_s(self) -> float:
+        """Seconds from the start to the end of the first step (loading, encoding, the first step)."""
+        return self.stamps[0][1] if self.stamps else math.nan
+
+    def after_steps_s(self) -> float:
+        """Seconds from the end of the last step to the exit (final sample, saving)."""
+        return self.wall_s - self.stamps[-1][1] if self.stamps else math.nan
 
 
 @dataclass
@@ -101,53 +125,30 @@ class Side:
     command_for: Callable[[int, Path], list[str]]  # (steps, output folder) -> its command line
     runs: list[Run] = field(default_factory=list)
 
-    def fastest(self, steps: int) -> Run:
-        """The fastest run of `steps` steps: the one that counts (noise only ever adds time)."""
-        return min((r for r in self.runs if r.steps == steps), key=lambda r: r.wall_s)
+    def fastest(self) -> Run:
+        """The run with the highest steady rate: the one that counts (noise only ever slows a run)."""
+        timed = [r for r in self.runs if not math.isnan(r.steps_per_s())]
+        return max(timed, key=Run.steps_per_s) if timed else self.runs[-1]
 
-    def wall(self, steps: int) -> float:
-        """Seconds: the fastest run of `steps` steps, start to exit."""
-        return self.fastest(steps).wall_s
-
-    def steps_per_s(self, n: int) -> float:
-        """Training-loop steps per second: N / (t_2N - t_N); NaN if t_2N <= t_N (too few steps, or noise)."""
-        loop = self.wall(2 * n) - self.wall(n)
-        return n / loop if loop > 0 else math.nan
-
-    def progress_steps_per_s(self, n: int) -> float:
-        """Steps per second read off the 2N run's own progress bar, from its first step to its last:
-        no start-up, no final save or sample in it, so it holds even when those vary from run to run."""
-        return progress_steps_per_s(Path(self.fastest(2 * n).log))
-
-    def noisy(self, n: int) -> bool:
-        """True if other processes used the CPUs noticeably during a run that counts."""
-        return any(r.others_cpu_s > NOISE_SHARE * r.wall_s for r in (self.fastest(n), self.fastest(2 * n)))
-
-    def startup_s(self, n: int) -> float:
-        """Seconds not spent in training steps (load, prepare, save): t_N - N / rate = 2 t_N - t_2N."""
-        return 2 * self.wall(n) - self.wall(2 * n)
+    def noisy(self) -> bool:
+        """True if other processes used the CPUs noticeably during the run that counts."""
+        run = self.fastest()
+        return run.others_cpu_s > NOISE_SHARE * run.wall_s
 
     def peak_rss_mb(self) -> float:
         """MiB: the highest peak RSS of any of its runs."""
         return max(r.peak_rss_mb for r in self.runs)
 
 
-def progress_steps_per_s(log: Path) -> float:
-    """From a training log's tqdm lines ("3/6 [00:59<...", both sides show "loss=" on them): the elapsed
-    time at each step's first appearance; steps 1 to the last, so the first step's warm-up is left out.
-    NaN when fewer than two steps show or the bar's 1 s resolution cannot tell them apart."""
-    first_seen: dict[int, float] = {}
-    for line in re.split(r"[\r\n]", log.read_text(errors="replace")):
-        if "loss=" not in line:
-            continue
-        match = re.search(r"(\d+)/\d+ \[(?:(\d+):)?(\d+):(\d+)", line)
-        if match:
-            step, hours, minutes, seconds = match.groups()
-            first_seen.setdefault(int(step), int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds))
-    steps = sorted(k for k in first_seen if k >= 1)
-    if len(steps) < 2 or first_seen[steps[-1]] <= first_seen[steps[0]]:
-        return math.nan
-    return (steps[-1] - steps[0]) / (first_seen[steps[-1]] - first_seen[steps[0]])
+def read_stamps(path: Path, started: float) -> list[tuple[int, float]]:
+    """step_clock.py's stamps as (step, seconds since `started`, a time.perf_counter() value)."""
+    if not path.is_file():
+        return []
+    stamps = {}
+    for line in path.read_text().splitlines():
+        step, moment = line.split()
+        stamps[int(step)] = float(moment) - started
+    return sorted(stamps.items())
 
 
 # -- running processes ----------------------------------------------------------------------
@@ -171,8 +172,10 @@ def busy_cpu_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple[float, float, float, float]:
-    """Run `command` to completion; return (wall s, peak RSS MiB, its CPU s, other processes' CPU s).
+def run_measured(command: list[str], env: dict[str, str], cwd: Path,
+                 log: Path) -> tuple[float, float, float, float, float]:
+    """Run `command` to completion; return (wall s, peak RSS MiB, its CPU s, other processes' CPU s,
+    the time.perf_counter() value at its start).
 
     Raise RuntimeError, quoting the end of its log, if it fails.
     """
@@ -189,7 +192,7 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path) 
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
         raise RuntimeError(f"exit {process.returncode}: {' '.join(command)}\n--- last lines of {log} ---\n{tail}")
     cpu = usage.ru_utime + usage.ru_stime
-    return wall, usage.ru_maxrss / 1024, cpu, max(busy - cpu, 0.0)  # Linux: ru_maxrss in KiB
+    return wall, usage.ru_maxrss / 1024, cpu, max(busy - cpu, 0.0), started  # Linux: ru_maxrss in KiB
 
 
 def probe(python: str, env: dict[str, str], modules: tuple[str, ...]) -> dict:
@@ -303,7 +306,7 @@ def wait_for_quiet(limit_s: float, window_s: float = 5.0) -> None:
 
 def run_once(side: Side, steps: int, repeat: int, args: argparse.Namespace, env: dict[str, str],
              run_dir: Path) -> None:
-    """One run of `side` for `steps` steps, added to `side.runs`.
+    """One run of `side` for `steps` steps under step_clock.py, added to `side.runs`.
 
     It starts once the machine is quiet; if other processes still used the CPUs noticeably
     during it, it is done again, up to `args.retries` times (every attempt is kept).
@@ -311,51 +314,52 @@ def run_once(side: Side, steps: int, repeat: int, args: argparse.Namespace, env:
     for attempt in range(args.retries + 1):
         output = run_dir / (f"{side.name}-{steps}steps-r{repeat}" + (f"-retry{attempt}" if attempt else ""))
         shutil.rmtree(output, ignore_errors=True)
+        stamps = output.with_suffix(".stamps")
+        python, *trainer = side.command_for(steps, output)
+        command = [python, str(STEP_CLOCK), str(stamps), str(steps), *trainer]
         print(f"  {side.name}: {steps} steps (repeat {repeat}/{args.repeats}) ...", end=" ", flush=True)
         wait_for_quiet(args.quiet_wait)
-        wall, rss, cpu, others = run_measured(side.command_for(steps, output), env, side.cwd,
-                                              output.with_suffix(".log"))
+        wall, rss, cpu, others, started = run_measured(command, env, side.cwd, output.with_suffix(".log"))
+        run = Run(steps, wall, rss, cpu, others, read_stamps(stamps, started), str(output.with_suffix(".log")))
         noisy = others > NOISE_SHARE * wall
-        print(f"{wall:.1f} s, {cpu:.0f} CPU-s, peak RSS {rss:.0f} MiB"
+        print(f"{wall:.1f} s, {run.steps_per_s():.3f} steps/s, {cpu:.0f} CPU-s, peak RSS {rss:.0f} MiB"
               + (f"; other processes used {others:.0f} CPU-s meanwhile: noisy" if noisy else ""), flush=True)
-        side.runs.append(Run(steps, wall, rss, cpu, others, str(output.with_suffix(".log"))))
+        side.runs.append(run)
         if not noisy:
             return
 
 
 def measure(sides: list[Side], recipe: Recipe, args: argparse.Namespace, env: dict[str, str], run_dir: Path) -> None:
-    """Run every side for N and 2N steps, `args.repeats` times, interleaved (A N, B N, A 2N, B 2N, ...)
-    so that a slow spell of a shared machine falls on both sides alike."""
+    """Run every side `args.repeats` times, interleaved (A, B, A, B, ...) so that a slow spell of a
+    shared machine falls on both sides alike."""
     for repeat in range(1, args.repeats + 1):
-        for steps in (recipe.steps, 2 * recipe.steps):
-            for side in sides:
-                run_once(side, steps, repeat, args, env, run_dir)
+        for side in sides:
+            run_once(side, recipe.steps, repeat, args, env, run_dir)
 
 
 def print_table(config: Config, recipe: Recipe, sides: list[Side], threads: int) -> dict:
     """Print one config's table and ratios; return them as a dict (for --json)."""
-    n = recipe.steps
     print(f"\n{config.name}: {recipe.resolution} px, batch {recipe.batch_size}, LoRA rank {recipe.rank}, "
-          f"lr {recipe.learning_rate:g}, seed {recipe.seed}, fp32, no prior preservation; "
-          f"N={n} and 2N={2 * n} steps; {threads} threads")
-    header = f"{'side':<10} {'torch':<14} {'t_N s':>8} {'t_2N s':>8} {'steps/s':>8} {'s/step':>8} " \
-             f"{'bar steps/s':>11} {'startup s':>9} {'peak RSS MiB':>12}"
+          f"lr {recipe.learning_rate:g}, seed {recipe.seed}, fp32, no prior preservation; {recipe.steps} steps, "
+          f"rate over steps {max(1, recipe.steps // 10)}-{recipe.steps}; {threads} threads")
+    header = f"{'side':<10} {'torch':<14} {'steps/s':>8} {'s/step':>8} {'before steps s':>14} " \
+             f"{'after steps s':>13} {'wall s':>8} {'peak RSS MiB':>12}"
     print(header + "\n" + "-" * len(header))
     rows = {}
     for side in sides:
-        rate = side.steps_per_s(n)
+        run = side.fastest()
+        rate = run.steps_per_s()
         rows[side.name] = r = dict(
-            torch=side.torch, threads=side.threads, t_n_s=side.wall(n), t_2n_s=side.wall(2 * n), steps_per_s=rate,
-            s_per_step=1 / rate, progress_steps_per_s=side.progress_steps_per_s(n), startup_s=side.startup_s(n),
-            peak_rss_mb=side.peak_rss_mb(), noisy=side.noisy(n),
-            runs=[dataclasses.asdict(run) for run in side.runs])
-        print(f"{side.name:<10} {side.torch:<14} {r['t_n_s']:>8.1f} {r['t_2n_s']:>8.1f} {rate:>8.3f} "
-              f"{1 / rate:>8.2f} {r['progress_steps_per_s']:>11.3f} {r['startup_s']:>9.1f} {r['peak_rss_mb']:>12.0f}"
-              + ("  (noisy: other processes were busy)" if side.noisy(n) else ""))
-    result = dict(config=config.name, resolution=recipe.resolution, steps=n, threads=threads,
+            torch=side.torch, threads=side.threads, steps_per_s=rate, s_per_step=1 / rate,
+            before_steps_s=run.before_steps_s(), after_steps_s=run.after_steps_s(), wall_s=run.wall_s,
+            peak_rss_mb=side.peak_rss_mb(), noisy=side.noisy(), runs=[dataclasses.asdict(r) for r in side.runs])
+        print(f"{side.name:<10} {side.torch:<14} {rate:>8.3f} {1 / rate:>8.2f} {r['before_steps_s']:>14.1f} "
+              f"{r['after_steps_s']:>13.1f} {run.wall_s:>8.1f} {r['peak_rss_mb']:>12.0f}"
+              + ("  (noisy: other processes were busy)" if side.noisy() else ""))
+    result = dict(config=config.name, resolution=recipe.resolution, steps=recipe.steps, threads=threads,
                   model=str(recipe.model), sides=rows)
     if any(math.isnan(r["steps_per_s"]) for r in rows.values()):
-        print("warning: t_2N <= t_N for a side: start-up noise hides the loop; raise --steps or --repeats")
+        print("warning: a side's steps were not stamped (see its log): no rate for it")
     if {"reference", "petdream"} <= rows.keys():
         speed = rows["petdream"]["steps_per_s"] / rows["reference"]["steps_per_s"]
         memory = rows["petdream"]["peak_rss_mb"] / rows["reference"]["peak_rss_mb"]
@@ -363,9 +367,7 @@ def print_table(config: Config, recipe: Recipe, sides: list[Side], threads: int)
         print(f"petdream/reference: steps/s {speed:.2f}x, peak RSS {memory:.2f}x  "
               f"(target: steps/s >= {TARGET_SPEEDUP:g}x with peak RSS <= {TARGET_MEMORY:g}x: "
               f"{'met' if met else 'NOT met'})")
-        bar_speed = rows["petdream"]["progress_steps_per_s"] / rows["reference"]["progress_steps_per_s"]
-        print(f"petdream/reference from the progress bars (steps 1 to 2N): steps/s {bar_speed:.2f}x")
-        result.update(speedup=speed, progress_speedup=bar_speed, memory_ratio=memory, target_met=met)
+        result.update(speedup=speed, memory_ratio=memory, target_met=met)
     return result
 
 
@@ -396,11 +398,11 @@ def bench_config(config: Config, args: argparse.Namespace, env: dict[str, str], 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=(*CONFIGS, "all"), default="tiny")
-    parser.add_argument("--steps", type=int, help="N: each side runs N and 2N steps "
+    parser.add_argument("--steps", type=int, help="training steps per run "
                         f"(default: {', '.join(f'{c.name} {c.steps}' for c in CONFIGS.values())})")
     parser.add_argument("--resolution", type=int, help="px (default: tiny 128, sd15-arch 256; 512 on a GPU)")
     parser.add_argument("--threads", type=int, default=2, help="OMP/MKL/torch threads for both sides (default: 2)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each length; the fastest counts (default 1)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side; the fastest counts (default 1)")
     parser.add_argument("--retries", type=int, default=2,
                         help="redo a run this many times if other processes used the CPUs during it (default 2)")
     parser.add_argument("--quiet-wait", type=float, default=600,

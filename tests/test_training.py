@@ -231,6 +231,27 @@ def test_training_options_run_to_the_end(tiny, photos, data_dir, tmp_path, optio
         assert "8-bit AdamW needs a CUDA GPU; using AdamW (32-bit state) on the CPU." in notes
 
 
+def test_micro_batches_in_one_pass_give_the_weights_of_one_after_another(tiny, photos, data_dir, tmp_path):
+    """On a GPU a step's micro-batches run as one pass (fewer kernel launches); each still draws
+    from its own generator, so the weights are those of accumulating them one by one."""
+    options = dict(batch_size=2, gradient_accumulation=2, snr_gamma=5.0, offset_noise=0.05, steps=6)
+    apart = make_trainer(tiny, photos, data_dir, tmp_path / "apart", **options)
+    apart.fuse_micro_batches = False
+    fused = make_trainer(tiny, photos, data_dir, tmp_path / "fused", **options)
+    fused.fuse_micro_batches = True
+    losses = {}
+    for name, trainer in (("apart", apart), ("fused", fused)):
+        losses[name] = [e.loss for e in run_all(trainer) if isinstance(e, Progress)]
+    assert losses["apart"] == pytest.approx(losses["fused"], rel=1e-4)
+    a, b = weights(tmp_path / "apart"), weights(tmp_path / "fused")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5)
+    other_seed = make_trainer(tiny, photos, data_dir, tmp_path / "other", seed=1, **options)
+    run_all(other_seed)
+    assert not torch.allclose(a[next(iter(a))], weights(tmp_path / "other")[next(iter(a))], atol=1e-5)
+
+
 def test_text_encoder_lora_is_saved_for_plain_diffusers(tiny, photos, data_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 
@@ -514,6 +535,28 @@ def test_out_of_memory_retries_once_with_checkpointing_and_a_smaller_batch(tiny,
     assert ("Out of GPU memory at step 2: retrying with gradient checkpointing and batch size 1 x 2 accumulation."
             in notes)
     assert isinstance(events[-1], Finished) and calls[:3] == [2, 2, 1]
+
+
+def test_out_of_memory_with_micro_batches_in_one_pass_runs_them_one_by_one(tiny, photos, data_dir, tmp_path,
+                                                                           monkeypatch):
+    real = DreamBoothTrainer._loss
+    passes = []
+
+    def oom_on_a_fused_pass(self, run, batch_size, micro_batches):
+        passes.append(len(micro_batches))
+        if len(micro_batches) > 1 and len(passes) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(self, run, batch_size, micro_batches)
+
+    monkeypatch.setattr(DreamBoothTrainer, "_loss", oom_on_a_fused_pass)
+    trainer = make_trainer(tiny, photos, data_dir, tmp_path / "pet", gradient_accumulation=2)
+    trainer.fuse_micro_batches = True
+    events = run_all(trainer)
+    notes = [e.text for e in events if isinstance(e, Note)]
+    assert ("Out of GPU memory at step 2 with the 2 micro-batches in one pass; running them one after another."
+            in notes)
+    assert isinstance(events[-1], Finished) and passes[:4] == [2, 2, 1, 1]
+    assert not any("gradient checkpointing" in note for note in notes)  # the retry is still unspent
 
 
 def test_out_of_memory_twice_fails_kindly(tiny, photos, data_dir, tmp_path, monkeypatch):

@@ -33,9 +33,12 @@ class LatentCache:
         Drawing from the distribution each step, as training through the VAE would, rather
         than reusing its mean keeps the same augmentation the reference scripts get.
         """
-        mean, std = self.mean[indices, flips], self.std[indices, flips]
-        noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean.device)
-        return mean + std * noise
+        # Random numbers come from the CPU generator (the same on every device, so runs reproduce);
+        # non-blocking copies let the GPU keep working instead of waiting for each small transfer.
+        device = self.mean.device
+        noise = torch.randn((len(indices), *self.mean.shape[2:]), generator=generator)
+        indices, flips = indices.to(device, non_blocking=True), flips.to(device, non_blocking=True)
+        return self.mean[indices, flips] + self.std[indices, flips] * noise.to(device, non_blocking=True)
 
 
 @torch.no_grad()

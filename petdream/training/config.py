@@ -26,7 +26,7 @@ class TrainingConfig:
     steps: int = 400  # optimizer steps
     learning_rate: float = 1e-4
     batch_size: int = 1  # images per forward pass (instance; the same again for prior images)
-    gradient_accumulation: int = 1  # forward passes per optimizer step
+    gradient_accumulation: int = 1  # micro-batches per optimizer step (on a GPU, one pass while memory allows)
     resolution: int | None = None  # px; None: the profile's (512 for SD 1.5, 128 for tiny)
     lr_scheduler: str = "constant"  # any of diffusers.optimization's schedules
     lr_warmup_steps: int = 0

@@ -1,0 +1,46 @@
+"""The benchmarks' step clock: the one timer both trainers are read with (benchmarks/step_clock.py)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+TRAINER = """
+import sys, time
+from tqdm.auto import tqdm
+for _ in tqdm(range(3), desc="class images"):  # another bar: not the run's steps
+    pass
+bar = tqdm(total=int(sys.argv[1]))
+for _ in range(int(sys.argv[1])):
+    time.sleep(0.05)
+    bar.update(1)
+print("argv", sys.argv[1:])
+"""
+
+
+def stamps_of(path: Path) -> list[tuple[int, float]]:
+    return [(int(step), float(moment)) for step, moment in (line.split() for line in path.read_text().splitlines())]
+
+
+def test_step_clock_stamps_each_step_of_the_run_bar_only(tmp_path):
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER)
+    stamps = tmp_path / "run.stamps"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "step_clock.py"), str(stamps), "5", str(script),
+                             "5"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "argv ['5']" in result.stdout  # the program sees its own arguments
+    stamped = stamps_of(stamps)
+    assert [step for step, _ in stamped] == [1, 2, 3, 4, 5]
+    gaps = [b - a for (_, a), (_, b) in zip(stamped, stamped[1:])]
+    assert all(0.04 < gap < 1.0 for gap in gaps), gaps
+
+
+def test_step_clock_runs_a_module_from_the_working_directory(tmp_path):
+    (tmp_path / "fake_trainer.py").write_text(TRAINER)
+    stamps = tmp_path / "run.stamps"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "step_clock.py"), str(stamps), "2", "-m",
+                             "fake_trainer", "2"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [step for step, _ in stamps_of(stamps)] == [1, 2]

@@ -18,11 +18,11 @@ Recipes:
     quick      the `quick` preset as it ships (rank-16 LoRA, 400 steps, Min-SNR, prior
                preservation with 50 class images generated first)
   Steps/s of `paper`'s training step changed one way at a time (60 steps, no samples or checkpoints):
-    paper-steps    as it ships
-    paper-b4       batch 4 x accumulation 1: the same 4 images per step and the same gradient, one pass
+    paper-steps    as it ships (on a GPU its 2 micro-batches of 2 run as one pass)
+    paper-apart    its micro-batches one after another (as before session 3)
     paper-no-ckpt  without gradient checkpointing
     paper-compile  with the UNet compiled (torch.compile; its compile time is in set-up)
-    paper-fast     all that an 80 GB card allows: bf16, batch 4 x 1, no checkpointing, compiled
+    paper-fast     all that an 80 GB card allows: bf16, no checkpointing, compiled
 
 --profile RECIPE profiles three of that recipe's steady steps (after step 30) and prints where
 their time went: GPU kernels by time, and how busy the GPU was over the steps' wall time.
@@ -59,11 +59,10 @@ RECIPES = {
     "paper": ("paper", {}),
     "quick": ("quick", {}),
     "paper-steps": ("paper", STEPS_ONLY),
-    "paper-b4": ("paper", dict(STEPS_ONLY, batch_size=4, gradient_accumulation=1)),
+    "paper-apart": ("paper", dict(STEPS_ONLY, fuse_micro_batches=False)),
     "paper-no-ckpt": ("paper", dict(STEPS_ONLY, gradient_checkpointing=False)),
     "paper-compile": ("paper", dict(STEPS_ONLY, compile=True)),
-    "paper-fast": ("paper", dict(STEPS_ONLY, mixed_precision="bf16", batch_size=4, gradient_accumulation=1,
-                                 gradient_checkpointing=False, compile=True)),
+    "paper-fast": ("paper", dict(STEPS_ONLY, mixed_precision="bf16", gradient_checkpointing=False, compile=True)),
 }
 PROFILED_STEPS = (30, 33)  # profile from the end of step 30 to the end of step 33
 
@@ -71,6 +70,8 @@ PROFILED_STEPS = (30, 33)  # profile from the end of step 30 to the end of step 
 def run_recipe(name: str, args: argparse.Namespace) -> dict:
     """Train one recipe from scratch; return its timings (seconds), steps/s and peak GPU memory (GiB)."""
     preset, overrides = RECIPES[name]
+    overrides = dict(overrides)
+    fuse_micro_batches = overrides.pop("fuse_micro_batches", None)  # the trainer's, not a hyperparameter
     if args.steps:
         overrides = {**overrides, "steps": args.steps, "checkpoint_every": max(1, args.steps // 3),
                      "sample_every": 0 if overrides.get("sample_every") == 0 else max(1, args.steps // 3)}
@@ -83,6 +84,7 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     output = args.work_dir / "runs" / name
     shutil.rmtree(output, ignore_errors=True)  # a pet model left by an earlier run would be refused
     trainer = DreamBoothTrainer(profile, photos, pet, output, config, data_dir=settings.data_dir)
+    trainer.fuse_micro_batches = fuse_micro_batches
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
@@ -95,6 +97,7 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
         if isinstance(event, Progress):
             if name == args.profile and event.step in PROFILED_STEPS:
                 profiler = _profile(profiler, event.step == PROFILED_STEPS[0], result)
+                last = time.perf_counter()  # starting and summing up the profile is no step's time
             if step_seconds or event.step > 1:
                 step_seconds.append(took)  # the step alone: samples and checkpoints are events of their own
                 phases["steps"] += took

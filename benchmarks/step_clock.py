@@ -3,9 +3,10 @@
     python step_clock.py STAMPS TOTAL -m petdream train ...
     python step_clock.py STAMPS TOTAL path/to/train_dreambooth_lora.py ...
 
-Every tqdm progress bar whose total is TOTAL (the run's step count) appends a line "step seconds"
-to the file STAMPS each time it advances; seconds are time.perf_counter(), the system's monotonic
-clock, so stamps from different processes compare. train_bench.py runs both trainers under this,
+The first shown tqdm progress bar whose total is TOTAL (the run's step count) appends a line
+"step seconds" to the file STAMPS each time it advances; other bars (class images, sampling) are
+ignored. Seconds are time.perf_counter(), the system's monotonic clock, so stamps from different
+processes compare. train_bench.py runs both trainers under this,
 so their steps are timed by the same code, with loading and saving outside the stamps.
 """
 
@@ -24,9 +25,13 @@ def main() -> None:
     stamps = open(stamps_path, "w", buffering=1)  # line-buffered: a killed run keeps what it stamped
     update = std.tqdm.update
 
+    run_bar = []  # the bar that counts the run's steps, once it shows itself
+
     def update_and_stamp(bar, n=1):
         shown = update(bar, n)
-        if bar.total == total:
+        if not run_bar and bar.total == total and not bar.disable:
+            run_bar.append(bar)
+        if run_bar and bar is run_bar[0]:
             stamps.write(f"{bar.n} {time.perf_counter():.6f}\n")
         return shown
 

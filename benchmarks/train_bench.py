@@ -147,7 +147,7 @@ def read_stamps(path: Path, started: float) -> list[tuple[int, float]]:
     stamps = {}
     for line in path.read_text().splitlines():
         step, moment = line.split()
-        stamps[int(step)] = float(moment) - started
+        stamps.setdefault(int(step), float(moment) - started)  # the first time the bar showed that step
     return sorted(stamps.items())
 
 

@@ -9,12 +9,16 @@ REPO = Path(__file__).resolve().parents[1]
 TRAINER = """
 import sys, time
 from tqdm.auto import tqdm
-for _ in tqdm(range(3), desc="class images"):  # another bar: not the run's steps
-    pass
-bar = tqdm(total=int(sys.argv[1]))
-for _ in range(int(sys.argv[1])):
-    time.sleep(0.05)
-    bar.update(1)
+steps = int(sys.argv[1])
+def advance(bar, pause=0.0):
+    for _ in range(bar.total):
+        time.sleep(pause)
+        bar.update(1)
+
+advance(tqdm(total=3, desc="class images"))  # another bar: not the run's steps
+advance(tqdm(total=steps, disable=True))  # a hidden bar of the same length (a sampler's, say)
+advance(tqdm(total=steps), pause=0.05)  # the run's steps
+advance(tqdm(total=steps, desc="final sample"))  # a later bar of the same length
 print("argv", sys.argv[1:])
 """
 

@@ -252,6 +252,13 @@ def test_micro_batches_in_one_pass_give_the_weights_of_one_after_another(tiny, p
     assert not torch.allclose(a[next(iter(a))], weights(tmp_path / "other")[next(iter(a))], atol=1e-5)
 
 
+def test_every_micro_batch_of_every_step_draws_from_its_own_seed():
+    from petdream.training.trainer import _step_seed
+
+    seeds = {_step_seed(7, process, step, micro) for process in range(2) for step in range(4) for micro in range(300)}
+    assert len(seeds) == 2 * 4 * 300  # accumulation past 101 once made step s, micro 101 = step s+1, micro 0
+
+
 def test_text_encoder_lora_is_saved_for_plain_diffusers(tiny, photos, data_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 

@@ -25,7 +25,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -166,27 +166,11 @@ class DreamBoothTrainer:
                 yield Cancelled(step, self._save_checkpoint(run, step, losses))
                 return
             try:
-                run.optimizer.zero_grad(set_to_none=True)
-                generators = [torch.Generator("cpu").manual_seed(_step_seed(config.seed, accelerator.process_index,
-                                                                            step, micro)) for micro in range(accumulation)]
-                passes = [generators] if fuse else [[g] for g in generators]
-                step_loss = torch.zeros((), device=accelerator.device)
-                for i, micro_batches in enumerate(passes):
-                    share = len(micro_batches) / accumulation  # of the step's gradient
-                    sync = accelerator.no_sync(run.unet) if i < len(passes) - 1 else contextlib.nullcontext()
-                    with sync, accelerator.autocast():
-                        pass_loss = self._loss(run, batch_size, micro_batches)
-                        accelerator.backward(pass_loss * share)
-                    step_loss += pass_loss.detach() * share
-                loss = step_loss.item()  # the step's one wait for the GPU: passes queue back to back
-                if not math.isfinite(loss):
-                    raise TrainingFailure(
-                        f"The loss became {loss} at step {step + 1}: training diverged. Lower the learning rate "
-                        f"(now {config.learning_rate:g}) or train without mixed precision, then start again.")
-                accelerator.clip_grad_norm_(list(run.trainable.values()), config.max_grad_norm)
-                run.optimizer.step()
-                run.lr_scheduler.step()
+                loss = self._step(run, step, batch_size, accumulation, fuse)
+                out_of_memory = False
             except torch.OutOfMemoryError:
+                out_of_memory = True  # handled below: leaving `except` frees the failed step's tensors first
+            if out_of_memory:
                 run.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 if fuse and accumulation > 1:
@@ -197,14 +181,18 @@ class DreamBoothTrainer:
                 if oom_retried:
                     raise TrainingFailure(
                         f"Out of GPU memory even with gradient checkpointing and batch size {batch_size}. "
-                        "Use the LoRA method, a lower resolution, or a GPU with more memory.") from None
-                oom_retried = True
+                        "Use the LoRA method, a lower resolution, or a GPU with more memory.")
+                oom_retried, fuse = True, False  # fused, half-size micro-batches would make the same pass
                 accelerator.unwrap_model(run.unet).enable_gradient_checkpointing()
                 if batch_size > 1:  # keep the effective batch: half the images, twice the passes
                     batch_size, accumulation = batch_size // 2, accumulation * 2
                 yield Note(f"Out of GPU memory at step {step + 1}: retrying with gradient checkpointing and "
                            f"batch size {batch_size} x {accumulation} accumulation.")
                 continue
+            if not math.isfinite(loss):
+                raise TrainingFailure(
+                    f"The loss became {loss} at step {step + 1}: training diverged. Lower the learning rate "
+                    f"(now {config.learning_rate:g}) or train without mixed precision, then start again.")
             step += 1
             losses.append(loss)
             rate = (step - first_step) / max(time.monotonic() - started, 1e-9)
@@ -221,6 +209,30 @@ class DreamBoothTrainer:
             self._save_pet_model(run, losses, final_sample, time.monotonic() - started)
         accelerator.wait_for_everyone()
         yield Finished(PetModel.load(self.output_dir), time.monotonic() - started, losses[-1])
+
+    def _step(self, run: "_Run", step: int, batch_size: int, accumulation: int, fuse: bool) -> float:
+        """One optimizer step of `accumulation` micro-batches, in one pass if `fuse`; returns its loss.
+
+        The loss is read once, after the optimizer's work is queued: the step's one wait for the GPU.
+        A non-finite loss has then already updated the weights, which is fine: the run stops on it.
+        """
+        config, accelerator = self.config, run.accelerator
+        run.optimizer.zero_grad(set_to_none=True)
+        generators = [torch.Generator("cpu").manual_seed(_step_seed(config.seed, accelerator.process_index, step, micro))
+                      for micro in range(accumulation)]
+        passes = [generators] if fuse else [[g] for g in generators]
+        step_loss = torch.zeros((), device=accelerator.device)
+        for i, micro_batches in enumerate(passes):
+            share = len(micro_batches) / accumulation  # of the step's gradient
+            sync = accelerator.no_sync(run.unet) if i < len(passes) - 1 else contextlib.nullcontext()
+            with sync, accelerator.autocast():
+                pass_loss = self._loss(run, batch_size, micro_batches)
+                accelerator.backward(pass_loss * share)
+            step_loss += pass_loss.detach() * share
+        accelerator.clip_grad_norm_(list(run.trainable.values()), config.max_grad_norm)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        return step_loss.item()
 
     def _loss(self, run: "_Run", batch_size: int, micro_batches: list[torch.Generator]) -> torch.Tensor:
         """The DreamBooth loss, averaged over micro-batches run in one pass: the denoising error on
@@ -635,13 +647,15 @@ class _Run:
     instance_latents: LatentCache
     class_latents: LatentCache | None  # None without prior preservation
     prompt_embeddings: dict[str, torch.Tensor]  # (1, 77, hidden) per prompt; empty when the text encoder trains
+    token_ids: dict[str, torch.Tensor] = field(default_factory=dict)  # (1, 77) per prompt, on the device
 
     def embeddings(self, prompt: str, batch: int) -> torch.Tensor:
         """(batch, 77, hidden) conditioning for `prompt`."""
         if prompt in self.prompt_embeddings:
             return self.prompt_embeddings[prompt].expand(batch, -1, -1)
-        ids = tokenize(self.tokenizer, prompt).to(self.accelerator.device)  # the encoder trains: with gradients
-        return self.text_encoder(ids)[0].expand(batch, -1, -1)
+        if prompt not in self.token_ids:  # copied to the device once, not every step
+            self.token_ids[prompt] = tokenize(self.tokenizer, prompt).to(self.accelerator.device)
+        return self.text_encoder(self.token_ids[prompt])[0].expand(batch, -1, -1)  # the encoder trains: with gradients
 
     def pipeline(self):
         """A pipeline over the weights being trained, for samples."""
@@ -692,8 +706,9 @@ def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
 
 
 def _step_seed(seed: int, process: int, step: int, micro: int) -> int:
-    """A distinct, reproducible seed for every (process, step, micro-batch) of a run."""
-    return (seed * 1_000_003 + process * 7_919 + step * 101 + micro) % (2**63)
+    """A distinct, reproducible seed for every (process, step, micro-batch) of a run: each number gets
+    its own place value, so no two combinations meet (below a million processes, steps and micro-batches)."""
+    return (((seed * 1_000_003 + process) * 1_000_003 + step) * 1_000_003 + micro) % (2**63)
 
 
 def _save_samples(folder: Path, sample: Sample) -> list[dict]:

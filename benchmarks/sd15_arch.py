@@ -25,10 +25,10 @@ CLIP_MAX_TOKENS = 77
 
 def build_sd15_arch(folder: Path) -> None:
     """Write the random-weight SD 1.5-shaped StableDiffusionPipeline into `folder`."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from petdream.models.tiny import clip_tokenizer
+    from petdream.models.tiny import save_sd_pipeline
 
     torch.manual_seed(SEED)
     unet = UNet2DConditionModel(
@@ -77,26 +77,7 @@ def build_sd15_arch(folder: Path) -> None:
             pad_token_id=49407,
         )
     )
-    scheduler = PNDMScheduler(  # SD 1.5's scheduler_config.json
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        steps_offset=1,
-    )
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(folder)
+    save_sd_pipeline(folder, unet, vae, text_encoder)
 
 
 def ensure_sd15_arch(folder: Path) -> Path:

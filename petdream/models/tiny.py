@@ -120,7 +120,7 @@ def _tiny_clip_text_config(**extra):
 def build_tiny_sd(folder: Path) -> None:
     """A Stable Diffusion 1.x pipeline at 128 px: same blocks and attention layout as SD 1.5
     (cross-attention down/up blocks, so LoRA targets to_q/to_k/to_v/to_out.0 exist), narrower."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(SEED)
@@ -148,26 +148,19 @@ def build_tiny_sd(folder: Path) -> None:
         sample_size=RESOLUTION,
     )
     text_encoder = CLIPTextModel(_tiny_clip_text_config(projection_dim=64))
-    # SD 1.5's own scheduler config, so noise levels and timesteps match the real model's.
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        steps_offset=1,
-    )
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    save_sd_pipeline(folder, unet, vae, text_encoder)
+
+
+def save_sd_pipeline(folder: Path, unet, vae, text_encoder) -> None:
+    """Save these models as a StableDiffusionPipeline folder, with SD 1.5's scheduler config (so noise
+    levels and timesteps match the real model's) and CLIP's tokenizer, loadable by `from_pretrained`."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     pipeline.save_pretrained(folder)
 
 

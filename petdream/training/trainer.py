@@ -167,10 +167,9 @@ class DreamBoothTrainer:
                 return
             try:
                 loss = self._step(run, step, batch_size, accumulation, fuse)
-                out_of_memory = False
             except torch.OutOfMemoryError:
-                out_of_memory = True  # handled below: leaving `except` frees the failed step's tensors first
-            if out_of_memory:
+                loss = None  # handled below: leaving `except` frees the failed step's tensors first
+            if loss is None:
                 run.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 if fuse and accumulation > 1:
@@ -243,14 +242,15 @@ class DreamBoothTrainer:
         sets = [(run.instance_latents, self.instance_prompt)]
         if run.class_latents is not None:
             sets.append((run.class_latents, self.class_prompt))
-        latents, conditions, noise, timesteps = [], [], [], []
+        # One text encoding per prompt and pass, even when the encoder trains and micro-batches share the pass.
+        conditions = [run.embeddings(prompt, batch_size) for _, prompt in sets] * len(micro_batches)
+        latents, noise, timesteps = [], [], []
         for g in micro_batches:  # each draws (instance images, class images) of batch_size
             drawn = []
-            for cache, prompt in sets:
+            for cache, _ in sets:
                 indices = torch.randint(len(cache), (batch_size,), generator=g)
                 flips = torch.randint(2, (batch_size,), generator=g) if config.random_flip else torch.zeros_like(indices)
                 drawn.append(cache.sample(indices, flips, g))
-                conditions.append(run.embeddings(prompt, batch_size))
             drawn = torch.cat(drawn)
             latents.append(drawn)
             noise.append(torch.randn(drawn.shape, generator=g))
@@ -267,12 +267,13 @@ class DreamBoothTrainer:
         target = noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
         prediction = run.unet(noisy, timesteps, conditions).sample
         per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        per_image = per_image.view(len(micro_batches), len(sets), batch_size)  # (micro-batch, set, image)
+        by_set = (len(micro_batches), len(sets), batch_size)  # (micro-batch, set, image)
+        per_image = per_image.view(by_set)
         instance_loss = per_image[:, 0]
         if config.snr_gamma:  # Min-SNR: stop easy, low-noise steps from dominating the gradient
             from diffusers.training_utils import compute_snr
 
-            snr = compute_snr(noise_scheduler, timesteps.view(len(micro_batches), len(sets), batch_size)[:, 0])
+            snr = compute_snr(noise_scheduler, timesteps.view(by_set)[:, 0])
             instance_loss = instance_loss * torch.clamp(snr, max=config.snr_gamma) / (snr + 1 if v_prediction else snr)
         loss = instance_loss.mean()  # equal-sized micro-batches: the mean of their means
         if len(sets) > 1:

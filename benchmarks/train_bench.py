@@ -14,14 +14,15 @@ size of the process (os.wait4's ru_maxrss, which includes its waited-for childre
 is host RAM, not GPU memory.
 
 The reference script is not part of PetDream (see benchmarks/README.md for how to get it and
-the venv it needs). Configs:
+the one venv, with torch 2.14.1 and torchvision, that both sides run in). Configs:
 
     tiny       the tiny profile's 128 px model (random weights), built by PetDream
     sd15-arch  a Stable Diffusion 1.5-shaped pipeline with random weights (sd15_arch.py), 256 px
 
     python benchmarks/train_bench.py --config all \\
         --reference-script /work/bench/ref/train_dreambooth_lora.py \\
-        --reference-python /work/bench/venv/bin/python --work-dir /work/bench
+        --reference-python /work/bench/venv-pd214/bin/python \\
+        --petdream-python /work/bench/venv-pd214/bin/python --work-dir /work/bench
 """
 
 from __future__ import annotations

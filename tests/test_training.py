@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +38,7 @@ from petdream.training import (
 from petdream.training.checkpoints import Checkpoints
 
 FAST = dict(steps=6, checkpoint_every=3, num_class_images=2, class_image_steps=2, sample_steps=2)
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")  # the kernel's transparent huge page policy
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +259,22 @@ def test_every_micro_batch_of_every_step_draws_from_its_own_seed():
 
     seeds = {_step_seed(7, process, step, micro) for process in range(2) for step in range(4) for micro in range(300)}
     assert len(seeds) == 2 * 4 * 300  # accumulation past 101 once made step s, micro 101 = step s+1, micro 0
+
+
+@pytest.mark.skipif(not THP_MODE.exists() or "[madvise]" not in THP_MODE.read_text(),
+                    reason="needs Linux with transparent huge pages on request (madvise)")
+@pytest.mark.parametrize("setting, huge", [(None, True), ("0", False)])
+def test_large_cpu_tensors_get_huge_pages_unless_the_person_says_otherwise(setting, huge):
+    """torch reads THP_MEM_ALLOC_ENABLE once, at its first large CPU allocation, so importing
+    PetDream sets it, before anything imports torch; a setting of the person's own is kept."""
+    env = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
+    if setting is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = setting
+    code = ("import re, petdream, torch; tensor = torch.ones(64 << 20, dtype=torch.uint8); "
+            "print(re.search(r'AnonHugePages:\\s+(\\d+)', open('/proc/self/smaps_rollup').read()).group(1))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (int(result.stdout) > 0) == huge
 
 
 def test_text_encoder_lora_is_saved_for_plain_diffusers(tiny, photos, data_dir, tmp_path):

@@ -6,13 +6,16 @@
 The first shown tqdm progress bar whose total is TOTAL (the run's step count) appends a line
 "step seconds" to the file STAMPS each time it advances; other bars (class images, sampling) are
 ignored. Seconds are time.perf_counter(), the system's monotonic clock, so stamps from different
-processes compare. train_bench.py runs both trainers under this,
+processes compare. When the program ends (returns, exits or fails) one last line
+"peak-rss-kib N" gives its peak resident set size so far: the peak of its own work, before the
+interpreter's exit (which, with torch's CUDA build, pages in ~125 MiB of library code). train_bench.py runs both trainers under this,
 so their steps are timed by the same code, with loading and saving outside the stamps.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import runpy
 import sys
 import time
@@ -36,14 +39,17 @@ def main() -> None:
         return shown
 
     std.tqdm.update = update_and_stamp  # tqdm.auto's class inherits it
-    if target[0] == "-m":
-        sys.path[0] = os.getcwd()  # as `python -m` has it (not this script's folder)
-        sys.argv = [target[1], *target[2:]]
-        runpy.run_module(target[1], run_name="__main__", alter_sys=True)
-    else:
-        sys.path[0] = os.path.dirname(os.path.abspath(target[0]))  # as `python script.py` has it
-        sys.argv = target
-        runpy.run_path(target[0], run_name="__main__")
+    try:
+        if target[0] == "-m":
+            sys.path[0] = os.getcwd()  # as `python -m` has it (not this script's folder)
+            sys.argv = [target[1], *target[2:]]
+            runpy.run_module(target[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.path[0] = os.path.dirname(os.path.abspath(target[0]))  # as `python script.py` has it
+            sys.argv = target
+            runpy.run_path(target[0], run_name="__main__")
+    finally:
+        stamps.write(f"peak-rss-kib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\n")  # Linux: KiB
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ ends (when the trainer's progress bar advances), so one timer reads both trainer
 
 Loading, encoding, the first steps' warm-up, the final sample and saving fall outside it; the
 table shows them as "before steps" and "after steps". Peak memory is the maximum resident set
-size of the process (os.wait4's ru_maxrss, which includes its waited-for children). On a GPU it
-is host RAM, not GPU memory.
+size of the process (os.wait4's ru_maxrss, which includes its waited-for children); the target
+judges it. "before exit" is the same peak when the program's own code ended: with torch's CUDA
+build the interpreter's exit pages in ~125 MiB of library code on either side, so the process's
+peak can be set there. On a GPU it is host RAM, not GPU memory.
 
 The reference script is not part of PetDream (see benchmarks/README.md for how to get it and
 the one venv, with torch 2.14.1 and torchvision, that both sides run in). Configs:
@@ -86,11 +88,12 @@ class Run:
 
     steps: int
     wall_s: float  # wall-clock seconds, start to exit
-    peak_rss_mb: float  # max resident set size, MiB
+    peak_rss_mb: float  # max resident set size, MiB, to the process's end (the figure the target judges)
     cpu_s: float  # CPU seconds it used (user + system)
     others_cpu_s: float  # CPU seconds the rest of the machine used meanwhile: noise if large
     stamps: list[tuple[int, float]]  # (step, seconds since the process started) as each step ended
     log: str  # its stdout and stderr
+    work_peak_rss_mb: float = math.nan  # max RSS when the program itself ended, before the interpreter's exit
 
     @property
     def warmup_steps(self) -> int:
@@ -140,16 +143,24 @@ class Side:
         """MiB: the highest peak RSS of any of its runs."""
         return max(r.peak_rss_mb for r in self.runs)
 
+    def work_peak_rss_mb(self) -> float:
+        """MiB: the highest peak RSS of any of its runs up to the program's end, before the exit."""
+        return max(r.work_peak_rss_mb for r in self.runs)
 
-def read_stamps(path: Path, started: float) -> list[tuple[int, float]]:
-    """step_clock.py's stamps as (step, seconds since `started`, a time.perf_counter() value)."""
+
+def read_stamps(path: Path, started: float) -> tuple[list[tuple[int, float]], float]:
+    """step_clock.py's file: its stamps as (step, seconds since `started`, a time.perf_counter() value),
+    and the program's peak RSS in MiB before the interpreter's exit (NaN if it did not get that far)."""
     if not path.is_file():
-        return []
-    stamps = {}
+        return [], math.nan
+    stamps, work_peak_mb = {}, math.nan
     for line in path.read_text().splitlines():
-        step, moment = line.split()
-        stamps.setdefault(int(step), float(moment) - started)  # the first time the bar showed that step
-    return sorted(stamps.items())
+        key, value = line.split()
+        if key == "peak-rss-kib":
+            work_peak_mb = int(value) / 1024
+        else:
+            stamps.setdefault(int(key), float(value) - started)  # the first time the bar showed that step
+    return sorted(stamps.items()), work_peak_mb
 
 
 # -- running processes ----------------------------------------------------------------------
@@ -321,9 +332,11 @@ def run_once(side: Side, steps: int, repeat: int, args: argparse.Namespace, env:
         print(f"  {side.name}: {steps} steps (repeat {repeat}/{args.repeats}) ...", end=" ", flush=True)
         wait_for_quiet(args.quiet_wait)
         wall, rss, cpu, others, started = run_measured(command, env, side.cwd, output.with_suffix(".log"))
-        run = Run(steps, wall, rss, cpu, others, read_stamps(stamps, started), str(output.with_suffix(".log")))
+        stamped, work_peak = read_stamps(stamps, started)
+        run = Run(steps, wall, rss, cpu, others, stamped, str(output.with_suffix(".log")), work_peak)
         noisy = others > NOISE_SHARE * wall
-        print(f"{wall:.1f} s, {run.steps_per_s():.3f} steps/s, {cpu:.0f} CPU-s, peak RSS {rss:.0f} MiB"
+        print(f"{wall:.1f} s, {run.steps_per_s():.3f} steps/s, {cpu:.0f} CPU-s, peak RSS {rss:.0f} MiB "
+              f"({work_peak:.0f} before the exit)"
               + (f"; other processes used {others:.0f} CPU-s meanwhile: noisy" if noisy else ""), flush=True)
         side.runs.append(run)
         if not noisy:
@@ -344,7 +357,7 @@ def print_table(config: Config, recipe: Recipe, sides: list[Side], threads: int)
           f"lr {recipe.learning_rate:g}, seed {recipe.seed}, fp32, no prior preservation; {recipe.steps} steps, "
           f"rate over steps {max(1, recipe.steps // 10)}-{recipe.steps}; {threads} threads")
     header = f"{'side':<10} {'torch':<14} {'steps/s':>8} {'s/step':>8} {'before steps s':>14} " \
-             f"{'after steps s':>13} {'wall s':>8} {'peak RSS MiB':>12}"
+             f"{'after steps s':>13} {'wall s':>8} {'peak RSS MiB':>12} {'before exit':>11}"
     print(header + "\n" + "-" * len(header))
     rows = {}
     for side in sides:
@@ -353,9 +366,10 @@ def print_table(config: Config, recipe: Recipe, sides: list[Side], threads: int)
         rows[side.name] = r = dict(
             torch=side.torch, threads=side.threads, steps_per_s=rate, s_per_step=1 / rate,
             before_steps_s=run.before_steps_s(), after_steps_s=run.after_steps_s(), wall_s=run.wall_s,
-            peak_rss_mb=side.peak_rss_mb(), noisy=side.noisy(), runs=[dataclasses.asdict(r) for r in side.runs])
+            peak_rss_mb=side.peak_rss_mb(), work_peak_rss_mb=side.work_peak_rss_mb(), noisy=side.noisy(),
+            runs=[dataclasses.asdict(r) for r in side.runs])
         print(f"{side.name:<10} {side.torch:<14} {rate:>8.3f} {1 / rate:>8.2f} {r['before_steps_s']:>14.1f} "
-              f"{r['after_steps_s']:>13.1f} {run.wall_s:>8.1f} {r['peak_rss_mb']:>12.0f}"
+              f"{r['after_steps_s']:>13.1f} {run.wall_s:>8.1f} {r['peak_rss_mb']:>12.0f} {r['work_peak_rss_mb']:>11.0f}"
               + ("  (noisy: other processes were busy)" if side.noisy() else ""))
     result = dict(config=config.name, resolution=recipe.resolution, steps=recipe.steps, threads=threads,
                   model=str(recipe.model), sides=rows)
@@ -364,11 +378,12 @@ def print_table(config: Config, recipe: Recipe, sides: list[Side], threads: int)
     if {"reference", "petdream"} <= rows.keys():
         speed = rows["petdream"]["steps_per_s"] / rows["reference"]["steps_per_s"]
         memory = rows["petdream"]["peak_rss_mb"] / rows["reference"]["peak_rss_mb"]
+        work_memory = rows["petdream"]["work_peak_rss_mb"] / rows["reference"]["work_peak_rss_mb"]
         met = speed >= TARGET_SPEEDUP and memory <= TARGET_MEMORY
-        print(f"petdream/reference: steps/s {speed:.2f}x, peak RSS {memory:.2f}x  "
+        print(f"petdream/reference: steps/s {speed:.2f}x, peak RSS {memory:.2f}x ({work_memory:.2f}x before the exit)  "
               f"(target: steps/s >= {TARGET_SPEEDUP:g}x with peak RSS <= {TARGET_MEMORY:g}x: "
               f"{'met' if met else 'NOT met'})")
-        result.update(speedup=speed, memory_ratio=memory, target_met=met)
+        result.update(speedup=speed, memory_ratio=memory, work_memory_ratio=work_memory, target_met=met)
     return result
 
 

@@ -24,7 +24,15 @@ print("argv", sys.argv[1:])
 
 
 def stamps_of(path: Path) -> list[tuple[int, float]]:
-    return [(int(step), float(moment)) for step, moment in (line.split() for line in path.read_text().splitlines())]
+    lines = [line.split() for line in path.read_text().splitlines()]
+    return [(int(step), float(moment)) for step, moment in lines if step != "peak-rss-kib"]
+
+
+def peak_of(path: Path) -> int:
+    """The peak RSS (KiB) step_clock.py writes as its last line when the program ends."""
+    key, value = path.read_text().splitlines()[-1].split()
+    assert key == "peak-rss-kib"
+    return int(value)
 
 
 def test_step_clock_stamps_each_step_of_the_run_bar_only(tmp_path):
@@ -39,6 +47,17 @@ def test_step_clock_stamps_each_step_of_the_run_bar_only(tmp_path):
     assert [step for step, _ in stamped] == [1, 2, 3, 4, 5]
     gaps = [b - a for (_, a), (_, b) in zip(stamped, stamped[1:])]
     assert all(0.04 < gap < 1.0 for gap in gaps), gaps
+    assert 10_000 < peak_of(stamps) < 2_000_000  # KiB: a Python process with tqdm, not 0, not bytes
+
+
+def test_step_clock_records_the_peak_of_a_program_that_fails(tmp_path):
+    script = tmp_path / "trainer.py"
+    script.write_text("import sys\nblock = bytearray(300 << 20)  # touched: 300 MiB resident\nsys.exit(3)\n")
+    stamps = tmp_path / "run.stamps"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "step_clock.py"), str(stamps), "5", str(script)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 3
+    assert peak_of(stamps) > 300 << 10
 
 
 def test_step_clock_runs_a_module_from_the_working_directory(tmp_path):

@@ -8,8 +8,9 @@ The first shown tqdm progress bar whose total is TOTAL (the run's step count) ap
 ignored. Seconds are time.perf_counter(), the system's monotonic clock, so stamps from different
 processes compare. When the program ends (returns, exits or fails) one last line
 "peak-rss-kib N" gives its peak resident set size so far: the peak of its own work, before the
-interpreter's exit (which, with torch's CUDA build, pages in ~125 MiB of library code). train_bench.py runs both trainers under this,
-so their steps are timed by the same code, with loading and saving outside the stamps.
+interpreter's exit (which, with torch's CUDA build, pages in another 70-140 MiB of library code).
+train_bench.py runs both trainers under this, so their steps are timed by the same code, with
+loading and saving outside the stamps.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Loading, encoding, the first steps' warm-up, the final sample and saving fall ou
 table shows them as "before steps" and "after steps". Peak memory is the maximum resident set
 size of the process (os.wait4's ru_maxrss, which includes its waited-for children); the target
 judges it. "before exit" is the same peak when the program's own code ended: with torch's CUDA
-build the interpreter's exit pages in ~125 MiB of library code on either side, so the process's
+build the interpreter's exit pages in 70-140 MiB of library code on either side, so the process's
 peak can be set there. On a GPU it is host RAM, not GPU memory.
 
 The reference script is not part of PetDream (see benchmarks/README.md for how to get it and
@@ -145,7 +145,7 @@ class Side:
 
     def work_peak_rss_mb(self) -> float:
         """MiB: the highest peak RSS of any of its runs up to the program's end, before the exit."""
-        return max(r.work_peak_rss_mb for r in self.runs)
+        return max((r.work_peak_rss_mb for r in self.runs if not math.isnan(r.work_peak_rss_mb)), default=math.nan)
 
 
 def read_stamps(path: Path, started: float) -> tuple[list[tuple[int, float]], float]:

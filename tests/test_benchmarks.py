@@ -1,10 +1,14 @@
-"""The benchmarks' step clock: the one timer both trainers are read with (benchmarks/step_clock.py)."""
+"""The benchmarks' step clock: the one timer both trainers are read with (benchmarks/step_clock.py),
+and train_bench.py's reading of its stamps."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # a folder of scripts, not a package
+
+from train_bench import read_stamps  # noqa: E402
 
 TRAINER = """
 import sys, time
@@ -24,8 +28,8 @@ print("argv", sys.argv[1:])
 
 
 def stamps_of(path: Path) -> list[tuple[int, float]]:
-    lines = [line.split() for line in path.read_text().splitlines()]
-    return [(int(step), float(moment)) for step, moment in lines if step != "peak-rss-kib"]
+    """(step, time.perf_counter() value) as train_bench.py reads them."""
+    return read_stamps(path, started=0.0)[0]
 
 
 def peak_of(path: Path) -> int:

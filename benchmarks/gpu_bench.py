@@ -103,7 +103,9 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
                 phases["steps"] += took
             else:
                 phases["setup"] += took  # includes the first step, which also warms up kernels
-            print(f"\r  {name}: step {event.step}/{event.total_steps} loss {event.loss:.4f}", end="", flush=True)
+            # the time since the start on each line: a run cut off at its limit still tells where time went
+            print(f"\r  {name}: step {event.step}/{event.total_steps} loss {event.loss:.4f} at {now - started:.1f} s",
+                  end="", flush=True)
         elif isinstance(event, Sample):
             phases["samples" if event.step < config.steps else "final_save"] += took
         elif isinstance(event, CheckpointSaved):

@@ -182,7 +182,7 @@ class DreamBoothTrainer:
                         f"Out of GPU memory even with gradient checkpointing and batch size {batch_size}. "
                         "Use the LoRA method, a lower resolution, or a GPU with more memory.")
                 oom_retried, fuse = True, False  # fused, half-size micro-batches would make the same pass
-                accelerator.unwrap_model(run.unet).enable_gradient_checkpointing()
+                run.plain(run.unet).enable_gradient_checkpointing()
                 if batch_size > 1:  # keep the effective batch: half the images, twice the passes
                     batch_size, accumulation = batch_size // 2, accumulation * 2
                 yield Note(f"Out of GPU memory at step {step + 1}: retrying with gradient checkpointing and "
@@ -576,8 +576,8 @@ class DreamBoothTrainer:
 
         out, config = self.output_dir, self.config
         out.mkdir(parents=True, exist_ok=True)
-        unet = run.accelerator.unwrap_model(run.unet)
-        text_encoder = run.accelerator.unwrap_model(run.text_encoder) if run.text_encoder is not None else None
+        unet = run.plain(run.unet)
+        text_encoder = run.plain(run.text_encoder) if run.text_encoder is not None else None
         if config.method == "lora":
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
@@ -658,12 +658,15 @@ class _Run:
             self.token_ids[prompt] = tokenize(self.tokenizer, prompt).to(self.accelerator.device)
         return self.text_encoder(self.token_ids[prompt])[0].expand(batch, -1, -1)  # the encoder trains: with gradients
 
+    def plain(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` without accelerate's wrappers or torch.compile's, for sampling and saving: a compiled
+        UNet recompiles for inference (135 s for one sample on an H200), and names its weights `_orig_mod.*`."""
+        return self.accelerator.unwrap_model(module, keep_torch_compile=False)
+
     def pipeline(self):
         """A pipeline over the weights being trained, for samples."""
-        unwrap = self.accelerator.unwrap_model
-        text_encoder = unwrap(self.text_encoder) if self.text_encoder is not None else None
-        return _pipeline_over(unwrap(self.unet), self.vae, text_encoder, self.tokenizer,
-                              self.noise_scheduler)
+        text_encoder = self.plain(self.text_encoder) if self.text_encoder is not None else None
+        return _pipeline_over(self.plain(self.unet), self.vae, text_encoder, self.tokenizer, self.noise_scheduler)
 
 
 def _pipeline_over(unet, vae, text_encoder, tokenizer, noise_scheduler):

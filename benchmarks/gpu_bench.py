@@ -149,7 +149,9 @@ def _profile(profiler, start: bool, result: dict):
     wall = time.perf_counter() - profiler.began
     profiler.__exit__(None, None, None)
     averages = profiler.key_averages()
-    kernels = [e for e in averages if e.device_type == DeviceType.CUDA]  # the rest are CPU-side ops
+    # GPU events that are kernels: the rest are CPU-side ops, and user annotations (torch's
+    # "Optimizer.step#..." spans its kernels on the GPU's timeline and would count them twice)
+    kernels = [e for e in averages if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
     kernels_s = sum(e.self_device_time_total for e in kernels) / 1e6
     steps = PROFILED_STEPS[1] - PROFILED_STEPS[0]
     result["profile"] = {"steps": steps, "wall_s": wall, "gpu_kernels_s": kernels_s, "gpu_busy": kernels_s / wall,

@@ -179,14 +179,15 @@ def test_the_final_sample_is_what_plain_diffusers_draws_with_the_saved_lora(tiny
     from PIL import Image
 
     run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", prior_preservation=False, sample_steps=4))
-    sample = Image.open(next((tmp_path / "pet" / "samples").glob("00-*.png")))
     pipeline = StableDiffusionPipeline.from_pretrained(tiny.base_model, safety_checker=None)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, algorithm_type="dpmsolver++")
     pipeline.set_progress_bar_config(disable=True)
     pipeline.load_lora_weights(tmp_path / "pet")
-    drawn = pipeline("a photo of bruno dog", num_inference_steps=4, height=128, width=128,
-                     generator=torch.Generator("cpu").manual_seed(0)).images[0]
-    assert np.abs(np.asarray(drawn, dtype=int) - np.asarray(sample, dtype=int)).max() <= 2
+    for i, prompt in enumerate(["a photo of bruno dog", "a photo of bruno dog on a sunny beach"]):
+        sample = Image.open(next((tmp_path / "pet" / "samples").glob(f"{i:02d}-*.png")))
+        drawn = pipeline(prompt, num_inference_steps=4, height=128, width=128,
+                         generator=torch.Generator("cpu").manual_seed(i)).images[0]  # sample i has seed i
+        assert np.abs(np.asarray(drawn, dtype=int) - np.asarray(sample, dtype=int)).max() <= 2, prompt
 
 
 def test_trains_after_accelerate_was_set_up_differently_in_the_same_process(tiny, photos, data_dir, tmp_path):

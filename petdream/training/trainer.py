@@ -560,13 +560,15 @@ class DreamBoothTrainer:
         prompts = list(self.sample_prompts)
         pipeline = run.pipeline()
         pipeline.unet.eval()
-        images = []
+        # One batch, each image from its own seed: the same pictures as one by one, with half the
+        # UNet calls (on a GPU a sampling step is bound by launching kernels, not by the batch).
+        text = ({"prompt": prompts} if pipeline.text_encoder is not None else
+                {"prompt_embeds": torch.cat([run.prompt_embeddings[p] for p in prompts]),
+                 "negative_prompt_embeds": run.prompt_embeddings[""].expand(len(prompts), -1, -1)})
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in SAMPLE_SEEDS[:len(prompts)]]
         with quiet_libraries(), run.accelerator.autocast():
-            for prompt, seed in zip(prompts, SAMPLE_SEEDS):
-                text = ({"prompt": prompt} if pipeline.text_encoder is not None else
-                        {"prompt_embeds": run.prompt_embeddings[prompt], "negative_prompt_embeds": run.prompt_embeddings[""]})
-                images += pipeline(**text, num_inference_steps=self.config.sample_steps, height=self.resolution,
-                                   width=self.resolution, generator=torch.Generator("cpu").manual_seed(seed)).images
+            images = pipeline(**text, num_inference_steps=self.config.sample_steps, height=self.resolution,
+                              width=self.resolution, generator=generators).images
         pipeline.unet.train()
         return Sample(step, images, prompts)
 

@@ -4,8 +4,10 @@ Runs in one process, on the SD 1.5-shaped model with random weights (`sd15_arch.
 into `--model` if it is not there), with the real dog photos. Its images are noise, but every
 step costs what it costs on the real checkpoint. For each recipe it times every event the
 trainer yields, so the wall time splits into set-up (loading, class images, encoding),
-training steps, samples, checkpoints and the final save. Results go to `--json` after each
-recipe, so a run cut short keeps what it measured.
+training steps, samples, checkpoints (the time the loop waited for a write: checkpoints are
+written in the background, their copy to host memory counts in the step after them) and the
+final save. Results go to `--json` after each recipe, so a run cut short keeps what it
+measured.
 
     python benchmarks/gpu_bench.py --model /tmp/sd15-arch --photos ../shared/data/dreambench/dog \\
         --json gpu.json --recipes lora-512,paper,quick

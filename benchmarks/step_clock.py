@@ -16,7 +16,6 @@ loading and saving outside the stamps.
 from __future__ import annotations
 
 import os
-import resource
 import runpy
 import sys
 import time
@@ -50,7 +49,14 @@ def main() -> None:
             sys.argv = target
             runpy.run_path(target[0], run_name="__main__")
     finally:
-        stamps.write(f"peak-rss-kib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\n")  # Linux: KiB
+        stamps.write(f"peak-rss-kib {peak_rss_kib()}\n")
+
+
+def peak_rss_kib() -> int:
+    """This process's own peak resident set size (KiB), counted from the exec that started it (Linux).
+    Not getrusage's ru_maxrss: that carries over the peak of whatever process forked this one."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
 if __name__ == "__main__":

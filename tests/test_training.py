@@ -626,18 +626,56 @@ def test_out_of_memory_twice_fails_kindly(tiny, photos, data_dir, tmp_path, monk
 
 
 def test_full_disk_fails_clearly_and_keeps_the_last_checkpoint(tiny, photos, data_dir, tmp_path, monkeypatch):
-    real_save = Checkpoints.save
+    """The disk fills while the second checkpoint is written (on the writer's thread)."""
+    from petdream.training import checkpoints
 
-    def fill_disk_on_second(self, step, *args, **kwargs):
-        if step > 3:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.folder))
-        return real_save(self, step, *args, **kwargs)
+    real_save_file, written = checkpoints.save_file, []
 
-    monkeypatch.setattr(Checkpoints, "save", fill_disk_on_second)
+    def fill_disk_on_second(tensors, path):
+        written.append(path)
+        if len(written) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save_file(tensors, path)
+
+    monkeypatch.setattr(checkpoints, "save_file", fill_disk_on_second)
     events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8))
     failed = events[-1]
     assert isinstance(failed, Failed) and failed.reason.startswith("The disk is full")
     assert failed.checkpoint.name == "step-000003" and (failed.checkpoint / "trainable.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "pet" / "checkpoints").iterdir()) == ["step-000003"]  # no half-written one
+
+
+def test_checkpoints_are_written_while_training_goes_on(tiny, photos, data_dir, tmp_path, monkeypatch):
+    """A slow disk does not hold up the steps; the checkpoint still holds its own step's state,
+    so resuming from it ends with the weights of an uninterrupted run."""
+    from petdream.training import checkpoints
+
+    real_save_file = checkpoints.save_file
+
+    def slow_save_file(tensors, path):
+        time.sleep(1.5)
+        return real_save_file(tensors, path)
+
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "whole", steps=8))
+    monkeypatch.setattr(checkpoints, "save_file", slow_save_file)
+    trainer = make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8)
+    events = []
+    for event in trainer.run():
+        events.append(event)
+        if isinstance(event, CheckpointSaved):
+            trainer.cancel()
+    steps_before_saved = [e.step for e in events[:events.index(next(e for e in events if isinstance(e, CheckpointSaved)))]
+                          if isinstance(e, Progress)]
+    assert max(steps_before_saved) > 3  # steps 4, 5, ... ran while step 3 was being written
+    assert events[-1].checkpoint.name != "step-000003"
+
+    for old in (tmp_path / "cut" / "checkpoints").glob("step-*"):
+        if old.name != "step-000003":
+            shutil.rmtree(old)  # resume from the checkpoint written in the background
+    monkeypatch.setattr(checkpoints, "save_file", real_save_file)
+    resumed = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8), resume=True)
+    assert [e.step for e in resumed if isinstance(e, Progress)][0] == 4
+    assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
 
 
 def test_a_second_training_on_the_same_device_waits(tiny, photos, data_dir, tmp_path):

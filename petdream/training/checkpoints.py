@@ -4,13 +4,20 @@
         trainable.safetensors   the weights being trained (LoRA, or the whole UNet)
         optimizer.pt  lr_scheduler.pt  [grad_scaler.pt]
         state.json              step, the config fingerprint, the loss history
+
+A checkpoint is written on a background thread while training goes on: `paper`'s two 4.4 GB
+checkpoints held the GPU idle for 13 s on an H200. `save` first copies the state to host memory,
+so what reaches the disk is that step's state, whatever the next steps do; one write at a time,
+so host memory holds at most one copy.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +34,25 @@ class Resumed:
     path: Path
 
 
+@dataclass
+class Written:
+    step: int
+    path: Path
+
+
+@dataclass
+class _Write:
+    step: int
+    path: Path
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+
 class Checkpoints:
     def __init__(self, folder: Path, keep: int):
         self.folder = Path(folder)
         self.keep = keep
+        self._writing: _Write | None = None
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint; a half-written one never has a final name."""
@@ -38,31 +60,59 @@ class Checkpoints:
         return done[-1] if done else None
 
     def save(self, step: int, fingerprint: str, losses: list[float], trainable: dict[str, torch.Tensor],
-             optimizer, lr_scheduler, grad_scaler=None) -> Path:
-        """Write the checkpoint of `step` under a temporary name, then rename it into place."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.folder / f"step-{step:06d}"
-        staging = self.folder / f".partial-step-{step:06d}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
+             optimizer, lr_scheduler, grad_scaler=None) -> None:
+        """Copy the state of `step` to host memory now and write it in the background; `written()` or
+        `wait()` tells when it is on disk. An earlier write still under way is waited for first."""
+        self.wait()
+        state = {
+            "trainable.safetensors": {name: t.detach().to("cpu", copy=True).contiguous() for name, t in trainable.items()},
+            "optimizer.pt": _to_host(optimizer.state_dict()),  # its tensors are the live ones: copy them
+            "lr_scheduler.pt": copy.deepcopy(lr_scheduler.state_dict()),
+            **({"grad_scaler.pt": copy.deepcopy(grad_scaler.state_dict())} if grad_scaler is not None else {}),
+            STATE_FILE: {"step": step, "fingerprint": fingerprint, "losses": list(losses)},
+        }
+        self._writing = _Write(step, self.folder / f"step-{step:06d}")
+        self._writing.thread = threading.Thread(target=self._write, args=(self._writing, state),
+                                                name=f"checkpoint-{step}")
+        self._writing.thread.start()
+
+    def written(self) -> Written | None:
+        """The checkpoint whose write has just finished, once; None while it is under way or if none was
+        started. Raises the write's error (a full disk: OSError ENOSPC)."""
+        if self._writing is None or self._writing.thread.is_alive():
+            return None
+        return self.wait()
+
+    def wait(self) -> Written | None:
+        """Block until the write under way is on disk; then as `written()`."""
+        write, self._writing = self._writing, None
+        if write is None:
+            return None
+        write.thread.join()
+        if write.error is not None:
+            raise write.error
+        return Written(write.step, write.path)
+
+    def _write(self, write: "_Write", state: dict) -> None:
+        """Write under a temporary name, then rename into place; drop the oldest beyond `keep`."""
+        staging = self.folder / f".partial-{write.path.name}"
         try:
-            save_file({name: t.detach().cpu().contiguous() for name, t in trainable.items()},
-                      staging / "trainable.safetensors")
-            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-            torch.save(lr_scheduler.state_dict(), staging / "lr_scheduler.pt")
-            if grad_scaler is not None:
-                torch.save(grad_scaler.state_dict(), staging / "grad_scaler.pt")
-            (staging / STATE_FILE).write_text(json.dumps({"step": step, "fingerprint": fingerprint, "losses": losses}))
-            _fsync_tree(staging)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
-        except BaseException:
+            self.folder.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(staging, ignore_errors=True)
-            raise
-        older = sorted(p for p in self.folder.glob("step-*") if p != target)
-        for old in older[: max(0, len(older) - (self.keep - 1))]:
-            shutil.rmtree(old, ignore_errors=True)
-        return target
+            staging.mkdir()
+            save_file(state.pop("trainable.safetensors"), staging / "trainable.safetensors")
+            (staging / STATE_FILE).write_text(json.dumps(state.pop(STATE_FILE)))
+            for name, value in state.items():
+                torch.save(value, staging / name)
+            _fsync_tree(staging)
+            shutil.rmtree(write.path, ignore_errors=True)
+            os.replace(staging, write.path)
+            older = sorted(p for p in self.folder.glob("step-*") if p != write.path)
+            for old in older[: max(0, len(older) - (self.keep - 1))]:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException as error:  # handed to the training thread by wait()
+            shutil.rmtree(staging, ignore_errors=True)
+            write.error = error
 
     def load(self, path: Path, fingerprint: str, parameters: dict[str, torch.nn.Parameter],
              optimizer, lr_scheduler, grad_scaler=None) -> Resumed:
@@ -85,6 +135,17 @@ class Checkpoints:
         if grad_scaler is not None and (path / "grad_scaler.pt").is_file():
             grad_scaler.load_state_dict(torch.load(path / "grad_scaler.pt", weights_only=True))
         return Resumed(step=state["step"], losses=state["losses"], path=path)
+
+
+def _to_host(value):
+    """A copy of `value` (an optimizer's state_dict: nested dicts and lists) with every tensor in host memory."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _to_host(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_host(item) for item in value)
+    return copy.deepcopy(value)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -142,13 +142,13 @@ class DreamBoothTrainer:
             with lock:
                 yield from self._run(resume)
         except TrainingFailure as failure:
-            yield Failed(str(failure), self.checkpoints.latest())
+            yield Failed(str(failure), self._last_checkpoint())
         except OSError as error:
             if error.errno != errno.ENOSPC:
                 raise
             yield Failed(
                 f"The disk is full ({error.filename or self.output_dir}). Free some space and resume with "
-                "--resume: the last checkpoint is kept.", self.checkpoints.latest())
+                "--resume: the last checkpoint is kept.", self._last_checkpoint())
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -162,8 +162,12 @@ class DreamBoothTrainer:
         fuse = self.fuse_micro_batches if self.fuse_micro_batches is not None else accelerator.device.type == "cuda"
         started, first_step = time.monotonic(), step
         while step < config.steps:
+            yield from self._checkpoint_written(wait=False)
             if self._cancel.is_set():
-                yield Cancelled(step, self._save_checkpoint(run, step, losses))
+                yield from self._checkpoint_written(wait=True)
+                self._save_checkpoint(run, step, losses)
+                written = self.checkpoints.wait()
+                yield Cancelled(step, written.path if written else None)
                 return
             try:
                 loss = self._step(run, step, batch_size, accumulation, fuse)
@@ -199,7 +203,9 @@ class DreamBoothTrainer:
             if config.sample_every and step % config.sample_every == 0 and step < config.steps:
                 yield self._sample(run, step)
             if step % config.checkpoint_every == 0 and step < config.steps:
-                yield CheckpointSaved(step, self._save_checkpoint(run, step, losses))
+                yield from self._checkpoint_written(wait=True)  # one write at a time
+                self._save_checkpoint(run, step, losses)  # written while the next steps run
+        yield from self._checkpoint_written(wait=True)
 
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:  # one PetModel, written by one process
@@ -548,11 +554,25 @@ class DreamBoothTrainer:
 
     # -- outputs ---------------------------------------------------------------------------
 
-    def _save_checkpoint(self, run: "_Run", step: int, losses: list[float]) -> Path | None:
-        if not run.accelerator.is_main_process:
-            return None
-        return self.checkpoints.save(step, self.fingerprint, losses, run.trainable, run.optimizer, run.lr_scheduler,
-                                     run.accelerator.scaler)
+    def _save_checkpoint(self, run: "_Run", step: int, losses: list[float]) -> None:
+        """Start writing the checkpoint of `step` (one process writes it for all)."""
+        if run.accelerator.is_main_process:
+            self.checkpoints.save(step, self.fingerprint, losses, run.trainable, run.optimizer, run.lr_scheduler,
+                                  run.accelerator.scaler)
+
+    def _checkpoint_written(self, wait: bool) -> Iterator[CheckpointSaved]:
+        """CheckpointSaved for a background write that has finished (`wait`: once it has)."""
+        written = self.checkpoints.wait() if wait else self.checkpoints.written()
+        if written is not None:
+            yield CheckpointSaved(written.step, written.path)
+
+    def _last_checkpoint(self) -> Path | None:
+        """The checkpoint to resume from after a failure, once any write under way has ended."""
+        try:
+            self.checkpoints.wait()
+        except Exception:  # that write failed: the run already reports a failure, the earlier one stands
+            pass
+        return self.checkpoints.latest()
 
     @torch.no_grad()
     def _sample(self, run: "_Run", step: int) -> Sample:

@@ -24,6 +24,8 @@ Recipes:
     paper-apart    its micro-batches one after another (as before session 3)
     paper-no-ckpt  without gradient checkpointing
     paper-compile  with the UNet compiled (torch.compile; its compile time is in set-up)
+    paper-graphs   compiled with CUDA graphs (torch.compile mode "reduce-overhead"): the step without
+                   its ~7,500 kernel launches, still fp16 with gradient checkpointing
     paper-fast     all that an 80 GB card allows: bf16, no checkpointing, compiled
 
 --profile RECIPE profiles three of that recipe's steady steps (after step 30) and prints where
@@ -33,6 +35,7 @@ their time went: GPU kernels by time, and how busy the GPU was over the steps' w
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import shutil
@@ -64,6 +67,7 @@ RECIPES = {
     "paper-apart": ("paper", dict(STEPS_ONLY, fuse_micro_batches=False)),
     "paper-no-ckpt": ("paper", dict(STEPS_ONLY, gradient_checkpointing=False)),
     "paper-compile": ("paper", dict(STEPS_ONLY, compile=True)),
+    "paper-graphs": ("paper", dict(STEPS_ONLY, compile=True, compile_mode="reduce-overhead")),
     "paper-fast": ("paper", dict(STEPS_ONLY, mixed_precision="bf16", gradient_checkpointing=False, compile=True)),
 }
 PROFILED_STEPS = (30, 33)  # profile from the end of step 30 to the end of step 33
@@ -74,6 +78,7 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     preset, overrides = RECIPES[name]
     overrides = dict(overrides)
     fuse_micro_batches = overrides.pop("fuse_micro_batches", None)  # the trainer's, not a hyperparameter
+    compile_mode = overrides.pop("compile_mode", None)  # torch.compile's, which the trainer leaves at its default
     if args.steps:
         overrides = {**overrides, "steps": args.steps, "checkpoint_every": max(1, args.steps // 3),
                      "sample_every": 0 if overrides.get("sample_every") == 0 else max(1, args.steps // 3)}
@@ -93,33 +98,39 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     phases = {"setup": 0.0, "steps": 0.0, "samples": 0.0, "checkpoints": 0.0, "final_save": 0.0}
     notes, step_seconds, result, profiler = [], [], {"recipe": name, "config": config.to_dict()}, None
     started = last = time.perf_counter()
-    for event in trainer.run():
-        now = time.perf_counter()
-        took, last = now - last, now
-        if isinstance(event, Progress):
-            if name == args.profile and event.step in PROFILED_STEPS:
-                profiler = _profile(profiler, event.step == PROFILED_STEPS[0], result)
-                last = time.perf_counter()  # starting and summing up the profile is no step's time
-            if step_seconds or event.step > 1:
-                step_seconds.append(took)  # the step alone: samples and checkpoints are events of their own
-                phases["steps"] += took
-            else:
-                phases["setup"] += took  # includes the first step, which also warms up kernels
-            # the time since the start on each line: a run cut off at its limit still tells where time went
-            print(f"\r  {name}: step {event.step}/{event.total_steps} loss {event.loss:.4f} at {now - started:.1f} s",
-                  end="", flush=True)
-        elif isinstance(event, Sample):
-            phases["samples" if event.step < config.steps else "final_save"] += took
-        elif isinstance(event, CheckpointSaved):
-            phases["checkpoints"] += took
-        elif isinstance(event, Note):
-            notes.append(event.text)
-            phases["setup"] += took
-        elif isinstance(event, Finished):
-            phases["final_save"] += took
-            result["final_loss"] = event.final_loss
-        elif isinstance(event, Failed):
-            result["failed"] = event.reason
+    real_compile = torch.compile
+    if compile_mode:
+        torch.compile = functools.partial(real_compile, mode=compile_mode)
+    try:
+        for event in trainer.run():
+            now = time.perf_counter()
+            took, last = now - last, now
+            if isinstance(event, Progress):
+                if name == args.profile and event.step in PROFILED_STEPS:
+                    profiler = _profile(profiler, event.step == PROFILED_STEPS[0], result)
+                    last = time.perf_counter()  # starting and summing up the profile is no step's time
+                if step_seconds or event.step > 1:
+                    step_seconds.append(took)  # the step alone: samples and checkpoints are events of their own
+                    phases["steps"] += took
+                else:
+                    phases["setup"] += took  # includes the first step, which also warms up kernels
+                # the time since the start on each line: a run cut off at its limit still tells where time went
+                print(f"\r  {name}: step {event.step}/{event.total_steps} loss {event.loss:.4f} at {now - started:.1f} s",
+                      end="", flush=True)
+            elif isinstance(event, Sample):
+                phases["samples" if event.step < config.steps else "final_save"] += took
+            elif isinstance(event, CheckpointSaved):
+                phases["checkpoints"] += took
+            elif isinstance(event, Note):
+                notes.append(event.text)
+                phases["setup"] += took
+            elif isinstance(event, Finished):
+                phases["final_save"] += took
+                result["final_loss"] = event.final_loss
+            elif isinstance(event, Failed):
+                result["failed"] = event.reason
+    finally:
+        torch.compile = real_compile
     print()
     result["wall_s"] = time.perf_counter() - started
     result["phases_s"] = phases

@@ -616,6 +616,37 @@ def test_out_of_memory_with_micro_batches_in_one_pass_runs_them_one_by_one(tiny,
     assert not any("gradient checkpointing" in note for note in notes)  # the retry is still unspent
 
 
+def test_a_run_resumed_after_running_out_of_memory_goes_on_as_it_had(tiny, photos, data_dir, tmp_path, monkeypatch):
+    """Out of memory at step 2 halves the batch. Resumed, the run keeps the halved batch even where
+    the full one would now fit: the same draws, so it ends with an uninterrupted run's weights."""
+    real = DreamBoothTrainer._loss
+    batch_sizes, out_of_memory_at_call = [], {2}
+
+    def out_of_memory_once(self, run, batch_size, micro_batches):
+        batch_sizes.append(batch_size)
+        if len(batch_sizes) in out_of_memory_at_call:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(self, run, batch_size, micro_batches)
+
+    monkeypatch.setattr(DreamBoothTrainer, "_loss", out_of_memory_once)
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "whole", batch_size=2, steps=8))
+    batch_sizes.clear()
+    trainer = make_trainer(tiny, photos, data_dir, tmp_path / "cut", batch_size=2, steps=8)
+    for event in trainer.run():
+        if isinstance(event, CheckpointSaved):
+            trainer.cancel()
+    assert isinstance(event, Cancelled) and batch_sizes[:3] == [2, 2, 1]
+
+    batch_sizes.clear()
+    out_of_memory_at_call.clear()  # the GPU now has room for the full batch
+    resumed = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "cut", batch_size=2, steps=8), resume=True)
+    notes = [e.text for e in resumed if isinstance(e, Note)]
+    assert ("Going on as the run did after running out of GPU memory: gradient checkpointing and batch size 1 x 2 "
+            "accumulation.") in notes
+    assert isinstance(resumed[-1], Finished) and set(batch_sizes) == {1}
+    assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
+
+
 def test_out_of_memory_twice_fails_kindly(tiny, photos, data_dir, tmp_path, monkeypatch):
     def always_oom(self, *args):
         raise torch.OutOfMemoryError("CUDA out of memory")

@@ -32,6 +32,7 @@ class Resumed:
     step: int
     losses: list[float]
     path: Path
+    loop_state: dict  # what the training loop asked to keep beside the weights ({} in older checkpoints)
 
 
 @dataclass
@@ -60,16 +61,18 @@ class Checkpoints:
         return done[-1] if done else None
 
     def save(self, step: int, fingerprint: str, losses: list[float], trainable: dict[str, torch.Tensor],
-             optimizer, lr_scheduler, grad_scaler=None) -> None:
+             optimizer, lr_scheduler, grad_scaler=None, loop_state: dict | None = None) -> None:
         """Copy the state of `step` to host memory now and write it in the background; `written()` or
-        `wait()` tells when it is on disk. An earlier write still under way is waited for first."""
+        `wait()` tells when it is on disk. An earlier write still under way is waited for first.
+        `loop_state`: JSON the training loop needs back on resume."""
         self.wait()
         state = {
             "trainable.safetensors": {name: t.detach().to("cpu", copy=True).contiguous() for name, t in trainable.items()},
             "optimizer.pt": _to_host(optimizer.state_dict()),  # its tensors are the live ones: copy them
             "lr_scheduler.pt": copy.deepcopy(lr_scheduler.state_dict()),
             **({"grad_scaler.pt": copy.deepcopy(grad_scaler.state_dict())} if grad_scaler is not None else {}),
-            STATE_FILE: {"step": step, "fingerprint": fingerprint, "losses": list(losses)},
+            STATE_FILE: {"step": step, "fingerprint": fingerprint, "losses": list(losses),
+                         "loop_state": copy.deepcopy(loop_state or {})},
         }
         self._writing = _Write(step, self.folder / f"step-{step:06d}")
         self._writing.thread = threading.Thread(target=self._write, args=(self._writing, state),
@@ -134,7 +137,7 @@ class Checkpoints:
         lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
         if grad_scaler is not None and (path / "grad_scaler.pt").is_file():
             grad_scaler.load_state_dict(torch.load(path / "grad_scaler.pt", weights_only=True))
-        return Resumed(step=state["step"], losses=state["losses"], path=path)
+        return Resumed(step=state["step"], losses=state["losses"], path=path, loop_state=state.get("loop_state", {}))
 
 
 def _to_host(value):

@@ -25,7 +25,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -156,41 +156,29 @@ class DreamBoothTrainer:
         run = yield from self._prepare()
         config, accelerator = self.config, run.accelerator
         step, losses = 0, []
+        fused = self.fuse_micro_batches if self.fuse_micro_batches is not None else accelerator.device.type == "cuda"
+        passes = _Passes(config.batch_size, config.gradient_accumulation, fused)
         if resume:
-            step, losses = yield from self._resume(run)
-        batch_size, accumulation, oom_retried = config.batch_size, config.gradient_accumulation, False
-        fuse = self.fuse_micro_batches if self.fuse_micro_batches is not None else accelerator.device.type == "cuda"
+            step, losses, passes = yield from self._resume(run, passes)
         started, first_step = time.monotonic(), step
         while step < config.steps:
             yield from self._checkpoint_written(wait=False)
             if self._cancel.is_set():
                 yield from self._checkpoint_written(wait=True)
-                self._save_checkpoint(run, step, losses)
+                self._save_checkpoint(run, step, losses, passes)
                 written = self.checkpoints.wait()
                 yield Cancelled(step, written.path if written else None)
                 return
             try:
-                loss = self._step(run, step, batch_size, accumulation, fuse)
+                loss = self._step(run, step, passes)
             except torch.OutOfMemoryError:
                 loss = None  # handled below: leaving `except` frees the failed step's tensors first
             if loss is None:
                 run.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
-                if fuse and accumulation > 1:
-                    fuse = False
-                    yield Note(f"Out of GPU memory at step {step + 1} with the {accumulation} micro-batches in one pass; "
-                               "running them one after another.")
-                    continue
-                if oom_retried:
-                    raise TrainingFailure(
-                        f"Out of GPU memory even with gradient checkpointing and batch size {batch_size}. "
-                        "Use the LoRA method, a lower resolution, or a GPU with more memory.")
-                oom_retried, fuse = True, False  # fused, half-size micro-batches would make the same pass
-                run.plain(run.unet).enable_gradient_checkpointing()
-                if batch_size > 1:  # keep the effective batch: half the images, twice the passes
-                    batch_size, accumulation = batch_size // 2, accumulation * 2
-                yield Note(f"Out of GPU memory at step {step + 1}: retrying with gradient checkpointing and "
-                           f"batch size {batch_size} x {accumulation} accumulation.")
+                yield Note(passes.shrink(step))
+                if passes.checkpointing_forced:
+                    run.plain(run.unet).enable_gradient_checkpointing()
                 continue
             if not math.isfinite(loss):
                 raise TrainingFailure(
@@ -204,7 +192,7 @@ class DreamBoothTrainer:
                 yield self._sample(run, step)
             if step % config.checkpoint_every == 0 and step < config.steps:
                 yield from self._checkpoint_written(wait=True)  # one write at a time
-                self._save_checkpoint(run, step, losses)  # written while the next steps run
+                self._save_checkpoint(run, step, losses, passes)  # written while the next steps run
         yield from self._checkpoint_written(wait=True)
 
         accelerator.wait_for_everyone()
@@ -215,8 +203,8 @@ class DreamBoothTrainer:
         accelerator.wait_for_everyone()
         yield Finished(PetModel.load(self.output_dir), time.monotonic() - started, losses[-1])
 
-    def _step(self, run: "_Run", step: int, batch_size: int, accumulation: int, fuse: bool) -> float:
-        """One optimizer step of `accumulation` micro-batches, in one pass if `fuse`; returns its loss.
+    def _step(self, run: "_Run", step: int, passes: "_Passes") -> float:
+        """One optimizer step, its micro-batches run as `passes` says; returns its loss.
 
         The loss is read once, after the optimizer's work is queued: the step's one wait for the GPU.
         A non-finite loss has then already updated the weights, which is fine: the run stops on it.
@@ -224,14 +212,14 @@ class DreamBoothTrainer:
         config, accelerator = self.config, run.accelerator
         run.optimizer.zero_grad(set_to_none=True)
         generators = [torch.Generator("cpu").manual_seed(_step_seed(config.seed, accelerator.process_index, step, micro))
-                      for micro in range(accumulation)]
-        passes = [generators] if fuse else [[g] for g in generators]
+                      for micro in range(passes.accumulation)]
+        each_pass = [generators] if passes.fused else [[g] for g in generators]
         step_loss = torch.zeros((), device=accelerator.device)
-        for i, micro_batches in enumerate(passes):
-            share = len(micro_batches) / accumulation  # of the step's gradient
-            sync = accelerator.no_sync(run.unet) if i < len(passes) - 1 else contextlib.nullcontext()
+        for i, micro_batches in enumerate(each_pass):
+            share = len(micro_batches) / passes.accumulation  # of the step's gradient
+            sync = accelerator.no_sync(run.unet) if i < len(each_pass) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                pass_loss = self._loss(run, batch_size, micro_batches)
+                pass_loss = self._loss(run, passes.batch_size, micro_batches)
                 accelerator.backward(pass_loss * share)
             step_loss += pass_loss.detach() * share
         accelerator.clip_grad_norm_(list(run.trainable.values()), config.max_grad_norm)
@@ -357,19 +345,28 @@ class DreamBoothTrainer:
         return _Run(accelerator, unet, text_encoder, vae, tokenizer, noise_scheduler, trainable, optimizer,
                     lr_scheduler, instance_latents, class_latents, prompt_embeddings)
 
-    def _resume(self, run: "_Run"):
-        """(step, losses) restored from the latest checkpoint into `run`; yields a Note either way."""
+    def _resume(self, run: "_Run", passes: "_Passes"):
+        """(step, losses, passes) restored from the latest checkpoint into `run`; yields a Note either way.
+        The passes are the checkpoint's: after out of GPU memory, the run goes on as it had (the same draws)."""
         latest = self.checkpoints.latest()
         if latest is None:
             yield Note("No checkpoint to resume from; starting at step 0.")
-            return 0, []
+            return 0, [], passes
         try:
             resumed = self.checkpoints.load(latest, self.fingerprint, run.trainable, run.optimizer,
                                             run.lr_scheduler, run.accelerator.scaler)
         except ValueError as mismatch:
             raise TrainingFailure(str(mismatch)) from None
         yield Note(f"Resuming from step {resumed.step} ({latest.name}).")
-        return resumed.step, resumed.losses
+        recorded = _Passes(**resumed.loop_state["passes"]) if "passes" in resumed.loop_state else passes
+        if recorded.checkpointing_forced:
+            run.plain(run.unet).enable_gradient_checkpointing()
+            yield Note(f"Going on as the run did after running out of GPU memory: gradient checkpointing and "
+                       f"batch size {recorded.batch_size} x {recorded.accumulation} accumulation.")
+        elif recorded.fused != passes.fused:
+            yield Note(f"Going on as the run did: the {recorded.accumulation} micro-batches "
+                       f"{'in one pass' if recorded.fused else 'one after another'}.")
+        return resumed.step, resumed.losses, recorded
 
     def _load_models(self, device):
         """(unet, vae, text_encoder, tokenizer, DDPM noise scheduler) through the one pipeline loader."""
@@ -554,11 +551,11 @@ class DreamBoothTrainer:
 
     # -- outputs ---------------------------------------------------------------------------
 
-    def _save_checkpoint(self, run: "_Run", step: int, losses: list[float]) -> None:
+    def _save_checkpoint(self, run: "_Run", step: int, losses: list[float], passes: "_Passes") -> None:
         """Start writing the checkpoint of `step` (one process writes it for all)."""
         if run.accelerator.is_main_process:
             self.checkpoints.save(step, self.fingerprint, losses, run.trainable, run.optimizer, run.lr_scheduler,
-                                  run.accelerator.scaler)
+                                  run.accelerator.scaler, loop_state={"passes": asdict(passes)})
 
     def _checkpoint_written(self, wait: bool) -> Iterator[CheckpointSaved]:
         """CheckpointSaved for a background write that has finished (`wait`: once it has)."""
@@ -652,6 +649,34 @@ def further_training_settings(model: PetModel) -> dict:
         settings.update(rank=training.get("rank"), lora_alpha=training.get("lora_alpha") or training.get("rank"),
                         lora_target_modules=tuple(targets) if targets else None)
     return settings
+
+
+@dataclass
+class _Passes:
+    """How a step's images run: `accumulation` micro-batches of `batch_size`, in one pass if `fused`.
+    Running out of GPU memory shrinks it; checkpoints record it, so a resumed run draws the same."""
+
+    batch_size: int
+    accumulation: int
+    fused: bool
+    checkpointing_forced: bool = False  # out of memory's one retry is spent
+
+    def shrink(self, step: int) -> str:
+        """Run smaller after out of GPU memory at `step`; returns what to tell the person.
+        Raises TrainingFailure when nothing smaller is left."""
+        if self.fused and self.accumulation > 1:
+            self.fused = False
+            return (f"Out of GPU memory at step {step + 1} with the {self.accumulation} micro-batches in one pass; "
+                    "running them one after another.")
+        if self.checkpointing_forced:
+            raise TrainingFailure(
+                f"Out of GPU memory even with gradient checkpointing and batch size {self.batch_size}. "
+                "Use the LoRA method, a lower resolution, or a GPU with more memory.")
+        self.checkpointing_forced, self.fused = True, False  # fused, half-size micro-batches would make the same pass
+        if self.batch_size > 1:  # keep the effective batch: half the images, twice the passes
+            self.batch_size, self.accumulation = self.batch_size // 2, self.accumulation * 2
+        return (f"Out of GPU memory at step {step + 1}: retrying with gradient checkpointing and "
+                f"batch size {self.batch_size} x {self.accumulation} accumulation.")
 
 
 @dataclass

@@ -365,6 +365,30 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny, photos, data_dir, t
     assert isinstance(events[-1], Failed) and "made with other settings" in events[-1].reason
 
 
+def test_a_run_stopped_while_a_checkpoint_is_written_leaves_it_whole(tiny, photos, data_dir, tmp_path, monkeypatch):
+    """The caller stops iterating (the app closed the run) mid-write: the write still lands whole, and
+    the device is free for the next training."""
+    from petdream.training import checkpoints
+
+    real_save_file = checkpoints.save_file
+
+    def slow_save_file(tensors, path):
+        time.sleep(1.0)
+        return real_save_file(tensors, path)
+
+    monkeypatch.setattr(checkpoints, "save_file", slow_save_file)
+    run = make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8).run()
+    for event in run:
+        if isinstance(event, Progress) and event.step == 4:  # step 3's checkpoint is being written
+            break
+    run.close()
+    assert sorted(p.name for p in (tmp_path / "pet" / "checkpoints").iterdir()) == ["step-000003"]
+    monkeypatch.setattr(checkpoints, "save_file", real_save_file)
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8), resume=True)
+    assert isinstance(events[-1], Finished) and "Resuming from step 3" in " ".join(
+        e.text for e in events if isinstance(e, Note))
+
+
 def test_checkpoints_keep_the_last_n(tiny, photos, data_dir, tmp_path):
     trainer = make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=9, checkpoint_every=2, checkpoints_kept=2)
     for event in trainer.run():
@@ -641,8 +665,8 @@ def test_a_run_resumed_after_running_out_of_memory_goes_on_as_it_had(tiny, photo
     out_of_memory_at_call.clear()  # the GPU now has room for the full batch
     resumed = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "cut", batch_size=2, steps=8), resume=True)
     notes = [e.text for e in resumed if isinstance(e, Note)]
-    assert ("Going on as the run did after running out of GPU memory: gradient checkpointing and batch size 1 x 2 "
-            "accumulation.") in notes
+    assert ("Going on as the run did after running out of GPU memory: batch size 1 x 2 accumulation, micro-batches "
+            "one after another, gradient checkpointing.") in notes
     assert isinstance(resumed[-1], Finished) and set(batch_sizes) == {1}
     assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
 
@@ -703,6 +727,8 @@ def test_checkpoints_are_written_while_training_goes_on(tiny, photos, data_dir, 
     for old in (tmp_path / "cut" / "checkpoints").glob("step-*"):
         if old.name != "step-000003":
             shutil.rmtree(old)  # resume from the checkpoint written in the background
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "step-000003" / "state.json").read_text())
+    assert state["step"] == 3 and len(state["losses"]) == 3  # its step's, not those of the steps during the write
     monkeypatch.setattr(checkpoints, "save_file", real_save_file)
     resumed = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8), resume=True)
     assert [e.step for e in resumed if isinstance(e, Progress)][0] == 4

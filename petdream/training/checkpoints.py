@@ -55,6 +55,10 @@ class Checkpoints:
         self.keep = keep
         self._writing: _Write | None = None
 
+    def path(self, step: int) -> Path:
+        """Where the checkpoint of `step` is (once written)."""
+        return self.folder / f"step-{step:06d}"
+
     def latest(self) -> Path | None:
         """The newest complete checkpoint; a half-written one never has a final name."""
         done = sorted(p for p in self.folder.glob("step-*") if (p / STATE_FILE).is_file())
@@ -74,7 +78,7 @@ class Checkpoints:
             STATE_FILE: {"step": step, "fingerprint": fingerprint, "losses": list(losses),
                          "loop_state": copy.deepcopy(loop_state or {})},
         }
-        self._writing = _Write(step, self.folder / f"step-{step:06d}")
+        self._writing = _Write(step, self.path(step))
         self._writing.thread = threading.Thread(target=self._write, args=(self._writing, state),
                                                 name=f"checkpoint-{step}")
         self._writing.thread.start()
@@ -116,6 +120,8 @@ class Checkpoints:
         except BaseException as error:  # handed to the training thread by wait()
             shutil.rmtree(staging, ignore_errors=True)
             write.error = error
+        finally:
+            state.clear()  # the host copy (GBs for a full fine-tune) goes now, whatever holds the error
 
     def load(self, path: Path, fingerprint: str, parameters: dict[str, torch.nn.Parameter],
              optimizer, lr_scheduler, grad_scaler=None) -> Resumed:

@@ -140,15 +140,18 @@ class DreamBoothTrainer:
             self._check_init_model()
             lock = yield from self._wait_for_device()
             with lock:
-                yield from self._run(resume)
+                try:
+                    yield from self._run(resume)
+                finally:  # however the run ends, a checkpoint being written lands before the device is free
+                    self._finish_checkpoint_write()
         except TrainingFailure as failure:
-            yield Failed(str(failure), self._last_checkpoint())
+            yield Failed(str(failure), self.checkpoints.latest())
         except OSError as error:
             if error.errno != errno.ENOSPC:
                 raise
             yield Failed(
                 f"The disk is full ({error.filename or self.output_dir}). Free some space and resume with "
-                "--resume: the last checkpoint is kept.", self._last_checkpoint())
+                "--resume: the last checkpoint is kept.", self.checkpoints.latest())
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -165,9 +168,10 @@ class DreamBoothTrainer:
             yield from self._checkpoint_written(wait=False)
             if self._cancel.is_set():
                 yield from self._checkpoint_written(wait=True)
-                self._save_checkpoint(run, step, losses, passes)
-                written = self.checkpoints.wait()
-                yield Cancelled(step, written.path if written else None)
+                if self.checkpoints.latest() != self.checkpoints.path(step):  # unless this step's is just written
+                    self._save_checkpoint(run, step, losses, passes)
+                    self.checkpoints.wait()
+                yield Cancelled(step, self.checkpoints.latest())
                 return
             try:
                 loss = self._step(run, step, passes)
@@ -347,7 +351,7 @@ class DreamBoothTrainer:
 
     def _resume(self, run: "_Run", passes: "_Passes"):
         """(step, losses, passes) restored from the latest checkpoint into `run`; yields a Note either way.
-        The passes are the checkpoint's: after out of GPU memory, the run goes on as it had (the same draws)."""
+        Passes that out of GPU memory had shrunk stay so: the resumed run draws what the whole run would."""
         latest = self.checkpoints.latest()
         if latest is None:
             yield Note("No checkpoint to resume from; starting at step 0.")
@@ -358,15 +362,12 @@ class DreamBoothTrainer:
         except ValueError as mismatch:
             raise TrainingFailure(str(mismatch)) from None
         yield Note(f"Resuming from step {resumed.step} ({latest.name}).")
-        recorded = _Passes(**resumed.loop_state["passes"]) if "passes" in resumed.loop_state else passes
-        if recorded.checkpointing_forced:
-            run.plain(run.unet).enable_gradient_checkpointing()
-            yield Note(f"Going on as the run did after running out of GPU memory: gradient checkpointing and "
-                       f"batch size {recorded.batch_size} x {recorded.accumulation} accumulation.")
-        elif recorded.fused != passes.fused:
-            yield Note(f"Going on as the run did: the {recorded.accumulation} micro-batches "
-                       f"{'in one pass' if recorded.fused else 'one after another'}.")
-        return resumed.step, resumed.losses, recorded
+        if "passes" in resumed.loop_state:  # out of memory had shrunk them
+            passes = _Passes(**resumed.loop_state["passes"])
+            if passes.checkpointing_forced:
+                run.plain(run.unet).enable_gradient_checkpointing()
+            yield Note(f"Going on as the run did after running out of GPU memory: {passes.describe()}.")
+        return resumed.step, resumed.losses, passes
 
     def _load_models(self, device):
         """(unet, vae, text_encoder, tokenizer, DDPM noise scheduler) through the one pipeline loader."""
@@ -555,7 +556,7 @@ class DreamBoothTrainer:
         """Start writing the checkpoint of `step` (one process writes it for all)."""
         if run.accelerator.is_main_process:
             self.checkpoints.save(step, self.fingerprint, losses, run.trainable, run.optimizer, run.lr_scheduler,
-                                  run.accelerator.scaler, loop_state={"passes": asdict(passes)})
+                                  run.accelerator.scaler, loop_state={"passes": asdict(passes)} if passes.shrunk else None)
 
     def _checkpoint_written(self, wait: bool) -> Iterator[CheckpointSaved]:
         """CheckpointSaved for a background write that has finished (`wait`: once it has)."""
@@ -563,18 +564,19 @@ class DreamBoothTrainer:
         if written is not None:
             yield CheckpointSaved(written.step, written.path)
 
-    def _last_checkpoint(self) -> Path | None:
-        """The checkpoint to resume from after a failure, once any write under way has ended."""
+    def _finish_checkpoint_write(self) -> None:
+        """Wait for a checkpoint still being written. Its error is logged, not raised: the run is already
+        ending with an error of its own, and the checkpoint before it stands."""
         try:
             self.checkpoints.wait()
-        except Exception:  # that write failed: the run already reports a failure, the earlier one stands
-            pass
-        return self.checkpoints.latest()
+        except Exception:
+            logger.warning("A checkpoint could not be written; the one before it is kept.", exc_info=True)
 
     @torch.no_grad()
     def _sample(self, run: "_Run", step: int) -> Sample:
         """Pictures from the model as it is now: fixed prompts and seeds, comparable across steps."""
         prompts = list(self.sample_prompts)
+        run.optimizer.zero_grad(set_to_none=True)  # the step is done: its gradients would only hold memory
         pipeline = run.pipeline()
         pipeline.unet.eval()
         # One batch, each image from its own seed: the same pictures as one by one, with half the
@@ -654,16 +656,24 @@ def further_training_settings(model: PetModel) -> dict:
 @dataclass
 class _Passes:
     """How a step's images run: `accumulation` micro-batches of `batch_size`, in one pass if `fused`.
-    Running out of GPU memory shrinks it; checkpoints record it, so a resumed run draws the same."""
+    Running out of GPU memory shrinks it; checkpoints then record it, so a resumed run draws the same.
+    (Each process decides for itself: under `accelerate launch` one process's shrinking is not shared.)"""
 
     batch_size: int
     accumulation: int
     fused: bool
     checkpointing_forced: bool = False  # out of memory's one retry is spent
+    shrunk: bool = False  # by out of memory
+
+    def describe(self) -> str:
+        return (f"batch size {self.batch_size} x {self.accumulation} accumulation"
+                + (", micro-batches one after another" if self.accumulation > 1 and not self.fused else "")
+                + (", gradient checkpointing" if self.checkpointing_forced else ""))
 
     def shrink(self, step: int) -> str:
         """Run smaller after out of GPU memory at `step`; returns what to tell the person.
         Raises TrainingFailure when nothing smaller is left."""
+        self.shrunk = True
         if self.fused and self.accumulation > 1:
             self.fused = False
             return (f"Out of GPU memory at step {step + 1} with the {self.accumulation} micro-batches in one pass; "

@@ -314,10 +314,14 @@ def test_a_compiled_run_saves_a_lora_plain_diffusers_loads_and_samples_without_r
         return real_compile(model, backend=backend)
 
     monkeypatch.setattr(torch, "compile", compile_recording)
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing diffusers leaves there
     options = dict(prior_preservation=False, steps=3)
     events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "compiled", compile=True, **options))
     assert isinstance(events[-1], Finished), events[-1]
     assert graphs_compiled_with_grad and all(graphs_compiled_with_grad)  # training graphs only
+    assert Path(cache_dir()).is_relative_to(data_dir)  # compiled kernels outlive a restart with the data dir
     run_all(make_trainer(tiny, photos, data_dir, tmp_path / "eager", **options))
     compiled, eager = weights(tmp_path / "compiled"), weights(tmp_path / "eager")
     assert compiled.keys() == eager.keys()

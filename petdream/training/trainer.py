@@ -345,6 +345,7 @@ class DreamBoothTrainer:
         if config.train_text_encoder:  # a frozen module must not be wrapped for distributed training
             text_encoder = accelerator.prepare(text_encoder)
         if config.compile:
+            _cache_compiled_kernels_in(self.data_dir / "compile-cache")
             unet = torch.compile(unet)
         return _Run(accelerator, unet, text_encoder, vae, tokenizer, noise_scheduler, trainable, optimizer,
                     lr_scheduler, instance_latents, class_latents, prompt_embeddings)
@@ -736,6 +737,17 @@ def _pipeline_over(unet, vae, text_encoder, tokenizer, noise_scheduler):
         scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler.config, algorithm_type="dpmsolver++"))
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def _cache_compiled_kernels_in(folder: Path) -> None:
+    """Keep torch.compile's kernels in `folder` unless the person chose a place (TORCHINDUCTOR_CACHE_DIR).
+    torch's own place is under /tmp, which a Space loses at restart (a compiled run of the tiny UNet
+    set up in 282 s cold, 25 s warm, on 2 CPU cores). torch writes that default into the variable when
+    diffusers imports it, so "chose" means any other value."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()) == default_cache_dir():
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
 
 
 def _model_name(model_id: str, revision: str | None) -> str:

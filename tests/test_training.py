@@ -73,6 +73,19 @@ def same_weights(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def slow_checkpoint_writes(monkeypatch, seconds):
+    """Each checkpoint's weights take `seconds` longer to reach the disk (on the writer's thread)."""
+    from petdream.training import checkpoints
+
+    real_save_file = checkpoints.save_file
+
+    def slow_save_file(tensors, path):
+        time.sleep(seconds)
+        return real_save_file(tensors, path)
+
+    monkeypatch.setattr(checkpoints, "save_file", slow_save_file)
+
+
 # -- configuration and triggers --------------------------------------------------------------
 
 
@@ -372,22 +385,14 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny, photos, data_dir, t
 def test_a_run_stopped_while_a_checkpoint_is_written_leaves_it_whole(tiny, photos, data_dir, tmp_path, monkeypatch):
     """The caller stops iterating (the app closed the run) mid-write: the write still lands whole, and
     the device is free for the next training."""
-    from petdream.training import checkpoints
-
-    real_save_file = checkpoints.save_file
-
-    def slow_save_file(tensors, path):
-        time.sleep(1.0)
-        return real_save_file(tensors, path)
-
-    monkeypatch.setattr(checkpoints, "save_file", slow_save_file)
+    slow_checkpoint_writes(monkeypatch, 1.0)
     run = make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8).run()
     for event in run:
         if isinstance(event, Progress) and event.step == 4:  # step 3's checkpoint is being written
             break
     run.close()
     assert sorted(p.name for p in (tmp_path / "pet" / "checkpoints").iterdir()) == ["step-000003"]
-    monkeypatch.setattr(checkpoints, "save_file", real_save_file)
+    monkeypatch.undo()
     events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8), resume=True)
     assert isinstance(events[-1], Finished) and "Resuming from step 3" in " ".join(
         e.text for e in events if isinstance(e, Note))
@@ -707,16 +712,8 @@ def test_full_disk_fails_clearly_and_keeps_the_last_checkpoint(tiny, photos, dat
 def test_checkpoints_are_written_while_training_goes_on(tiny, photos, data_dir, tmp_path, monkeypatch):
     """A slow disk does not hold up the steps; the checkpoint still holds its own step's state,
     so resuming from it ends with the weights of an uninterrupted run."""
-    from petdream.training import checkpoints
-
-    real_save_file = checkpoints.save_file
-
-    def slow_save_file(tensors, path):
-        time.sleep(1.5)
-        return real_save_file(tensors, path)
-
     run_all(make_trainer(tiny, photos, data_dir, tmp_path / "whole", steps=8))
-    monkeypatch.setattr(checkpoints, "save_file", slow_save_file)
+    slow_checkpoint_writes(monkeypatch, 1.5)
     trainer = make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8)
     events = []
     for event in trainer.run():
@@ -733,7 +730,7 @@ def test_checkpoints_are_written_while_training_goes_on(tiny, photos, data_dir, 
             shutil.rmtree(old)  # resume from the checkpoint written in the background
     state = json.loads((tmp_path / "cut" / "checkpoints" / "step-000003" / "state.json").read_text())
     assert state["step"] == 3 and len(state["losses"]) == 3  # its step's, not those of the steps during the write
-    monkeypatch.setattr(checkpoints, "save_file", real_save_file)
+    monkeypatch.undo()
     resumed = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8), resume=True)
     assert [e.step for e in resumed if isinstance(e, Progress)][0] == 4
     assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))

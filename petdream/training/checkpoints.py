@@ -42,9 +42,7 @@ class Written:
 
 
 @dataclass
-class _Write:
-    step: int
-    path: Path
+class _Write(Written):
     thread: threading.Thread | None = None
     error: BaseException | None = None
 
@@ -70,14 +68,13 @@ class Checkpoints:
         `wait()` tells when it is on disk. An earlier write still under way is waited for first.
         `loop_state`: JSON the training loop needs back on resume."""
         self.wait()
-        state = {
-            "trainable.safetensors": {name: t.detach().to("cpu", copy=True).contiguous() for name, t in trainable.items()},
-            "optimizer.pt": _to_host(optimizer.state_dict()),  # its tensors are the live ones: copy them
-            "lr_scheduler.pt": copy.deepcopy(lr_scheduler.state_dict()),
-            **({"grad_scaler.pt": copy.deepcopy(grad_scaler.state_dict())} if grad_scaler is not None else {}),
-            STATE_FILE: {"step": step, "fingerprint": fingerprint, "losses": list(losses),
-                         "loop_state": copy.deepcopy(loop_state or {})},
-        }
+        state = _to_host({  # the weights and the optimizer's state_dict are live tensors: copied here
+            "trainable.safetensors": dict(trainable),
+            "optimizer.pt": optimizer.state_dict(),
+            "lr_scheduler.pt": lr_scheduler.state_dict(),
+            **({"grad_scaler.pt": grad_scaler.state_dict()} if grad_scaler is not None else {}),
+            STATE_FILE: {"step": step, "fingerprint": fingerprint, "losses": losses, "loop_state": loop_state or {}},
+        })
         self._writing = _Write(step, self.path(step))
         self._writing.thread = threading.Thread(target=self._write, args=(self._writing, state),
                                                 name=f"checkpoint-{step}")
@@ -98,7 +95,7 @@ class Checkpoints:
         write.thread.join()
         if write.error is not None:
             raise write.error
-        return Written(write.step, write.path)
+        return write
 
     def _write(self, write: "_Write", state: dict) -> None:
         """Write under a temporary name, then rename into place; drop the oldest beyond `keep`."""
@@ -107,7 +104,8 @@ class Checkpoints:
             self.folder.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
-            save_file(state.pop("trainable.safetensors"), staging / "trainable.safetensors")
+            weights = {name: t.contiguous() for name, t in state.pop("trainable.safetensors").items()}
+            save_file(weights, staging / "trainable.safetensors")
             (staging / STATE_FILE).write_text(json.dumps(state.pop(STATE_FILE)))
             for name, value in state.items():
                 torch.save(value, staging / name)
@@ -147,7 +145,7 @@ class Checkpoints:
 
 
 def _to_host(value):
-    """A copy of `value` (an optimizer's state_dict: nested dicts and lists) with every tensor in host memory."""
+    """A deep copy of `value` (nested dicts and lists, as state_dicts are) with every tensor in host memory."""
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):

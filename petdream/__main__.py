@@ -238,6 +238,8 @@ def run_train(args: argparse.Namespace) -> int:
     from petdream.training import (Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished, Note,
                                    Progress, TrainingConfig, further_training_settings, new_pet)
 
+    # Under `accelerate launch` / torchrun every process runs this; only rank 0 reports, but any process's failure shows.
+    quiet = os.environ.get("RANK", "0") != "0"
     init_model = PetModel.load(args.init_model) if args.init_model else None
     if init_model is not None and args.profile is None:
         args.profile = init_model.profile  # training further only works on the base it was trained on
@@ -250,7 +252,7 @@ def run_train(args: argparse.Namespace) -> int:
     if (args.public or args.include_photos) and args.push_to is None:
         raise ValueError("--public and --include-photos go with --push-to REPO.")
     hub, repo_id = None, None
-    if args.push_to is not None and os.environ.get("RANK", "0") == "0":
+    if args.push_to is not None and not quiet:
         from petdream.hub import PetHub
 
         _quiet_http_log()
@@ -259,7 +261,7 @@ def run_train(args: argparse.Namespace) -> int:
         repo_id = hub.check_write_access(args.push_to or None, pet_name=args.name)
         print(f"will push to {repo_id} ({'public' if args.public else 'private'}) after training", file=sys.stderr)
     profile = resolve_profile(settings)
-    if profile.random_weights:
+    if profile.random_weights and not quiet:
         logging.warning("note: %s", TINY_WARNING)
     overrides = {name: getattr(args, name) for name in (
         "method", "steps", "resolution", "prior_preservation", "seed", "rank", "batch_size", "gradient_accumulation",
@@ -273,7 +275,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     files = sorted(p for p in args.photos.iterdir() if p.is_file() and not p.name.startswith("."))
     report = intake(files, resolution=resolution)
-    for rejection in report.rejected:
+    for rejection in [] if quiet else report.rejected:
         print(f"skipped {rejection.file}: {rejection.reason}", file=sys.stderr)
     report.require_enough()
     if init_model is not None:  # the same pet, prompted with the same words, unless flags say otherwise
@@ -281,7 +283,7 @@ def run_train(args: argparse.Namespace) -> int:
         pet, note = new_pet(args.name or init_model.pet.name, args.class_noun or init_model.pet.class_noun, trigger)
     else:
         pet, note = new_pet(args.name, args.class_noun, args.trigger)
-    if note:
+    if note and not quiet:
         print(note, file=sys.stderr)
     trainer = DreamBoothTrainer(profile, report.accepted, pet, args.output, config, data_dir=settings.data_dir,
                                 device=settings.device, init_model=init_model)
@@ -292,16 +294,14 @@ def run_train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     signal.signal(signal.SIGINT, cancel_on_ctrl_c)
-    # Under `accelerate launch` / torchrun every process runs this; only rank 0 reports.
-    quiet = os.environ.get("RANK", "0") != "0"
     bar = tqdm(total=config.steps, unit="step", file=sys.stderr, dynamic_ncols=True, disable=quiet)
     for event in trainer.run(resume=args.resume):
         if isinstance(event, Progress):
             bar.update(event.step - bar.n)
             bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learning_rate:.2g}")
-        elif isinstance(event, Note):
+        elif isinstance(event, Note) and not quiet:
             bar.write(event.text, file=sys.stderr)
-        elif isinstance(event, CheckpointSaved):
+        elif isinstance(event, CheckpointSaved) and not quiet:
             bar.write(f"checkpoint: {event.path}", file=sys.stderr)
         elif isinstance(event, Finished):
             bar.close()

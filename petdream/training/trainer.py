@@ -178,6 +178,8 @@ class DreamBoothTrainer:
             except torch.OutOfMemoryError:
                 loss = None  # handled below: leaving `except` frees the failed step's tensors first
             if loss is None:
+                if accelerator.num_processes > 1:
+                    raise TrainingFailure(_out_of_memory_with_several_processes(accelerator, step))
                 run.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 yield Note(passes.shrink(step))
@@ -657,8 +659,8 @@ def further_training_settings(model: PetModel) -> dict:
 @dataclass
 class _Passes:
     """How a step's images run: `accumulation` micro-batches of `batch_size`, in one pass if `fused`.
-    Running out of GPU memory shrinks it; checkpoints then record it, so a resumed run draws the same.
-    (Each process decides for itself: under `accelerate launch` one process's shrinking is not shared.)"""
+    Running out of GPU memory shrinks it (one process only: see `_out_of_memory_with_several_processes`);
+    checkpoints then record it, so a resumed run draws the same."""
 
     batch_size: int
     accumulation: int
@@ -754,6 +756,17 @@ def _model_name(model_id: str, revision: str | None) -> str:
     return f"{model_id!r}" + (f" (revision {revision})" if revision else "")
 
 
+def _out_of_memory_with_several_processes(accelerator, step: int) -> str:
+    """Why a run under `accelerate launch` stops at out of memory instead of shrinking. The processes
+    exchange gradients during the backward pass; one that fails part-way leaves the exchange broken
+    (DDP: "Expected to have finished reduction in the prior iteration"), and one that shrank alone
+    would no longer match what the others' checkpoints record."""
+    return (f"Out of GPU memory at step {step + 1} on GPU {accelerator.process_index} of "
+            f"{accelerator.num_processes}. With several GPUs PetDream cannot retry one GPU's step with a smaller batch. "
+            "Free that GPU's memory and resume with --resume, or start again with --gradient-checkpointing, "
+            "a smaller --batch-size (and more --gradient-accumulation), or the LoRA method.")
+
+
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
@@ -804,19 +817,20 @@ def _save_samples(folder: Path, sample: Sample) -> list[dict]:
 
 
 def _plot_losses(path: Path, losses: list[float]) -> None:
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
-    axes.plot(range(1, len(losses) + 1), losses, linewidth=0.8, alpha=0.4, label="step")
+    figure = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(figure)  # the Agg backend, without pyplot's global state (the app trains in a worker thread)
+    axes = figure.subplots()
     window = max(1, len(losses) // 20)
-    smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
-              for i in range(len(losses))]
-    axes.plot(range(1, len(losses) + 1), smooth, linewidth=1.8, label=f"mean of {window}")
+    axes.plot(range(1, len(losses) + 1), losses, linewidth=0.8 if window > 1 else 1.8,
+              alpha=0.4 if window > 1 else 1.0, label="step")
+    if window > 1:  # under 40 steps the mean of one step is the step itself
+        smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
+                  for i in range(len(losses))]
+        axes.plot(range(1, len(losses) + 1), smooth, linewidth=1.8, label=f"mean of {window}")
     axes.set(xlabel="step", ylabel="loss", title="DreamBooth training loss")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)

@@ -801,20 +801,24 @@ def test_several_processes_train_one_pet_model_and_stop_clearly_when_one_runs_ou
         tiny, data_dir, tmp_path, dreambench):
     """What `accelerate launch` runs on several GPUs, as two CPU processes: torchrun, gloo, DDP.
     Process 1 runs out of memory mid-backward at step 3: the run stops with that said (not DDP's
-    "Expected to have finished reduction"), keeps step 2's checkpoint, and resumes to one PetModel."""
+    "Expected to have finished reduction"), keeps step 2's checkpoint, and resumes to one PetModel
+    with the weights of an uninterrupted two-process run."""
     from diffusers import StableDiffusionPipeline
 
     (tmp_path / "out_of_memory_on_gpu_1.py").write_text(OUT_OF_MEMORY_ON_GPU_1)
     env = {**os.environ, "PETDREAM_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
            "OUT_OF_MEMORY_AT": "3"}
     args = ["train", "--profile", "tiny", "--photos", dreambench / "dog", "--name", "bruno", "--class-noun", "dog",
-            "--output", tmp_path / "bruno", "--steps", "4", "--checkpoint-every", "2", "--num-class-images", "2"]
+            "--steps", "4", "--checkpoint-every", "2", "--num-class-images", "2"]
 
     def torchrun(*program):
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                    *map(str, program)]
         return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
+    whole = torchrun("-m", "petdream", *args, "--output", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    args += ["--output", tmp_path / "bruno"]
     failed = torchrun(tmp_path / "out_of_memory_on_gpu_1.py", *args)
     assert failed.returncode != 0
     assert ("error: Out of GPU memory at step 3 on GPU 1 of 2. With several GPUs PetDream cannot retry one GPU's "
@@ -829,6 +833,7 @@ def test_several_processes_train_one_pet_model_and_stop_clearly_when_one_runs_ou
     pipeline = StableDiffusionPipeline.from_pretrained(tiny.base_model, safety_checker=None)
     pipeline.load_lora_weights(tmp_path / "bruno")  # plain diffusers: no DDP "module." left in the keys
     assert pipeline.get_list_adapters() == {"unet": ["default_0"]}
+    assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "bruno"))
 
 
 def test_cli_trains_the_dog_photos_and_plain_diffusers_draws_with_the_result(tiny, data_dir, tmp_path, dreambench):

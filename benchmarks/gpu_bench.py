@@ -6,8 +6,9 @@ step costs what it costs on the real checkpoint. For each recipe it times every 
 trainer yields, so the wall time splits into set-up (loading, class images, encoding),
 training steps, samples, checkpoints (the time the loop waited for a write: checkpoints are
 written in the background, their copy to host memory counts in the step after them) and the
-final save. Results go to `--json` after each recipe, so a run cut short keeps what it
-measured.
+final save; set-up's loading and first step (kernel warm-up, compiling) and the final sample
+are also timed alone. Results go to `--json` after each recipe, so a run cut short keeps what
+it measured.
 
     python benchmarks/gpu_bench.py --model /tmp/sd15-arch --photos ../shared/data/dreambench/dog \\
         --json gpu.json --recipes lora-512,paper,quick
@@ -101,6 +102,9 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     real_compile = torch.compile
     if compile_mode:
         torch.compile = functools.partial(real_compile, mode=compile_mode)
+    set_up = result["setup_parts_s"] = {}  # where set-up's seconds go: loading, the first step (kernel warm-up)
+    trainer._load_models = _timed(trainer._load_models, set_up, "load_models")
+    trainer._step = _timed(trainer._step, set_up, "first_step")
     try:
         for event in trainer.run():
             now = time.perf_counter()
@@ -119,6 +123,8 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
                       end="", flush=True)
             elif isinstance(event, Sample):
                 phases["samples" if event.step < config.steps else "final_save"] += took
+                if event.step == config.steps:
+                    result["final_sample_s"] = took  # of final_save: the rest is writing the pet model
             elif isinstance(event, CheckpointSaved):
                 phases["checkpoints"] += took
             elif isinstance(event, Note):
@@ -145,6 +151,20 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
+
+
+def _timed(method, seconds: dict, key: str):
+    """`method`, noting in seconds[key] how long its first call took (to the GPU's finishing it)."""
+    def timed(*args, **kwargs):
+        if key in seconds:
+            return method(*args, **kwargs)
+        began = time.perf_counter()
+        out = method(*args, **kwargs)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds[key] = time.perf_counter() - began
+        return out
+    return timed
 
 
 def _profile(profiler, start: bool, result: dict):
@@ -231,6 +251,8 @@ def print_summary(report: dict) -> None:
               f"{phases['samples']:>7.1f} {phases['checkpoints']:>7.1f} {phases['final_save']:>7.1f} "
               f"{r.get('steps_per_s', float('nan')):>8.2f} {r.get('peak_gpu_memory_gib', float('nan')):>6.1f}"
               + (f"  FAILED: {r['failed'][:60]}" if "failed" in r else ""))
+        parts = {**r.get("setup_parts_s", {}), "final_sample": r.get("final_sample_s")}
+        print(f"{'':<14} of which " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items() if v is not None))
 
 
 if __name__ == "__main__":

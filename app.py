@@ -23,7 +23,7 @@ def main() -> None:
 
     from petdream.ui import MAX_UPLOAD, build_app
 
-    build_app(settings).launch(server_name=settings.host, server_port=settings.port, share=args.share,
+    build_app(settings, shared=args.share).launch(server_name=settings.host, server_port=settings.port, share=args.share,
                                max_file_size=MAX_UPLOAD)
 
 

@@ -43,8 +43,12 @@ class ChatPicture:
 
 
 class PetDreamService:
-    def __init__(self, settings: Settings, profile: Profile | None = None):
+    def __init__(self, settings: Settings, profile: Profile | None = None, *, hosts_token: bool = True):
+        """hosts_token: whether a Hub request without a person's own token may use this machine's
+        (HF_TOKEN or a saved login). Only where everyone using the app is the machine's owner: never
+        on a Space, a share link or a public address (see `ui.session.only_the_host_can_reach`)."""
         self.settings = settings
+        self.hosts_token = hosts_token
         self.data_dir = settings.ensure_data_dir()
         self.profile = profile or resolve_profile(settings, build_models=False)  # its models built on first use
         self._models_ready = False
@@ -241,23 +245,34 @@ class PetDreamService:
                     repo: str | None = None, public: bool = False):
         """Push `owner`'s pet to their Hub account (private unless `public`); returns PushResult.
 
-        token: the person's own (a Space login). None uses this machine's HF_TOKEN or saved login,
-        which only the UI of a machine the person owns may allow (see ui/session.py)."""
-        from petdream.hub import PetHub
+        token: the person's own (a Space login). None uses this machine's HF_TOKEN or saved login
+        where `hosts_token` allows it."""
+        from petdream.hub import HubError
 
         record = self.store.pet(owner, pet_id)
-        hub = PetHub.from_settings(self.settings, token=token, oauth_scope=oauth_scope)
+        if not token and not self.hosts_token:
+            raise HubError(
+                "This PetDream is open to other people (a Space, a share link or a public address), so it "
+                "never pushes with the Hugging Face token of the machine it runs on. Push from PetDream on your "
+                "own computer, or sign in with Hugging Face where the Space offers it.")
+        hub = self._hub(token, oauth_scope)
         result = hub.push(self.pet_model(owner, pet_id), repo or None, public=public)
         self.store.update_pet(owner, pet_id, hub_repo=result.repo_id)
         logger.info("pushed %s's pet to %s", record.name, result.repo_id)
         return result
 
-    def load_from_hub(self, owner: str, repo_id: str, token: str | None = None, *, name: str | None = None,
-                      class_noun: str | None = None) -> PetRecord:
-        """A pet model pulled from a Hub repo (PetDream's or any diffusers DreamBooth LoRA) as a new pet."""
+    def _hub(self, token: str | None, oauth_scope: str | None = None):
         from petdream.hub import PetHub
 
-        hub = PetHub.from_settings(self.settings, token=token)
+        if token or self.hosts_token:
+            return PetHub.from_settings(self.settings, token=token, oauth_scope=oauth_scope)
+        return PetHub(None, endpoint=self.settings.hub_endpoint)  # anonymous, whatever this machine has saved
+
+    def load_from_hub(self, owner: str, repo_id: str, token: str | None = None, *, name: str | None = None,
+                      class_noun: str | None = None) -> PetRecord:
+        """A pet model pulled from a Hub repo (PetDream's or any diffusers DreamBooth LoRA) as a new pet.
+        Without a token of the person's own and `hosts_token`, anonymously: public repos only."""
+        hub = self._hub(token)
         staging = self.store.paths(owner, "incoming").runs / uuid.uuid4().hex
         model = hub.pull(repo_id.strip(), staging, name=name or None, class_noun=class_noun or None)
         if model.base_model_id != self.profile.base_model_id:

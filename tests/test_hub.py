@@ -681,6 +681,50 @@ def test_make_model_card_is_a_huggingface_hub_model_card(tiny, tmp_path):
     assert ModelCard(str(card)).data.to_dict() == card.data.to_dict()
 
 
+@pytest.mark.parametrize("space_id, shared, host, reachable_by_host_only", [
+    (None, False, "127.0.0.1", True),
+    (None, False, "0.0.0.0", False),  # anyone on the network
+    (None, True, "127.0.0.1", False),  # a gradio.live link
+    ("sam/petdream", False, "0.0.0.0", False),  # a Space, signed in or not
+])
+def test_the_machines_token_is_only_for_an_app_nobody_else_can_reach(monkeypatch, space_id, shared, host,
+                                                                    reachable_by_host_only):
+    from petdream.ui.session import only_the_host_can_reach
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    if space_id:
+        monkeypatch.setenv("SPACE_ID", space_id)
+    assert only_the_host_can_reach(Settings.from_env({}, host=host), shared) is reachable_by_host_only
+
+
+def test_an_app_others_can_reach_never_pushes_or_pulls_with_the_machines_token(tiny, tmp_path, fake, monkeypatch):
+    """Shared (a link, a Space, a public address), a visitor without a sign-in of their own gets a
+    clear refusal to push and anonymous pulls: the host's HF_TOKEN is never sent for them."""
+    from petdream.hub import HubError
+    from petdream.service import PetDreamService
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # the host's own
+    PetHub(TOKEN, endpoint=fake.url).push(make_lora_pet(tmp_path / "secret", tiny), "petdream-secret")  # private
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "models").symlink_to(Path(tiny.base_model).parent.parent)
+    settings = Settings.from_env({}, data_dir=tmp_path / "data", profile="tiny", device="cpu", hub_endpoint=fake.url)
+    shared = PetDreamService(settings, tiny, hosts_token=False)
+    visitor = "session:" + "v" * 40
+    record = shared.store.add_pet(visitor, "Bruno", "dog", "bruno")
+    model = make_lora_pet(shared.store.paths(visitor, record.id).runs / "r1", tiny)
+    shared.store.update_pet(visitor, record.id, model_dir=model.path)
+    fake.requests.clear()
+
+    with pytest.raises(HubError, match="never pushes with the Hugging Face token of the machine it runs on"):
+        shared.push_to_hub(visitor, record.id, None)
+    with pytest.raises(HubError, match="or it is private and you are not signed in"):
+        shared.load_from_hub(visitor, "sam/petdream-secret")
+    assert fake.requests and not any(TOKEN in str(r.headers) for r in fake.requests)
+
+    private = PetDreamService(settings, tiny)  # the host's own app on 127.0.0.1: their token is theirs to use
+    assert private.load_from_hub(visitor, "sam/petdream-secret").name == "Bruno"
+
+
 def test_the_app_pushes_a_persons_pet_and_another_person_loads_it_back(tiny, tmp_path, fake, caplog):
     """The service behind the app's Hub buttons: each person's pets stay theirs; the pulled pet draws."""
     from petdream.service import PetDreamService

@@ -8,14 +8,16 @@ from petdream.models import TINY_WARNING, resolve_profile
 from petdream.service import PetDreamService
 from petdream.settings import Settings
 from petdream.ui import api, chat_tab, evaluate_tab, train_tab
-from petdream.ui.session import browser_id_or_new, oauth_enabled
+from petdream.ui.session import browser_id_or_new, oauth_enabled, only_the_host_can_reach
 
 MAX_UPLOAD = "20mb"  # per file: a phone photo is 2-8 MB; intake refuses more than 50 photos
 
 
-def build_app(settings: Settings, service: PetDreamService | None = None) -> gr.Blocks:
-    """The whole app. Models load on first use, so the page is up in seconds."""
-    service = service or PetDreamService(settings, resolve_profile(settings, build_models=False))
+def build_app(settings: Settings, service: PetDreamService | None = None, shared: bool = False) -> gr.Blocks:
+    """The whole app. Models load on first use, so the page is up in seconds.
+    shared: it is also served on a public share link (`launch(share=True)`)."""
+    service = service or PetDreamService(settings, resolve_profile(settings, build_models=False),
+                                         hosts_token=only_the_host_can_reach(settings, shared))
     profile = service.profile
     with gr.Blocks(title="PetDream") as app:
         with gr.Row():

@@ -29,6 +29,12 @@ def oauth_enabled() -> bool:
     return bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
 
 
+def only_the_host_can_reach(settings, shared: bool) -> bool:
+    """True where everyone using the app is the machine's owner: not a Space, no share link, and
+    listening on this machine's loopback address only. Only then may it use the machine's HF token."""
+    return not (os.environ.get("SPACE_ID") or shared) and settings.host in ("127.0.0.1", "localhost", "::1")
+
+
 def browser_id_or_new(browser_id: str | None) -> str:
     return browser_id if browser_id and len(browser_id) >= 32 else new_session_id()
 

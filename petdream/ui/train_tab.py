@@ -160,9 +160,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         owner = owner_of(browser_id, request, profile)
         if not repo or "/" not in repo:
             raise gr.Error("Give the model repo's id, like user/petdream-bruno.")
-        token = oauth.token if oauth else (None if oauth_enabled() else service.settings.hf_token())
         try:
-            record = service.load_from_hub(owner, repo, token, name=pet_name, class_noun=pet_class)
+            record = service.load_from_hub(owner, repo, oauth.token if oauth else None, name=pet_name,
+                                           class_noun=pet_class)
         except (HubError, MissingPetInfo, ValueError) as error:
             raise gr.Error(str(error)) from None
         return f"✅ {record.name} is back from {repo}: chat with them on the Chat tab."

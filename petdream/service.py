@@ -147,6 +147,10 @@ class PetDreamService:
         """Continue a run that a restart, a cancel or a failure stopped, from its last checkpoint."""
         run = self.store.run(owner, run_id)
         record = self.store.pet(owner, run.pet_id)
+        job = self.training(owner, run_id)
+        if (job is not None and not job.done) or run.status not in ("interrupted", "cancelled", "failed"):
+            state = job.summary(self.trainings.position(run_id)) if job is not None and not job.done else run.status
+            raise ValueError(f"{record.name}'s training cannot be resumed now: {state}")
         self.store.update_run(owner, run_id, status="queued")
         init = PetModel.load(run.init_model_dir) if run.init_model_dir else None
         return self._queue(owner, record, run_id, run.training_config(), resume=True, init_model=init)
@@ -157,7 +161,12 @@ class PetDreamService:
         return job if job is not None and job.owner == owner else None
 
     def cancel_training(self, owner: str, run_id: str) -> bool:
-        return self.training(owner, run_id) is not None and self.trainings.cancel(run_id)
+        job = self.training(owner, run_id)
+        if job is None or not self.trainings.cancel(run_id):
+            return False
+        if job.status == "cancelled":  # taken out of the line before it started: the worker never sees it
+            self.store.update_run(owner, run_id, status="cancelled")
+        return True
 
     def _queue(self, owner: str, record: PetRecord, run_id: str, config: TrainingConfig, resume: bool,
                init_model: PetModel | None = None) -> TrainingJob:
@@ -167,7 +176,18 @@ class PetDreamService:
 
     def _train(self, job: TrainingJob, record: PetRecord, config: TrainingConfig, resume: bool,
                init_model: PetModel | None) -> None:
-        """The worker's side: run the trainer, mirror its events into the job and the store."""
+        """The worker's side of a training (see `_run_trainer`). A crash (a bug) is the queue's to report;
+        the store must not keep the run "running" for ever, or it would never be offered for resuming."""
+        try:
+            self._run_trainer(job, record, config, resume, init_model)
+        except Exception as error:
+            if self.store.run(job.owner, job.run_id).status in ("queued", "running"):
+                self.store.update_run(job.owner, job.run_id, status="failed", error=f"{type(error).__name__}: {error}")
+            raise
+
+    def _run_trainer(self, job: TrainingJob, record: PetRecord, config: TrainingConfig, resume: bool,
+                     init_model: PetModel | None) -> None:
+        """Run the trainer, mirror its events into the job (what the page shows) and the store (what lasts)."""
         owner, store = job.owner, self.store
         photos = intake(sorted(Path(record.photos_dir).glob("*.png")), resolution=self.profile.resolution).accepted
         run = store.run(owner, job.run_id)

@@ -194,6 +194,62 @@ def test_a_training_cut_off_by_a_restart_shows_as_resumable_and_resumes(tiny, da
     assert service.pet_model(owner, pet.id).training["steps_done"] == 40
 
 
+def test_emptied_advanced_fields_mean_the_presets_values():
+    from petdream.training import TrainingConfig
+    from petdream.ui.train_tab import advanced_overrides
+
+    emptied = advanced_overrides(None, None, None, None, None, "preset")  # what Gradio sends for cleared fields
+    assert TrainingConfig.preset("quick", **emptied) == TrainingConfig.preset("quick", seed=0)
+    chosen = advanced_overrides("full", 120, 2e-6, 0, 7, "off")
+    assert TrainingConfig.preset("quick", **chosen) == TrainingConfig.preset(
+        "quick", method="full", steps=120, learning_rate=2e-6, seed=7, prior_preservation=False)
+
+
+def test_a_crashed_or_cancelled_waiting_training_can_be_resumed_once(tiny, data_dir, photo_files, tmp_path,
+                                                                      monkeypatch):
+    """A bug that crashes a run leaves it failed, not "running" for ever; a training cancelled while
+    waiting in line is cancelled in the store too; either is offered again, and a second Resume of a
+    run already back in line is refused, not queued twice."""
+    from petdream.service import PetDreamService
+    from petdream.training import DreamBoothTrainer
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "models").symlink_to(data_dir / "models")
+    service = PetDreamService(Settings.from_env({}, data_dir=tmp_path / "data", profile="tiny", device="cpu"), tiny)
+    owner, settings = "session:" + "d" * 40, dict(steps=4, checkpoint_every=2, prior_preservation=False)
+    crash = {"on": True}
+    real_sample = DreamBoothTrainer._sample
+
+    def sample_or_crash(self, run, step):
+        if crash["on"]:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_sample(self, run, step)
+
+    monkeypatch.setattr(DreamBoothTrainer, "_sample", sample_or_crash)
+    first = service.start_training(owner, "Rex", "dog", photo_files, "tiny", **settings)
+    waiting = service.start_training(owner, "Fido", "dog", photo_files, "tiny", **settings)
+    assert service.cancel_training(owner, waiting.run_id) and waiting.status == "cancelled"
+    assert service.store.run(owner, waiting.run_id).status == "cancelled"
+    again = service.resume_training(owner, waiting.run_id)
+    with pytest.raises(ValueError, match="Fido's training cannot be resumed now: (Waiting|Starting)"):
+        service.resume_training(owner, waiting.run_id)
+    assert service.cancel_training(owner, again.run_id)
+
+    while not first.done:
+        time.sleep(0.1)
+    assert first.status == "failed" and first.message.startswith(
+        "Training stopped unexpectedly (RuntimeError: CUDA error: an illegal memory access was encountered).")
+    assert {r.id: r.status for r in service.store.runs(owner)} == {first.run_id: "failed", waiting.run_id: "cancelled"}
+
+    crash["on"] = False
+    resumed = service.resume_training(owner, first.run_id)
+    while not resumed.done:
+        time.sleep(0.1)
+    assert resumed.status == "finished" and len(resumed.losses) == 2  # on from step 2's checkpoint
+    with pytest.raises(ValueError, match="Rex's training cannot be resumed now: finished"):
+        service.resume_training(owner, first.run_id)
+
+
 def test_liked_pictures_teach_the_pet_further_from_its_current_weights(served_app, alices_pet):
     service, owner = served_app.petdream_service, f"session:{ALICE}"
     before = service.pet_model(owner, alices_pet["id"])

@@ -115,7 +115,9 @@ class TrainingQueue:
                 work(job)
             except Exception as error:  # a bug must not kill the worker: the next person still trains
                 logger.exception("training %s crashed", job.run_id)
-                job.status, job.message = "failed", f"Training stopped unexpectedly: {error}"
+                job.status, job.message = "failed", (
+                    f"Training stopped unexpectedly ({type(error).__name__}: {error}). Its last checkpoint is kept: "
+                    "resume it under Unfinished trainings.")
             finally:
                 with self._lock:
                     self._running = None

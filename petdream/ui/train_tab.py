@@ -82,9 +82,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
               request: gr.Request, profile: gr.OAuthProfile | None = None):
         """Start training on the uploaded photos, then stream its progress until it ends."""
         owner = owner_of(browser_id, request, profile)
-        overrides = dict(method=method or None, steps=int(steps) or None, learning_rate=learning_rate or None,
-                         rank=int(rank) or None, seed=int(seed or 0),
-                         prior_preservation=None if prior == "preset" else prior == "on")
+        overrides = advanced_overrides(method, steps, learning_rate, rank, seed, prior)
         try:
             job = service.start_training(owner, name or "", class_noun or "", list(paths or []), preset, **overrides)
         except (NotEnoughPhotosError, ValueError) as error:
@@ -183,3 +181,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     return {"list_resumable": (list_resumable, [browser_id], [resumable]),
             "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet])}
 
+
+def advanced_overrides(method, steps, learning_rate, rank, seed, prior) -> dict:
+    """The Advanced fields as TrainingConfig overrides; None: the preset's. An emptied number field
+    (Gradio sends None) means what 0 means: the preset's."""
+    return dict(method=method or None, steps=int(steps or 0) or None, learning_rate=learning_rate or None,
+                rank=int(rank or 0) or None, seed=int(seed or 0),
+                prior_preservation=None if prior == "preset" else prior == "on")

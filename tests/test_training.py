@@ -759,6 +759,30 @@ def test_a_second_training_on_the_same_device_waits(tiny, photos, data_dir, tmp_
     assert all(t >= first_done for t, e in second_events if isinstance(e, Progress))
 
 
+def test_a_run_that_waited_for_the_device_does_not_overwrite_what_the_first_one_finished(tiny, photos, data_dir,
+                                                                                          tmp_path):
+    """The same command twice: the second waits for the device, then finds the pet model there."""
+    first = make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=6)
+    second = make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=6)
+    started, first_events = threading.Event(), []
+
+    def run_first():
+        for event in first.run():
+            first_events.append(event)
+            started.set()
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    started.wait(60)
+    second_events = list(second.run())
+    thread.join()
+    assert isinstance(first_events[-1], Finished)
+    created = PetModel.load(tmp_path / "pet").created_at
+    assert "Another training is using the cpu-0" in second_events[0].text
+    assert isinstance(second_events[-1], Failed) and "already holds a trained pet model" in second_events[-1].reason
+    assert PetModel.load(tmp_path / "pet").created_at == created
+
+
 def test_a_finished_pet_model_is_never_overwritten(tiny, photos, data_dir, tmp_path):
     run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet"))
     events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet"))

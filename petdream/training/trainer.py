@@ -140,6 +140,7 @@ class DreamBoothTrainer:
             self._check_init_model()
             lock = yield from self._wait_for_device()
             with lock:
+                self._check_output_folder(resume)  # again: a run it waited for may have written to this folder
                 try:
                     yield from self._run(resume)
                 finally:  # however the run ends, a checkpoint being written lands before the device is free
@@ -194,11 +195,11 @@ class DreamBoothTrainer:
             losses.append(loss)
             rate = (step - first_step) / max(time.monotonic() - started, 1e-9)
             yield Progress(step, config.steps, loss, run.lr_scheduler.get_last_lr()[0], rate, (config.steps - step) / rate)
-            if config.sample_every and step % config.sample_every == 0 and step < config.steps:
-                yield self._sample(run, step)
             if step % config.checkpoint_every == 0 and step < config.steps:
                 yield from self._checkpoint_written(wait=True)  # one write at a time
-                self._save_checkpoint(run, step, losses, passes)  # written while the next steps run
+                self._save_checkpoint(run, step, losses, passes)  # written while the sample and next steps run
+            if config.sample_every and step % config.sample_every == 0 and step < config.steps:
+                yield self._sample(run, step)  # after the checkpoint: a sample that fails loses no steps
         yield from self._checkpoint_written(wait=True)
 
         accelerator.wait_for_everyone()

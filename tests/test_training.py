@@ -105,6 +105,13 @@ def test_presets_can_be_overridden_and_bad_values_are_refused():
         TrainingConfig(method="dora")
     with pytest.raises(ValueError, match="resolution must be a multiple of 8"):
         TrainingConfig(resolution=100)
+    with pytest.raises(ValueError, match="checkpoint_every must be at least 1, got 0"):
+        TrainingConfig(checkpoint_every=0)
+    with pytest.raises(ValueError, match="sample_every must be 0 .samples only at the end. or more, got -1"):
+        TrainingConfig(sample_every=-1)
+    with pytest.raises(ValueError, match="num_class_images must be at least 1 with prior preservation, got 0"):
+        TrainingConfig(prior_preservation=True, num_class_images=0)
+    assert TrainingConfig(prior_preservation=False, num_class_images=0).num_class_images == 0
 
 
 @pytest.mark.parametrize(
@@ -687,6 +694,26 @@ def test_out_of_memory_twice_fails_kindly(tiny, photos, data_dir, tmp_path, monk
     monkeypatch.setattr(DreamBoothTrainer, "_loss", always_oom)
     events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet"))
     assert isinstance(events[-1], Failed) and "Out of GPU memory even with gradient checkpointing" in events[-1].reason
+
+
+def test_out_of_memory_in_the_optimizers_update_fails_clearly_instead_of_retrying(tiny, photos, data_dir, tmp_path,
+                                                                                  monkeypatch):
+    """A smaller batch frees activations, not the optimizer's state; on fp16 a retry after the
+    gradients were unscaled would fail anyway ("unscale_() has already been called")."""
+    real_step, steps = torch.optim.AdamW.step, []
+
+    def out_of_memory_at_the_third_update(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", out_of_memory_at_the_third_update)
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=6, checkpoint_every=2))
+    assert isinstance(events[-1], Failed) and events[-1].reason.startswith(
+        "Out of GPU memory in the optimizer's update at step 3: its state for ")
+    assert events[-1].checkpoint == tmp_path / "pet" / "checkpoints" / "step-000002"
+    assert not any(isinstance(e, Note) and "retrying" in e.text for e in events)
 
 
 def test_full_disk_fails_clearly_and_keeps_the_last_checkpoint(tiny, photos, data_dir, tmp_path, monkeypatch):

@@ -66,9 +66,14 @@ class TrainingConfig:
         _check("method", self.method, METHODS)
         _check("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _check("optimizer", self.optimizer, OPTIMIZERS)
-        for name in ("steps", "batch_size", "gradient_accumulation", "rank", "checkpoints_kept"):
+        for name in ("steps", "batch_size", "gradient_accumulation", "rank", "checkpoints_kept", "checkpoint_every",
+                     "sample_steps", "class_image_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.sample_every < 0:
+            raise ValueError(f"sample_every must be 0 (samples only at the end) or more, got {self.sample_every}")
+        if self.prior_preservation and self.num_class_images < 1:
+            raise ValueError(f"num_class_images must be at least 1 with prior preservation, got {self.num_class_images}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):

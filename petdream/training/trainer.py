@@ -229,8 +229,14 @@ class DreamBoothTrainer:
                 pass_loss = self._loss(run, passes.batch_size, micro_batches)
                 accelerator.backward(pass_loss * share)
             step_loss += pass_loss.detach() * share
-        accelerator.clip_grad_norm_(list(run.trainable.values()), config.max_grad_norm)
-        run.optimizer.step()
+        try:
+            accelerator.clip_grad_norm_(list(run.trainable.values()), config.max_grad_norm)
+            run.optimizer.step()
+        except torch.OutOfMemoryError:  # a smaller batch cannot help: the optimizer's state is the weights' size
+            raise TrainingFailure(
+                f"Out of GPU memory in the optimizer's update at step {step + 1}: its state for "
+                f"{sum(p.numel() for p in run.trainable.values()):,} trained weights does not fit. Use "
+                "8-bit AdamW (--optimizer adamw8bit), the LoRA method, or a GPU with more memory.") from None
         run.lr_scheduler.step()
         return step_loss.item()
 

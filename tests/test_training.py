@@ -527,6 +527,28 @@ def test_full_fine_tune_further_starts_from_the_init_models_unet_and_text_encode
     assert not torch.equal(start["unet.conv_in.weight"], base["conv_in.weight"])
 
 
+def test_a_full_fine_tune_saves_what_it_did_not_train_from_the_files_it_came_from(tiny, photos, data_dir, tmp_path):
+    """The frozen VAE and text encoder are saved as loaded (under mixed precision the run holds
+    rounded fp16/bf16 copies): here the init model's own text encoder, not the base model's."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    init = make_full_pet(tmp_path / "init", tiny, name="Bruno", trigger="bruno", class_noun="dog")
+    text_encoder = CLIPTextModel.from_pretrained(init.pipeline_dir, subfolder="text_encoder")
+    with torch.no_grad():  # as if an earlier run had trained it
+        for parameter in text_encoder.parameters():
+            parameter.add_(0.01)
+    text_encoder.save_pretrained(init.pipeline_dir / "text_encoder")
+    init = PetModel.load(init.path)
+
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "further", method="full", train_text_encoder=False,
+                         init_model=init, steps=2))
+    saved = tmp_path / "further" / "pipeline"
+    for part, cls in (("text_encoder", CLIPTextModel), ("vae", AutoencoderKL)):
+        ours, theirs = (cls.from_pretrained(folder, subfolder=part).state_dict() for folder in (saved, init.pipeline_dir))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), part
+
+
 def _copy_model(model, folder, edit_metadata=None, edit_weights=None):
     """A copy of a pet model's folder with its petdream.json and/or LoRA tensors changed."""
     shutil.copytree(model.path, folder)

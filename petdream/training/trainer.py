@@ -620,11 +620,15 @@ class DreamBoothTrainer:
                 kwargs["text_encoder_lora_adapter_metadata"] = text_encoder.peft_config["default"].to_dict()
             StableDiffusionPipeline.save_lora_weights(out, weight_name=LORA_WEIGHTS_FILE, **kwargs)
         else:
+            # What was not trained comes from the files it was loaded from (the init model's, else the
+            # base model's): the run's copies were cast to fp16/bf16 under mixed precision, and casting
+            # them back up would not undo the rounding.
+            trained = {"unet": unet.float()} | ({"text_encoder": text_encoder.float()} if config.train_text_encoder else {})
+            source, revision = ((self.init_model.pipeline_dir, None) if self.init_model is not None
+                                else (self.profile.base_model, self.profile.base_model_revision))
             with quiet_libraries():
                 pipeline = StableDiffusionPipeline.from_pretrained(
-                    self.profile.base_model, revision=self.profile.base_model_revision, unet=unet.float(),
-                    text_encoder=text_encoder.float(), vae=run.vae.float(), tokenizer=run.tokenizer,
-                    safety_checker=None, requires_safety_checker=False)
+                    source, revision=revision, **trained, safety_checker=None, requires_safety_checker=False)
                 pipeline.save_pretrained(out / PIPELINE_DIR)
         samples = _save_samples(out / "samples", sample)
         _plot_losses(out / "loss.png", losses)

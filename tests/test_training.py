@@ -172,6 +172,31 @@ def test_a_run_emits_events_in_order_and_writes_a_pet_model(tiny, photos, data_d
     assert not (model.path / "checkpoints").exists()  # only an unfinished run needs them
 
 
+def test_progress_gives_the_learning_rate_each_step_used(tiny, photos, data_dir, tmp_path):
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=6, learning_rate=1e-3,
+                                  lr_scheduler="constant_with_warmup", lr_warmup_steps=4))
+    rates = [e.learning_rate for e in events if isinstance(e, Progress)]
+    assert rates == pytest.approx([0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])  # warm-up's first step trains at 0
+
+
+def test_steps_per_second_leave_out_the_first_step_which_warms_up(tiny, photos, data_dir, tmp_path, monkeypatch):
+    real_step, calls = DreamBoothTrainer._step, []
+
+    def slow_first_step(self, *args):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(5)  # as a compiling first step does
+        return real_step(self, *args)
+
+    monkeypatch.setattr(DreamBoothTrainer, "_step", slow_first_step)
+    progress = [e for e in run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=6))
+                if isinstance(e, Progress)]
+    assert progress[0].steps_per_second < 1 / 5
+    # Counting the first step, 6 steps could not beat 6 / 5 s; the later steps' own pace does
+    assert progress[-1].steps_per_second > 6 / 5 and progress[-2].eta_seconds == pytest.approx(
+        1 / progress[-2].steps_per_second)
+
+
 def test_same_seed_same_weights_other_seed_other_weights(tiny, photos, data_dir, tmp_path):
     run_all(make_trainer(tiny, photos, data_dir, tmp_path / "a"))
     run_all(make_trainer(tiny, photos, data_dir, tmp_path / "b"))

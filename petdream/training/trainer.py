@@ -164,7 +164,8 @@ class DreamBoothTrainer:
         passes = _Passes(config.batch_size, config.gradient_accumulation, fused)
         if resume:
             step, losses, passes = yield from self._resume(run, passes)
-        started, first_step = time.monotonic(), step
+        started = time.monotonic()
+        warmed_up = None  # (step, time) at the end of this session's first step, which warms up (or compiles)
         while step < config.steps:
             yield from self._checkpoint_written(wait=False)
             if self._cancel.is_set():
@@ -174,6 +175,7 @@ class DreamBoothTrainer:
                     self.checkpoints.wait()
                 yield Cancelled(step, self.checkpoints.latest())
                 return
+            learning_rate = run.lr_scheduler.get_last_lr()[0]  # the rate this step uses (after it: the next's)
             try:
                 loss = self._step(run, step, passes)
             except torch.OutOfMemoryError:
@@ -193,8 +195,12 @@ class DreamBoothTrainer:
                     f"(now {config.learning_rate:g}) or train without mixed precision, then start again.")
             step += 1
             losses.append(loss)
-            rate = (step - first_step) / max(time.monotonic() - started, 1e-9)
-            yield Progress(step, config.steps, loss, run.lr_scheduler.get_last_lr()[0], rate, (config.steps - step) / rate)
+            now = time.monotonic()
+            if warmed_up is None:
+                warmed_up, rate = (step, now), 1 / max(now - started, 1e-9)
+            else:  # steps/s and the ETA leave the first step out: a compiling one would skew them for long
+                rate = (step - warmed_up[0]) / max(now - warmed_up[1], 1e-9)
+            yield Progress(step, config.steps, loss, learning_rate, rate, (config.steps - step) / rate)
             if step % config.checkpoint_every == 0 and step < config.steps:
                 yield from self._checkpoint_written(wait=True)  # one write at a time
                 self._save_checkpoint(run, step, losses, passes)  # written while the sample and next steps run

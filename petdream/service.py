@@ -160,6 +160,14 @@ class PetDreamService:
         job = self.trainings.job(run_id)
         return job if job is not None and job.owner == owner else None
 
+    def live_training(self, owner: str) -> TrainingJob | None:
+        """`owner`'s newest training that is waiting or running in this process, if any."""
+        for run in sorted(self.store.runs(owner), key=lambda run: run.created_at, reverse=True):
+            job = self.training(owner, run.id)
+            if job is not None and not job.done:
+                return job
+        return None
+
     def cancel_training(self, owner: str, run_id: str) -> bool:
         job = self.training(owner, run_id)
         if job is None or not self.trainings.cancel(run_id):

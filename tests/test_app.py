@@ -150,6 +150,30 @@ def test_another_person_sees_none_of_the_pets_pictures_or_files(served_app, alic
             assert answer.status_code in (403, 404), (url, answer.status_code)
 
 
+def test_a_reloaded_page_follows_and_can_cancel_the_training_still_running(served_app, photo_files):
+    """A second client with the same browser key (a reload, another tab) gets the live training's
+    progress from the page's load event, and its Cancel stops that training."""
+    from gradio_client import handle_file
+
+    key = "e" * 40
+    first = client(served_app).submit([handle_file(str(p)) for p in photo_files], "Rex", "dog", "tiny", None, 2000, 0,
+                                      0, 0, "off", key, api_name="/train")
+    deadline = time.monotonic() + 120
+    while not any("Training Rex: step" in str(update[0]) for update in first.outputs()):
+        assert time.monotonic() < deadline and not first.done(), first.outputs()
+        time.sleep(0.2)
+
+    reloaded = client(served_app)
+    followed = reloaded.submit(key, api_name="/follow_training")
+    while not any("Training Rex: step" in str(update[0]) for update in followed.outputs()):
+        assert time.monotonic() < deadline and not followed.done(), followed.outputs()
+        time.sleep(0.2)
+    reloaded.predict(key, api_name="/cancel_training")
+    status = followed.result(timeout=120)[0]
+    assert status.startswith("⏹ Cancelled at step ") and status.endswith("; you can resume it.")
+    assert first.result(timeout=120)[0] == status
+
+
 RESTART_SCRIPT = r"""
 import sys, time
 from pathlib import Path

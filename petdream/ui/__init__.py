@@ -37,6 +37,7 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
         app.load(browser_id_or_new, inputs=browser_id, outputs=browser_id, api_visibility="private").then(
             *train["list_resumable"], api_visibility="private").then(
             *train["list_pets"], api_visibility="private").then(
-            *chat["list_pets"], api_visibility="private").then(*evaluation["list_pets"], api_visibility="private")
+            *chat["list_pets"], api_visibility="private").then(*evaluation["list_pets"], api_visibility="private").then(
+            *train["reconnect"], api_name="follow_training", concurrency_limit=None)  # streams until that run ends
     app.petdream_service = service
     return app

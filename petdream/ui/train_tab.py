@@ -110,7 +110,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             state = (job.status, job.step, text)
             if state != last or len(job.samples) != samples_shown:
                 last = state
-                chart = pd.DataFrame({"step": range(1, len(job.losses) + 1), "loss": job.losses})
+                first = job.step - len(job.losses) + 1  # a resumed run's losses start where it went on
+                chart = pd.DataFrame({"step": range(first, first + len(job.losses)), "loss": job.losses})
                 progress_bar = gr.Slider(maximum=job.total_steps, value=job.step)
                 gallery = gr.skip()  # copied and sent only when a new sample arrives, not every step
                 if len(job.samples) != samples_shown:
@@ -120,6 +121,12 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             if job.done:
                 return
             time.sleep(POLL_SECONDS)
+
+    def reconnect(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """After a reload (or in another tab): follow the person's training that is still waiting or running."""
+        job = service.live_training(owner_of(browser_id, request, profile))
+        if job is not None:
+            yield from follow(job.owner, job.run_id)
 
     def stop(run, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
@@ -172,14 +179,16 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     uploads.change(check, inputs=uploads, outputs=[summary, accepted, rejected], api_name="check_photos")
     inputs = [uploads, name, class_noun, preset, method, steps, learning_rate, rank, seed, prior, browser_id]
     outputs = [run_id, status, progress, loss, samples]
-    train.click(start, inputs=inputs, outputs=outputs, api_name="train", concurrency_limit=None)
+    refresh_resumable = (list_resumable, [browser_id], [resumable])  # a run that just stopped is offered at once
+    train.click(start, inputs=inputs, outputs=outputs, api_name="train", concurrency_limit=None).then(
+        *refresh_resumable, api_visibility="private")
     cancel.click(stop, inputs=[run_id, browser_id], api_name="cancel_training")
     resume.click(resume_run, inputs=[resumable, browser_id], outputs=outputs, api_name="resume_training",
-                 concurrency_limit=None)
+                 concurrency_limit=None).then(*refresh_resumable, api_visibility="private")
     list_pets = trained_pets(service)
     hub_pet.focus(list_pets, inputs=[hub_pet, browser_id], outputs=hub_pet, api_visibility="private")
-    return {"list_resumable": (list_resumable, [browser_id], [resumable]),
-            "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet])}
+    return {"list_resumable": refresh_resumable, "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet]),
+            "reconnect": (reconnect, [browser_id], outputs)}
 
 
 def advanced_overrides(method, steps, learning_rate, rank, seed, prior) -> dict:

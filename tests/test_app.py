@@ -26,12 +26,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served_app(tiny, data_dir):
-    from petdream.ui import build_app
+    from petdream.ui import MAX_UPLOAD, build_app
 
     settings = Settings.from_env({}, data_dir=data_dir, profile="tiny", device="cpu")
     app = build_app(settings)
     port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                       max_file_size=MAX_UPLOAD)  # as app.py launches it
     app.url = f"http://127.0.0.1:{port}/"
     yield app
     app.close()
@@ -86,10 +87,14 @@ def test_check_photos_endpoint_reports_accepted_and_rejected(served_app, tmp_pat
         files.append(tmp_path / f"dog{i}.jpg")
     (tmp_path / "readme.png").write_text("hello")
     files.append(tmp_path / "readme.png")
+    with open(tmp_path / "huge.jpg", "wb") as huge:  # one file too big must not cost the good ones
+        huge.write(os.urandom(31 * 2**20))
+    files.append(tmp_path / "huge.jpg")
     summary, gallery, table = client(served_app).predict([handle_file(str(f)) for f in files], api_name="/check_photos")
     assert summary == "**2 usable photos: add 1 more to train.**"
     assert len(gallery) == 2
     assert table["data"][0][0] == "readme.png" and "not a photo" in table["data"][0][1]
+    assert table["data"][1][0] == "huge.jpg" and "is 31 MB; files over 30 MB are not" in table["data"][1][1]
 
 
 def test_training_with_too_few_photos_says_what_to_do(served_app, photo_files):

@@ -10,7 +10,10 @@ from petdream.settings import Settings
 from petdream.ui import api, chat_tab, evaluate_tab, train_tab
 from petdream.ui.session import browser_id_or_new, oauth_enabled, only_the_host_can_reach
 
-MAX_UPLOAD = "20mb"  # per file: a phone photo is 2-8 MB; intake refuses more than 50 photos
+# Per file, Gradio's cap. Above intake's own limit (photos.MAX_FILE_BYTES, 30 MB) on purpose: Gradio
+# refuses a whole upload for one file over its cap, while intake refuses that one file, with its
+# reason, and keeps the good photos. (A phone photo is 2-8 MB; intake takes at most 50 photos.)
+MAX_UPLOAD = "100mb"
 
 
 def build_app(settings: Settings, service: PetDreamService | None = None, shared: bool = False) -> gr.Blocks:

@@ -151,8 +151,9 @@ class DreamBoothTrainer:
             if error.errno != errno.ENOSPC:
                 raise
             yield Failed(
-                f"The disk is full ({error.filename or self.output_dir}). Free some space and resume with "
-                "--resume: the last checkpoint is kept.", self.checkpoints.latest())
+                f"The disk is full ({error.filename or self.output_dir}). Free some space and resume (--resume, "
+                "or Resume under Unfinished trainings in the app): the last checkpoint is kept.",
+                self.checkpoints.latest())
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -780,7 +781,7 @@ def _out_of_memory_with_several_processes(accelerator, step: int) -> str:
     would no longer match what the others' checkpoints record."""
     return (f"Out of GPU memory at step {step + 1} on GPU {accelerator.process_index} of "
             f"{accelerator.num_processes}. With several GPUs PetDream cannot retry one GPU's step with a smaller batch. "
-            "Free that GPU's memory and resume with --resume, or start again with --gradient-checkpointing, "
+            "Free that GPU's memory and resume (--resume), or start again with --gradient-checkpointing, "
             "a smaller --batch-size (and more --gradient-accumulation), or the LoRA method.")
 
 

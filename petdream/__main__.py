@@ -289,7 +289,8 @@ def run_train(args: argparse.Namespace) -> int:
                                 device=settings.device, init_model=init_model)
 
     def cancel_on_ctrl_c(signum, frame):
-        print("\nstopping after this step; a checkpoint is kept for --resume (Ctrl-C again to abort)", file=sys.stderr)
+        if not quiet:
+            print("\nstopping after this step; a checkpoint is kept for --resume (Ctrl-C again to abort)", file=sys.stderr)
         trainer.cancel()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -322,7 +323,8 @@ def run_train(args: argparse.Namespace) -> int:
             return 1
         elif isinstance(event, Cancelled):
             bar.close()
-            print(f"cancelled at step {event.step}; continue with the same command and --resume.", file=sys.stderr)
+            if not quiet:
+                print(f"cancelled at step {event.step}; continue with the same command and --resume.", file=sys.stderr)
             return 130
         bar.refresh()
     return 1

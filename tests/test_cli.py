@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -106,3 +107,89 @@ def test_check_photos_on_the_real_dog_photos(dreambench, tmp_path):
     result = petdream("check-photos", dreambench / "dog", "--json", data_dir=tmp_path)
     assert result.returncode == 0
     assert len(json.loads(result.stdout)["accepted"]) == 5
+
+
+ONE_PROCESS_FAILS = """
+# `python -m petdream`, but process 1 cancels after step CANCEL_AFTER (as if its Ctrl-C came first), or
+# runs out of memory part-way through the backward pass of its pass OUT_OF_MEMORY_AT: after the later
+# layers' gradients were already exchanged.
+import os, runpy, sys
+import torch
+from petdream.training.trainer import DreamBoothTrainer
+
+real_loss, real_step, passes = DreamBoothTrainer._loss, DreamBoothTrainer._step, []
+
+def loss_then_out_of_memory_in_backward(self, run, batch_size, micro_batches):
+    loss = real_loss(self, run, batch_size, micro_batches)
+    passes.append(batch_size)
+    if os.environ["RANK"] == "1" and str(len(passes)) == os.environ.get("OUT_OF_MEMORY_AT"):
+        early_layer = [p for p in run.unet.parameters() if p.requires_grad][0]
+        early_layer.register_hook(lambda grad: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
+    return loss
+
+def step_then_cancel(self, run, step, passes):
+    loss = real_step(self, run, step, passes)
+    if os.environ["RANK"] == "1" and str(step + 1) == os.environ.get("CANCEL_AFTER"):
+        self.cancel()
+    return loss
+
+DreamBoothTrainer._loss, DreamBoothTrainer._step = loss_then_out_of_memory_in_backward, step_then_cancel
+sys.argv = ["petdream", *sys.argv[1:]]
+runpy.run_module("petdream", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_several_processes_stop_together_and_resume_to_the_weights_of_an_uninterrupted_run(
+        tiny, data_dir, tmp_path, dreambench):
+    """What `accelerate launch` runs on several GPUs, as two CPU processes: torchrun, gloo, DDP.
+    Process 1 alone cancels after step 1: both stop there, step 1's checkpoint kept. Resumed,
+    process 1 runs out of memory mid-backward at step 3: the run stops with that said (not DDP's
+    "Expected to have finished reduction"), step 2's checkpoint kept. Resumed again, it ends with
+    one PetModel with the weights of an uninterrupted two-process run."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    (tmp_path / "one_process_fails.py").write_text(ONE_PROCESS_FAILS)
+    env = {**os.environ, "PETDREAM_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    args = ["train", "--profile", "tiny", "--photos", dreambench / "dog", "--name", "bruno", "--class-noun", "dog",
+            "--steps", "4", "--checkpoint-every", "2", "--num-class-images", "2"]
+    checkpoints = tmp_path / "bruno" / "checkpoints"
+
+    def torchrun(*program, **extra_env):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   *map(str, program)]
+        launch = subprocess.Popen(command, cwd=REPO, env={**env, **extra_env}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = launch.communicate(timeout=180)
+        except subprocess.TimeoutExpired:  # a hang (one process waiting on the other): end the workers too
+            os.killpg(launch.pid, signal.SIGKILL)
+            raise
+        return subprocess.CompletedProcess(command, launch.returncode, out, err)
+
+    whole = torchrun("-m", "petdream", *args, "--output", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    args += ["--output", tmp_path / "bruno"]
+
+    cancelled = torchrun(tmp_path / "one_process_fails.py", *args, CANCEL_AFTER="1")
+    assert cancelled.returncode != 0
+    assert cancelled.stderr.count("cancelled at step 1; continue with the same command and --resume.") == 1
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000001"]
+
+    failed = torchrun(tmp_path / "one_process_fails.py", *args, "--resume", OUT_OF_MEMORY_AT="2")
+    assert failed.returncode != 0
+    assert ("error: Out of GPU memory at step 3 on GPU 1 of 2. With several GPUs PetDream cannot retry one GPU's "
+            "step with a smaller batch.") in failed.stderr
+    assert f"The last checkpoint is kept: {checkpoints / 'step-000002'}." in failed.stderr
+    assert not (tmp_path / "bruno" / "petdream.json").exists()
+
+    resumed = torchrun("-m", "petdream", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.count("Resuming from step 2") == 1  # said once, by the first process
+    assert resumed.stdout.count("trained bruno (lora, preset tiny, 5 photos, 4 steps)") == 1
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny.base_model, safety_checker=None)
+    pipeline.load_lora_weights(tmp_path / "bruno")  # plain diffusers: no DDP "module." left in the keys
+    assert pipeline.get_list_adapters() == {"unet": ["default_0"]}
+    expected, ours = (load_file(tmp_path / run / "pytorch_lora_weights.safetensors") for run in ("whole", "bruno"))
+    assert expected.keys() == ours.keys() and all(torch.equal(expected[k], ours[k]) for k in ours)

@@ -872,68 +872,6 @@ def test_photos_at_the_wrong_size_are_refused(tiny, data_dir, tmp_path):
 # -- the command line --------------------------------------------------------------------------
 
 
-OUT_OF_MEMORY_ON_GPU_1 = """
-# `python -m petdream`, but process 1 runs out of memory part-way through the backward pass of its
-# pass number OUT_OF_MEMORY_AT: after the later layers' gradients were already exchanged.
-import os, runpy, sys
-import torch
-from petdream.training.trainer import DreamBoothTrainer
-
-real_loss, passes = DreamBoothTrainer._loss, []
-
-def loss_then_out_of_memory_in_backward(self, run, batch_size, micro_batches):
-    loss = real_loss(self, run, batch_size, micro_batches)
-    passes.append(batch_size)
-    if os.environ["RANK"] == "1" and len(passes) == int(os.environ["OUT_OF_MEMORY_AT"]):
-        early_layer = [p for p in run.unet.parameters() if p.requires_grad][0]
-        early_layer.register_hook(lambda grad: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
-    return loss
-
-DreamBoothTrainer._loss = loss_then_out_of_memory_in_backward
-sys.argv = ["petdream", *sys.argv[1:]]
-runpy.run_module("petdream", run_name="__main__", alter_sys=True)
-"""
-
-
-def test_several_processes_train_one_pet_model_and_stop_clearly_when_one_runs_out_of_memory(
-        tiny, data_dir, tmp_path, dreambench):
-    """What `accelerate launch` runs on several GPUs, as two CPU processes: torchrun, gloo, DDP.
-    Process 1 runs out of memory mid-backward at step 3: the run stops with that said (not DDP's
-    "Expected to have finished reduction"), keeps step 2's checkpoint, and resumes to one PetModel
-    with the weights of an uninterrupted two-process run."""
-    from diffusers import StableDiffusionPipeline
-
-    (tmp_path / "out_of_memory_on_gpu_1.py").write_text(OUT_OF_MEMORY_ON_GPU_1)
-    env = {**os.environ, "PETDREAM_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-           "OUT_OF_MEMORY_AT": "3"}
-    args = ["train", "--profile", "tiny", "--photos", dreambench / "dog", "--name", "bruno", "--class-noun", "dog",
-            "--steps", "4", "--checkpoint-every", "2", "--num-class-images", "2"]
-
-    def torchrun(*program):
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   *map(str, program)]
-        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-    whole = torchrun("-m", "petdream", *args, "--output", tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr
-    args += ["--output", tmp_path / "bruno"]
-    failed = torchrun(tmp_path / "out_of_memory_on_gpu_1.py", *args)
-    assert failed.returncode != 0
-    assert ("error: Out of GPU memory at step 3 on GPU 1 of 2. With several GPUs PetDream cannot retry one GPU's "
-            "step with a smaller batch.") in failed.stderr
-    assert f"The last checkpoint is kept: {tmp_path / 'bruno' / 'checkpoints' / 'step-000002'}." in failed.stderr
-    assert not (tmp_path / "bruno" / "petdream.json").exists()
-
-    resumed = torchrun("-m", "petdream", *args, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stderr.count("Resuming from step 2") == 1  # said once, by the first process
-    assert resumed.stdout.count("trained bruno (lora, preset tiny, 5 photos, 4 steps)") == 1
-    pipeline = StableDiffusionPipeline.from_pretrained(tiny.base_model, safety_checker=None)
-    pipeline.load_lora_weights(tmp_path / "bruno")  # plain diffusers: no DDP "module." left in the keys
-    assert pipeline.get_list_adapters() == {"unet": ["default_0"]}
-    assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "bruno"))
-
-
 def test_cli_trains_the_dog_photos_and_plain_diffusers_draws_with_the_result(tiny, data_dir, tmp_path, dreambench):
     from diffusers import StableDiffusionPipeline
 

@@ -169,11 +169,12 @@ class DreamBoothTrainer:
         warmed_up = None  # (step, time) at the end of this session's first step, which warms up (or compiles)
         while step < config.steps:
             yield from self._checkpoint_written(wait=False)
-            if self._cancel.is_set():
+            if self._cancel_agreed(accelerator):
                 yield from self._checkpoint_written(wait=True)
                 if self.checkpoints.latest() != self.checkpoints.path(step):  # unless this step's is just written
                     self._save_checkpoint(run, step, losses, passes)
                     self.checkpoints.wait()
+                accelerator.wait_for_everyone()  # the first process's checkpoint is on disk before any process ends
                 yield Cancelled(step, self.checkpoints.latest())
                 return
             learning_rate = run.lr_scheduler.get_last_lr()[0]  # the rate this step uses (after it: the next's)
@@ -216,6 +217,15 @@ class DreamBoothTrainer:
             self._save_pet_model(run, losses, final_sample, time.monotonic() - started)
         accelerator.wait_for_everyone()
         yield Finished(PetModel.load(self.output_dir), time.monotonic() - started, losses[-1])
+
+    def _cancel_agreed(self, accelerator) -> bool:
+        """Whether to stop before the next step. Several processes stop at the same step or not at all:
+        a Ctrl-C reaches them at different moments, and one stopping alone would leave the others
+        waiting in the gradient exchange (and only the first process writes checkpoints)."""
+        cancel = self._cancel.is_set()
+        if accelerator.num_processes == 1:
+            return cancel
+        return bool(accelerator.reduce(torch.tensor(int(cancel), device=accelerator.device), "sum").item())
 
     def _step(self, run: "_Run", step: int, passes: "_Passes") -> float:
         """One optimizer step, its micro-batches run as `passes` says; returns its loss.

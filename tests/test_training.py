@@ -164,7 +164,7 @@ def test_a_run_emits_events_in_order_and_writes_a_pet_model(tiny, photos, data_d
     for key in ("learning_rate", "rank", "batch_size", "gradient_accumulation", "prior_preservation", "seed",
                 "steps", "seconds", "final_loss", "instance_prompt", "class_prompt", "resolution"):
         assert key in training, key
-    assert training["steps_done"] == 6 and training["final_loss"] == progress[-1].loss
+    assert training["steps_done"] == 6 and training["final_loss"] == progress[-1].loss and training["processes"] == 1
     assert meta["base_model"] == {"id": "petdream/tiny-sd-v1", "revision": None}
     assert [p["sha256"] for p in meta["photos"]] == [p.sha256 for p in photos]
     assert (model.path / "loss.png").stat().st_size > 1000
@@ -412,6 +412,13 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny, photos, data_dir, t
             trainer.cancel()
     events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8, learning_rate=5e-4), resume=True)
     assert isinstance(events[-1], Failed) and "made with other settings" in events[-1].reason
+
+
+def test_a_checkpoint_resumes_only_under_as_many_processes(tiny, photos, data_dir, tmp_path, monkeypatch):
+    """Each process draws its own images: two processes' steps are not one process's."""
+    one = make_trainer(tiny, photos, data_dir, tmp_path / "pet").fingerprint
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate launch set
+    assert make_trainer(tiny, photos, data_dir, tmp_path / "pet").fingerprint != one
 
 
 def test_a_run_stopped_while_a_checkpoint_is_written_leaves_it_whole(tiny, photos, data_dir, tmp_path, monkeypatch):
@@ -831,6 +838,29 @@ def test_a_second_training_on_the_same_device_waits(tiny, photos, data_dir, tmp_
     first_done = first_events[-1][0]
     assert isinstance(second_events[-1][1], Finished)
     assert all(t >= first_done for t, e in second_events if isinstance(e, Progress))
+
+
+def test_a_run_cancelled_while_it_waits_for_the_device_is_cancelled(tiny, photos, data_dir, tmp_path):
+    first = make_trainer(tiny, photos, data_dir, tmp_path / "first", steps=30)
+    second = make_trainer(tiny, photos, data_dir, tmp_path / "second", steps=2)
+    started = threading.Event()
+
+    def run_first():
+        for event in first.run():
+            started.set()
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    started.wait(60)
+    events = []
+    for event in second.run():
+        events.append(event)
+        if isinstance(event, Note) and "Another training is using the cpu-0" in event.text:
+            second.cancel()
+    first.cancel()
+    thread.join()
+    assert isinstance(events[-1], Cancelled) and events[-1].step == 0 and not any(
+        isinstance(e, Progress) for e in events)
 
 
 def test_a_run_that_waited_for_the_device_does_not_overwrite_what_the_first_one_finished(tiny, photos, data_dir,

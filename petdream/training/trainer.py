@@ -102,6 +102,9 @@ class DreamBoothTrainer:
                     pet.instance_prompt, pet.class_noun, sorted(p.sha256 for p in photos)]
         if init_model is not None:  # appended only then, so runs from the base keep their fingerprints
             identity.append(self.init_model_sha256)
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # as accelerate reads it: each draws its own images
+        if processes > 1:  # likewise only then
+            identity.append(f"processes={processes}")
         self.fingerprint = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
         self._cancel = threading.Event()
 
@@ -139,6 +142,9 @@ class DreamBoothTrainer:
             self._check_output_folder(resume)
             self._check_init_model()
             lock = yield from self._wait_for_device()
+            if lock is None:  # cancelled while it waited
+                yield Cancelled(0, self.checkpoints.latest())
+                return
             with lock:
                 self._check_output_folder(resume)  # again: a run it waited for may have written to this folder
                 try:
@@ -555,7 +561,8 @@ class DreamBoothTrainer:
                 f"when these flags are left out), {start_fresh}.")
 
     def _wait_for_device(self):
-        """An exclusive lock on the training device, shared by threads and processes; waits if taken."""
+        """An exclusive lock on the training device, shared by threads and processes; waits if taken.
+        None if the run was cancelled while it waited."""
         device = "cuda" if torch.cuda.is_available() and self.device_setting != "cpu" else "cpu"
         # Under `accelerate launch` each process owns the device of its local rank.
         device += f"-{os.environ.get('LOCAL_RANK', '0')}"
@@ -569,7 +576,7 @@ class DreamBoothTrainer:
             while True:
                 if self._cancel.is_set():
                     handle.close()
-                    raise TrainingFailure("Cancelled while waiting for the device.")
+                    return None
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
@@ -657,6 +664,7 @@ class DreamBoothTrainer:
                       "class_prompt": self.class_prompt if config.prior_preservation else None,
                       "steps_done": len(losses), "seconds": round(seconds, 1), "final_loss": losses[-1],
                       "mixed_precision_used": run.accelerator.mixed_precision, "device": str(run.accelerator.device),
+                      "processes": run.accelerator.num_processes,
                       "samples": samples},
             photos=[{"sha256": p.sha256, "width": p.width, "height": p.height} for p in self.photos],
             created_at=PetModel.now(),

@@ -209,10 +209,14 @@ def test_class_images_are_generated_once_per_base_model_and_class(tiny, photos, 
     from petdream.training.data import class_images_folder
 
     run_all(make_trainer(tiny, photos, data_dir, tmp_path / "one", num_class_images=3))
-    folder = class_images_folder(data_dir, tiny.base_model_id, None, "dog", 128)
+    folder = class_images_folder(data_dir, tiny.base_model_id, None, "dog", 128, FAST["class_image_steps"])
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
     assert len(stamps) >= 3
     run_all(make_trainer(tiny, photos, data_dir, tmp_path / "two", num_class_images=3))
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == stamps
+    # Drawn in more sampling steps, they are other pictures: not taken from this cache
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "three", num_class_images=3, class_image_steps=3))
+    assert len(list(folder.parent.glob("dog-128px-3steps/*.png"))) == 3
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == stamps
 
 

@@ -74,11 +74,13 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def class_images_folder(data_dir: Path, base_model_id: str, revision: str | None, class_noun: str, resolution: int) -> Path:
-    """Where class images of one base model and class noun are cached, to be reused by every pet."""
+def class_images_folder(data_dir: Path, base_model_id: str, revision: str | None, class_noun: str, resolution: int,
+                        steps: int) -> Path:
+    """Where class images of one base model and class noun, drawn at `resolution` px in `steps`
+    sampling steps, are cached, to be reused by every pet."""
     base = hashlib.sha256(f"{base_model_id}@{revision}".encode()).hexdigest()[:12]
     noun = "".join(c if c.isalnum() else "-" for c in class_noun.lower())
-    return Path(data_dir) / "class-images" / base / f"{noun}-{resolution}px"
+    return Path(data_dir) / "class-images" / base / f"{noun}-{resolution}px-{steps}steps"
 
 
 @torch.no_grad()

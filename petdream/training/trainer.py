@@ -417,7 +417,7 @@ class DreamBoothTrainer:
         unet, vae, text_encoder, tokenizer, noise_scheduler = parts
         pipeline = _pipeline_over(unet, vae, text_encoder, tokenizer, noise_scheduler)
         folder = class_images_folder(self.data_dir, self.profile.base_model_id, self.profile.base_model_revision,
-                                     self.pet.class_noun, self.resolution)
+                                     self.pet.class_noun, self.resolution, self.config.class_image_steps)
         cuda = unet.device.type == "cuda"
         # Batches keep a GPU busy; on the CPU one image at a time keeps memory low and costs no speed.
         with quiet_libraries(), torch.autocast("cuda", torch.float16, enabled=cuda):

@@ -131,16 +131,18 @@ class PetDreamService:
         return job
 
     def train_further(self, owner: str, pet_id: str) -> TrainingJob:
-        """Add the pictures the person liked to the pet's photos and train on from its current weights."""
+        """Train on from the pet's current weights, on its photos plus the pictures the person liked."""
         record = self.store.pet(owner, pet_id)
         model = self.pet_model(owner, pet_id)
         liked = self.store.liked_images(owner, pet_id)
         if not liked:
             raise ValueError(f"No liked pictures of {record.name} yet: rate pictures in the chat with a thumbs up.")
-        for image in liked:
-            shutil.copyfile(image.path, Path(record.photos_dir) / f"liked-{image.id}.png")
         config = TrainingConfig.from_dict({**model.training, "steps": FURTHER_TRAINING_STEPS})
         run = self.store.add_run(owner, pet_id, config.to_dict(), init_model_dir=model.path)
+        photos = self.store.paths(owner, pet_id).run_photos(run.id)
+        shutil.copytree(record.photos_dir, photos)
+        for image in liked:
+            shutil.copyfile(image.path, photos / f"liked-{image.id}.png")
         return self._queue(owner, record, run.id, config, resume=False, init_model=model)
 
     def resume_training(self, owner: str, run_id: str) -> TrainingJob:
@@ -197,7 +199,10 @@ class PetDreamService:
                      init_model: PetModel | None) -> None:
         """Run the trainer, mirror its events into the job (what the page shows) and the store (what lasts)."""
         owner, store = job.owner, self.store
-        photos = intake(sorted(Path(record.photos_dir).glob("*.png")), resolution=self.profile.resolution).accepted
+        photos_dir = store.paths(owner, record.id).run_photos(job.run_id)
+        if not photos_dir.is_dir():  # a run on the pet's own photos (only Teach my pet's runs have a set of their own)
+            photos_dir = Path(record.photos_dir)
+        photos = intake(sorted(photos_dir.glob("*.png")), resolution=self.profile.resolution).accepted
         run = store.run(owner, job.run_id)
         extra = {"init_model": init_model} if init_model is not None else {}
         trainer = DreamBoothTrainer(self._ready(), photos, Pet(record.name, record.trigger, record.class_noun),

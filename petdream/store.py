@@ -167,6 +167,11 @@ class PetPaths:
         """The folder a training run writes its PetModel (and checkpoints/) to."""
         return self.runs / run_id
 
+    def run_photos(self, run_id: str) -> Path:
+        """The photo set of a run that trains on more than the pet's photos (Teach my pet: those plus
+        the liked pictures), its own so that the run resumes on what it started with."""
+        return self.runs / f"{run_id}-photos"
+
 
 def pet_paths(data_dir: str | Path, owner: str, pet_id: str) -> PetPaths:
     """The folders of `owner`'s pet `pet_id` under `data_dir` (not created here)."""

@@ -293,6 +293,33 @@ def test_liked_pictures_teach_the_pet_further_from_its_current_weights(served_ap
     assert after.path != before.path  # a new model; the old one stays until the new one is complete
     assert after.training["init_model"]["path"] == str(before.path)
     assert after.lora_weights.read_bytes() != before.lora_weights.read_bytes()
-    photos = service.store.pet(owner, alices_pet["id"]).photos_dir
+    photos = service.store.paths(owner, alices_pet["id"]).run_photos(job.run_id)
     assert (photos / f"liked-{picture.image_id}.png").is_file()
     assert len(after.photos) == len(before.photos) + len(service.store.liked_images(owner, alices_pet["id"]))
+
+
+def test_a_cancelled_teach_run_resumes_after_a_later_one_learned_more_liked_pictures(served_app, alices_pet):
+    """Each Teach my pet run trains on its own photo set: liking more pictures later (and teaching
+    again) does not change what a cancelled run resumes on."""
+    service, owner, pet = served_app.petdream_service, f"session:{ALICE}", alices_pet["id"]
+
+    def like(seed):
+        service.rate(owner, service.draw(owner, pet, "a photo of bruno dog on a sofa", seed=seed).image_id, True)
+
+    def until_done(job):
+        while not job.done:
+            time.sleep(0.1)
+        return job
+
+    like(21)
+    cut = service.train_further(owner, pet)
+    while cut.step < 1:
+        assert not cut.done, cut.message
+        time.sleep(0.05)
+    service.cancel_training(owner, cut.run_id)
+    assert until_done(cut).status == "cancelled", cut.message
+    like(22)
+    assert until_done(service.train_further(owner, pet)).status == "finished"
+    resumed = until_done(service.resume_training(owner, cut.run_id))
+    assert resumed.status == "finished", resumed.message
+    assert 0 < len(resumed.losses) < resumed.total_steps  # it went on from its checkpoint

@@ -22,7 +22,7 @@ from petdream.models.profiles import ensure_models
 from petdream.petmodel import Pet, PetModel
 from petdream.photos import IntakeReport, intake
 from petdream.settings import Settings
-from petdream.store import NotFound, PetRecord, Store
+from petdream.store import RESUMABLE_STATUSES, NotFound, PetRecord, Store
 from petdream.training import (Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished, Note, Progress,
                                Sample, TrainingConfig, new_pet)
 from petdream.training.queue import TrainingJob, TrainingQueue
@@ -150,8 +150,9 @@ class PetDreamService:
         run = self.store.run(owner, run_id)
         record = self.store.pet(owner, run.pet_id)
         job = self.training(owner, run_id)
-        if (job is not None and not job.done) or run.status not in ("interrupted", "cancelled", "failed"):
-            state = job.summary(self.trainings.position(run_id)) if job is not None and not job.done else run.status
+        live = job is not None and not job.done  # already back in line, or running
+        if live or run.status not in RESUMABLE_STATUSES:
+            state = job.summary(self.trainings.position(run_id)) if live else run.status
             raise ValueError(f"{record.name}'s training cannot be resumed now: {state}")
         self.store.update_run(owner, run_id, status="queued")
         init = PetModel.load(run.init_model_dir) if run.init_model_dir else None

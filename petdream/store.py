@@ -45,6 +45,8 @@ RUN_TRANSITIONS = {
     "cancelled": {"queued"},
     "finished": set(),
 }
+# What Resume may queue again: cut off by a restart, cancelled or failed.
+RESUMABLE_STATUSES = tuple(status for status, next_ in RUN_TRANSITIONS.items() if "queued" in next_)
 CHAT_ROLES = ("user", "assistant")
 
 # The schema, one step per version, applied in order at open (`PRAGMA user_version` counts the steps

@@ -22,7 +22,7 @@ from petdream.models.profiles import ensure_models
 from petdream.petmodel import Pet, PetModel
 from petdream.photos import IntakeReport, intake
 from petdream.settings import Settings
-from petdream.store import RESUMABLE_STATUSES, NotFound, PetRecord, Store
+from petdream.store import NotFound, PetRecord, Store
 from petdream.training import (Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished, Note, Progress,
                                Sample, TrainingConfig, new_pet)
 from petdream.training.queue import TrainingJob, TrainingQueue
@@ -151,8 +151,8 @@ class PetDreamService:
         record = self.store.pet(owner, run.pet_id)
         job = self.training(owner, run_id)
         live = job is not None and not job.done  # already back in line, or running
-        if live or run.status not in RESUMABLE_STATUSES:
-            state = job.summary(self.trainings.position(run_id)) if live else run.status
+        if live or not run.resumable:
+            state = job.summary(self.trainings.position(run_id)) if live else run.error or run.status
             raise ValueError(f"{record.name}'s training cannot be resumed now: {state}")
         self.store.update_run(owner, run_id, status="queued")
         init = PetModel.load(run.init_model_dir) if run.init_model_dir else None
@@ -236,7 +236,8 @@ class PetDreamService:
                     "final_loss": event.final_loss})
                 job.status, job.message = "finished", f"{record.name} is ready: chat with them on the Chat tab."
             elif isinstance(event, Failed):
-                store.update_run(owner, job.run_id, status="failed", error=event.reason)
+                store.update_run(owner, job.run_id, status="failed", error=event.reason,
+                                 metrics={"resumable": event.resumable})
                 job.status, job.message = "failed", event.reason
             elif isinstance(event, Cancelled):
                 store.update_run(owner, job.run_id, status="cancelled", metrics={"step": event.step})

@@ -221,8 +221,9 @@ class TrainingRun:
 
     @property
     def resumable(self) -> bool:
-        """Cut off by a restart: the UI offers to resume it."""
-        return self.status == "interrupted"
+        """Whether Resume may queue it again: cut off by a restart, cancelled, or failed in a way that
+        resuming can get past (a diverged loss cannot: the same steps would diverge again)."""
+        return self.status in RESUMABLE_STATUSES and self.metrics.get("resumable", True)
 
     def training_config(self):
         """The stored config as a TrainingConfig again (JSON turned its tuple into a list)."""
@@ -490,7 +491,7 @@ class Store:
         return [self._row(TrainingRun, row) for row in rows]
 
     def resumable_runs(self, owner: str) -> list[TrainingRun]:
-        """`owner`'s runs that a restart cut off, to offer resuming."""
+        """`owner`'s runs that Resume may continue (see TrainingRun.resumable)."""
         return [run for run in self.runs(owner) if run.resumable]
 
     def update_run(self, owner: str, run_id: str, *, status: str | None = None, metrics: dict | None = None,

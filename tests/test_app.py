@@ -279,6 +279,28 @@ def test_a_crashed_or_cancelled_waiting_training_can_be_resumed_once(tiny, data_
         service.resume_training(owner, first.run_id)
 
 
+def test_a_diverged_training_is_not_offered_for_resuming(tiny, data_dir, photo_files, tmp_path, monkeypatch):
+    """Resuming draws the same batches from the same weights, so a run whose loss became NaN would
+    diverge again: it is not listed, and Resume is refused with the reason."""
+    from petdream.service import PetDreamService
+    from petdream.training import DreamBoothTrainer
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "models").symlink_to(data_dir / "models")
+    service = PetDreamService(Settings.from_env({}, data_dir=tmp_path / "data", profile="tiny", device="cpu"), tiny)
+    owner, settings = "session:" + "e" * 40, dict(steps=4, checkpoint_every=2, prior_preservation=False)
+    real_loss = DreamBoothTrainer._loss
+    monkeypatch.setattr(DreamBoothTrainer, "_loss", lambda self, *args: real_loss(self, *args) * float("nan"))
+    diverged = service.start_training(owner, "Rex", "dog", photo_files, "tiny", **settings)
+    while not diverged.done:
+        time.sleep(0.1)
+    assert diverged.status == "failed" and diverged.message.startswith("The loss became nan at step 1")
+    assert service.store.resumable_runs(owner) == []
+    with pytest.raises(ValueError, match="Rex's training cannot be resumed now: The loss became nan at step 1.*"
+                                         "resuming would repeat the same steps"):
+        service.resume_training(owner, diverged.run_id)
+
+
 def test_liked_pictures_teach_the_pet_further_from_its_current_weights(served_app, alices_pet):
     service, owner = served_app.petdream_service, f"session:{ALICE}"
     before = service.pet_model(owner, alices_pet["id"])

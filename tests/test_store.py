@@ -156,7 +156,7 @@ def test_a_run_cut_off_by_a_restart_shows_as_resumable_and_resumes(tmp_path):
         assert store.update_run(ALICE, running.id, metrics={"step": 40}).metrics == {"step": 40, "loss": 0.3}
         store.finish_run(ALICE, running.id, resumed.output_dir, {"final_loss": 0.05, "step": 50})
         store.update_run(ALICE, queued.id, status="cancelled")
-        assert store.resumable_runs(ALICE) == [] and store.mark_interrupted_runs() == 0
+        assert [run.id for run in store.resumable_runs(ALICE)] == [queued.id] and store.mark_interrupted_runs() == 0
         assert store.pet(ALICE, pet.id).model_dir == resumed.output_dir
         assert store.run(ALICE, running.id).metrics == {"step": 50, "loss": 0.3, "final_loss": 0.05}
 
@@ -173,6 +173,7 @@ def test_run_status_changes_are_checked(store):
     assert failed.finished_at is not None and failed.error == "The disk is full."
     with pytest.raises(StoreError, match="cannot become 'running'"):
         store.update_run(ALICE, run.id, status="running")
+    assert failed.resumable
     again = store.update_run(ALICE, run.id, status="queued")  # resume after freeing space
     assert (again.status, again.error, again.finished_at) == ("queued", None, None)
     store.update_run(ALICE, run.id, status="running")
@@ -181,6 +182,15 @@ def test_run_status_changes_are_checked(store):
         with pytest.raises(StoreError):
             store.update_run(ALICE, run.id, status=status)
     assert store.run(ALICE, run.id).status == "finished"
+
+
+def test_a_run_that_failed_the_same_way_a_resume_would_is_not_offered_for_resuming(store):
+    pet = store.add_pet(ALICE, "Bruno", "dog", "bruno")
+    diverged, full_disk = store.add_run(ALICE, pet.id, {"steps": 10}), store.add_run(ALICE, pet.id, {"steps": 10})
+    store.update_run(ALICE, diverged.id, status="failed", error="The loss became nan", metrics={"resumable": False})
+    store.update_run(ALICE, full_disk.id, status="failed", error="The disk is full", metrics={"resumable": True})
+    assert [run.id for run in store.resumable_runs(ALICE)] == [full_disk.id]
+    assert not store.run(ALICE, diverged.id).resumable
 
 
 # --- chat and consent -----------------------------------------------------------------------------

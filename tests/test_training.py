@@ -55,10 +55,10 @@ def _png(image):
     return buffer.getvalue()
 
 
-def make_trainer(tiny, photos, data_dir, output, name="Bruno", init_model=None, **overrides):
+def make_trainer(tiny, photos, data_dir, output, name="Bruno", init_model=None, device="cpu", **overrides):
     pet, _ = new_pet(name, "dog")
     config = TrainingConfig.preset("tiny", **{**FAST, **overrides})
-    return DreamBoothTrainer(tiny, photos, pet, output, config, data_dir=data_dir, device="cpu", init_model=init_model)
+    return DreamBoothTrainer(tiny, photos, pet, output, config, data_dir=data_dir, device=device, init_model=init_model)
 
 
 def run_all(trainer, resume=False):
@@ -671,7 +671,33 @@ def test_nan_loss_stops_with_a_clear_message(tiny, photos, data_dir, tmp_path, m
     failed = events[-1]
     assert isinstance(failed, Failed)
     assert failed.reason.startswith("The loss became nan at step 4: training diverged. Lower the learning rate")
-    assert failed.checkpoint.name == "step-000003"
+    assert failed.reason.endswith("then start again (resuming would repeat the same steps).")
+    assert failed.checkpoint.name == "step-000003" and not failed.resumable
+
+
+def test_the_cli_says_to_start_over_after_a_diverged_loss_and_names_a_missing_device(tiny, data_dir, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from petdream.__main__ import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        make_photo(i).save(folder / f"p{i}.jpg")
+    real = DreamBoothTrainer._loss
+    monkeypatch.setattr(DreamBoothTrainer, "_loss", lambda self, *args: real(self, *args) * float("nan"))
+    monkeypatch.setenv("PETDREAM_DATA_DIR", str(data_dir))
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's Ctrl-C handler
+    train = ["train", "--photos", str(folder), "--name", "Rex", "--class-noun", "dog", "--profile", "tiny",
+             "--preset", "tiny", "--steps", "2", "--no-prior-preservation"]
+
+    assert main([*train, "--output", str(tmp_path / "rex"), "--device", "cpu"]) == 1
+    assert ("training diverged. Lower the learning rate (now 0.001) or train without mixed precision, then start "
+            "again (resuming would repeat the same steps). Use a new --output folder, or delete "
+            f"{tmp_path / 'rex'} first.") in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*train, "--output", str(tmp_path / "rex2"), "--device", "cuda"]) == 1
+        assert ("error: Cannot train: device 'cuda' was asked for, but this machine has no CUDA GPU. Choose a device "
+                "it has (--device or PETDREAM_DEVICE: auto, cpu, cuda, cuda:N or mps).") in capsys.readouterr().err
 
 
 def test_out_of_memory_retries_once_with_checkpointing_and_a_smaller_batch(tiny, photos, data_dir, tmp_path, monkeypatch):
@@ -838,10 +864,22 @@ def test_a_second_training_on_the_same_device_waits(tiny, photos, data_dir, tmp_
     for event in second.run():
         second_events.append((time.monotonic(), event))
     thread.join()
-    assert isinstance(second_events[0][1], Note) and "Another training is using the cpu-0" in second_events[0][1].text
+    assert isinstance(second_events[0][1], Note) and "Another training is using the CPU" in second_events[0][1].text
     first_done = first_events[-1][0]
     assert isinstance(second_events[-1][1], Finished)
     assert all(t >= first_done for t, e in second_events if isinstance(e, Progress))
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("device, lacking", [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"),
+                                             ("mps", "no Apple MPS device")])
+def test_a_device_the_machine_lacks_fails_the_run_instead_of_training_on_the_cpu(tiny, photos, data_dir, tmp_path,
+                                                                                 device, lacking):
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "out", device=device))
+    assert len(events) == 1 and isinstance(events[0], Failed)
+    assert f"device '{device}' was asked for, but this machine has {lacking}" in events[0].reason
+    assert "--device or PETDREAM_DEVICE" in events[0].reason and events[0].checkpoint is None
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_a_run_cancelled_while_it_waits_for_the_device_is_cancelled(tiny, photos, data_dir, tmp_path):
@@ -859,7 +897,7 @@ def test_a_run_cancelled_while_it_waits_for_the_device_is_cancelled(tiny, photos
     events = []
     for event in second.run():
         events.append(event)
-        if isinstance(event, Note) and "Another training is using the cpu-0" in event.text:
+        if isinstance(event, Note) and "Another training is using the CPU" in event.text:
             second.cancel()
     first.cancel()
     thread.join()
@@ -886,7 +924,7 @@ def test_a_run_that_waited_for_the_device_does_not_overwrite_what_the_first_one_
     thread.join()
     assert isinstance(first_events[-1], Finished)
     created = PetModel.load(tmp_path / "pet").created_at
-    assert "Another training is using the cpu-0" in second_events[0].text
+    assert "Another training is using the CPU" in second_events[0].text
     assert isinstance(second_events[-1], Failed) and "already holds a trained pet model" in second_events[-1].reason
     assert PetModel.load(tmp_path / "pet").created_at == created
 

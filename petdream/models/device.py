@@ -6,11 +6,17 @@ import torch
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """`auto` takes CUDA, then Apple's MPS, then the CPU; anything else is taken as asked."""
+    """`auto` takes CUDA, then Apple's MPS, then the CPU; anything else is taken as asked, if this
+    machine has it (RuntimeError saying what it has otherwise)."""
     if requested != "auto":
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {requested!r} was asked for, but this machine has no CUDA GPU")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise RuntimeError(f"device {requested!r} was asked for, but this machine's CUDA GPUs are "
+                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(f"device {requested!r} was asked for, but this machine has no Apple MPS device")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

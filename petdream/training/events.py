@@ -50,6 +50,7 @@ class Finished:
 class Failed:
     reason: str  # written for the person: what happened and what to do
     checkpoint: Path | None  # the last checkpoint kept, to resume from
+    resumable: bool = True  # False where resuming would only repeat the failure (a diverged loss)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from petdream.models import Profile, load_pipeline
+from petdream.models import Profile, load_pipeline, pick_device
 from petdream.models.pipeline import quiet_libraries
 from petdream.petmodel import LORA_WEIGHTS_FILE, METADATA_FILE, PIPELINE_DIR, Pet, PetModel
 from petdream.photos import Photo
@@ -61,7 +61,12 @@ SAMPLE_SEEDS = (0, 1)
 
 
 class TrainingFailure(Exception):
-    """Stops a run; the message is shown to the person as is."""
+    """Stops a run; the message is shown to the person as is. `resumable`: whether resuming from the
+    last checkpoint can get past it (not if the same steps would fail the same way)."""
+
+    def __init__(self, message: str, resumable: bool = True):
+        super().__init__(message)
+        self.resumable = resumable
 
 
 class DreamBoothTrainer:
@@ -141,18 +146,19 @@ class DreamBoothTrainer:
         try:
             self._check_output_folder(resume)
             self._check_init_model()
-            lock = yield from self._wait_for_device()
+            device = _training_device(self.device_setting)
+            lock = yield from self._wait_for_device(device)
             if lock is None:  # cancelled while it waited
                 yield Cancelled(0, self.checkpoints.latest())
                 return
             with lock:
                 self._check_output_folder(resume)  # again: a run it waited for may have written to this folder
                 try:
-                    yield from self._run(resume)
+                    yield from self._run(resume, device)
                 finally:  # however the run ends, a checkpoint being written lands before the device is free
                     self._finish_checkpoint_write()
         except TrainingFailure as failure:
-            yield Failed(str(failure), self.checkpoints.latest())
+            yield Failed(str(failure), self.checkpoints.latest(), failure.resumable)
         except OSError as error:
             if error.errno != errno.ENOSPC:
                 raise
@@ -163,8 +169,8 @@ class DreamBoothTrainer:
 
     # -- the run ---------------------------------------------------------------------------
 
-    def _run(self, resume: bool) -> Iterator[Event]:
-        run = yield from self._prepare()
+    def _run(self, resume: bool, device: torch.device) -> Iterator[Event]:
+        run = yield from self._prepare(device)
         config, accelerator = self.config, run.accelerator
         step, losses = 0, []
         fused = self.fuse_micro_batches if self.fuse_micro_batches is not None else accelerator.device.type == "cuda"
@@ -198,9 +204,10 @@ class DreamBoothTrainer:
                     run.plain(run.unet).enable_gradient_checkpointing()
                 continue
             if not math.isfinite(loss):
-                raise TrainingFailure(
+                raise TrainingFailure(  # resuming draws the same batches from the same weights: it would diverge again
                     f"The loss became {loss} at step {step + 1}: training diverged. Lower the learning rate "
-                    f"(now {config.learning_rate:g}) or train without mixed precision, then start again.")
+                    f"(now {config.learning_rate:g}) or train without mixed precision, then start again "
+                    "(resuming would repeat the same steps).", resumable=False)
             step += 1
             losses.append(loss)
             now = time.monotonic()
@@ -312,24 +319,27 @@ class DreamBoothTrainer:
 
     # -- set-up ----------------------------------------------------------------------------
 
-    def _prepare(self):
-        """Load the models, encode the data once, make the trainable weights and the optimizer.
-        Yields Notes about fallbacks; returns the _Run."""
+    def _prepare(self, device: torch.device):
+        """Load the models onto `device`, encode the data once, make the trainable weights and the
+        optimizer. Yields Notes about fallbacks; returns the _Run."""
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState, GradientState
         from diffusers.optimization import get_scheduler
 
         config = self.config
-        cuda = torch.cuda.is_available() and self.device_setting != "cpu"
+        cuda = device.type == "cuda"
         precision = config.mixed_precision if config.mixed_precision != "auto" else ("fp16" if cuda else "no")
         if precision != "no" and not cuda:
-            yield Note(f"Mixed precision {precision} needs a CUDA GPU; training in full precision (fp32) on the CPU.")
+            where = "the CPU" if device.type == "cpu" else device.type.upper()
+            yield Note(f"Mixed precision {precision} needs a CUDA GPU; training in full precision (fp32) on {where}.")
             precision = "no"
+        if cuda:  # one process's Accelerator puts models on "cuda": the current device of this thread
+            torch.cuda.set_device(device)
         # accelerate keeps its settings process-wide and refuses new ones; the app trains pet after pet
         # in one process (one at a time per device), so each run starts from a clean state.
         AcceleratorState._reset_state(reset_partial_state=False)  # keeps a distributed launch's process group
         GradientState._reset_state()
-        accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+        accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")  # else CUDA or MPS
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = True  # free speed on Ampere+; DreamBooth doesn't need full fp32
             torch.backends.cudnn.allow_tf32 = True
@@ -560,19 +570,18 @@ class DreamBoothTrainer:
                 f"further continues its weights, so their shape stays: use the model's values (the CLI takes them "
                 f"when these flags are left out), {start_fresh}.")
 
-    def _wait_for_device(self):
+    def _wait_for_device(self, device: torch.device):
         """An exclusive lock on the training device, shared by threads and processes; waits if taken.
         None if the run was cancelled while it waited."""
-        device = "cuda" if torch.cuda.is_available() and self.device_setting != "cpu" else "cpu"
-        # Under `accelerate launch` each process owns the device of its local rank.
-        device += f"-{os.environ.get('LOCAL_RANK', '0')}"
-        path = self.data_dir / "locks" / f"train-{device}.lock"
+        # The CPU is counted per process of a launch, like a GPU: processes of one launch never wait for each other.
+        index = device.index if device.type != "cpu" else int(os.environ.get("LOCAL_RANK", "0"))
+        path = self.data_dir / "locks" / f"train-{device.type}-{index or 0}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "w")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield Note(f"Another training is using the {device}; this one starts when it ends.")
+            yield Note(f"Another training is using {_device_name(device)}; this one starts when it ends.")
             while True:
                 if self._cancel.is_set():
                     handle.close()
@@ -790,6 +799,25 @@ def _cache_compiled_kernels_in(folder: Path) -> None:
 
 def _model_name(model_id: str, revision: str | None) -> str:
     return f"{model_id!r}" + (f" (revision {revision})" if revision else "")
+
+
+def _training_device(requested: str) -> torch.device:
+    """The device this process trains on, from the `device` setting (auto, cpu, cuda, cuda:N or mps).
+    Under a launch of several processes each takes the GPU of its local rank, as accelerate does;
+    a device this machine lacks fails the run, instead of training somewhere else unasked."""
+    try:
+        device = pick_device(requested)
+    except RuntimeError as error:
+        raise TrainingFailure(f"Cannot train: {error}. Choose a device it has (--device or PETDREAM_DEVICE: "
+                              "auto, cpu, cuda, cuda:N or mps).") from None
+    if device.type == "cuda":
+        local_rank = os.environ.get("LOCAL_RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+        return torch.device("cuda", int(local_rank) if local_rank is not None else device.index or 0)
+    return device
+
+
+def _device_name(device: torch.device) -> str:
+    return "the CPU" if device.type == "cpu" else str(device)
 
 
 def _out_of_memory_with_several_processes(accelerator, step: int) -> str:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from petdream.photos import MAX_PHOTOS, NotEnoughPhotosError
 from petdream.service import PetDreamService
-from petdream.store import RESUMABLE_STATUSES, NotFound
+from petdream.store import NotFound
 from petdream.hub import HubError, MissingPetInfo
 from petdream.ui.session import oauth_enabled, owner_of, served_copy, trained_pets
 
@@ -139,7 +139,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         owner = owner_of(browser_id, request, profile)
         names = {p.id: p.name for p in service.pets(owner)}
         live = lambda run: (job := service.training(owner, run.id)) is not None and not job.done  # noqa: E731
-        runs = [r for r in service.store.runs(owner) if r.status in RESUMABLE_STATUSES and not live(r)]
+        runs = [r for r in service.store.resumable_runs(owner) if not live(r)]
         return gr.Dropdown([(f"{names.get(r.pet_id, '?')}: {r.status} ({r.created_at[:16]})", r.id) for r in runs],
                            value=None)
 

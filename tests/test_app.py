@@ -345,3 +345,25 @@ def test_a_cancelled_teach_run_resumes_after_a_later_one_learned_more_liked_pict
     resumed = until_done(service.resume_training(owner, cut.run_id))
     assert resumed.status == "finished", resumed.message
     assert 0 < len(resumed.losses) < resumed.total_steps  # it went on from its checkpoint
+
+
+def test_teaching_from_the_chat_can_be_stopped_there_and_is_offered_for_resuming(served_app, alices_pet):
+    service, owner, pet = served_app.petdream_service, f"session:{ALICE}", alices_pet["id"]
+    picture = service.draw(owner, pet, "a photo of bruno dog in a garden", seed=31)
+    service.rate(owner, picture.image_id, True)
+    api = client(served_app)
+
+    teach = api.submit(pet, ALICE, api_name="/train_further")
+    deadline = time.monotonic() + 120
+    while not any("Teaching Bruno with the pictures you liked. Training Bruno: step" in str(update)
+                  for update in teach.outputs()):
+        assert time.monotonic() < deadline and not teach.done(), teach.outputs()
+        time.sleep(0.2)
+    api.predict(ALICE, api_name="/stop_teaching")
+    teach.result(timeout=120)
+    note = [update for update in teach.outputs() if isinstance(update, str)][-1]  # the last shown (then: a hidden button)
+    assert note.startswith("⏹ Stopped teaching Bruno at step ")
+    assert note.endswith(": resume it under Unfinished trainings on the My pet tab.")
+    [run] = [r for r in service.store.resumable_runs(owner) if r.init_model_dir is not None]
+    assert run.status == "cancelled" and 0 < run.metrics["step"] < run.config["steps"]
+

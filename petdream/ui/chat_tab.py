@@ -44,9 +44,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         with gr.Row():
             again = gr.Button("New picture", elem_id="new-picture")
             teach = gr.Button("Teach my pet with the pictures I liked", elem_id="teach-button")
+            stop_teaching = gr.Button("Stop teaching", variant="stop", visible=False, elem_id="stop-teaching-button")
         note = gr.Markdown(elem_id="chat-note")
         pictures = gr.State({})  # chatbot message index -> stored image id, for the thumbs
         last_prompt = gr.State("")
+        teaching = gr.State("")  # the run id of the Teach training this page shows
 
     def respond(text, pet_id, name, age, occupation, history, pictures, browser_id, request: gr.Request,
                 profile: gr.OAuthProfile | None = None):
@@ -116,6 +118,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         service.rate(owner, image_id, verdict)
 
     def teach_liked(pet_id, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """(note, run id, Stop button) as the Teach training goes, until it ends; the chat keeps the
+        old weights till then."""
         owner = owner_of(browser_id, request, profile)
         if not pet_id:
             raise gr.Error("Choose a pet first.")
@@ -123,15 +127,26 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
             job = service.train_further(owner, pet_id)
         except (NotFound, ValueError) as error:
             raise gr.Error(str(error)) from None
+        yield gr.skip(), job.run_id, gr.Button(visible=True)
         last = None
-        while True:  # the training's progress, until it ends; the chat keeps the old weights till then
-            line = job.summary(service.trainings.position(job.run_id))
+        while True:
+            line = f"Teaching {job.pet_name} with the pictures you liked. {job.summary(service.trainings.position(job.run_id))}"
+            if job.status == "cancelled":  # resuming is on the My pet tab
+                line = (f"⏹ Stopped teaching {job.pet_name} at step {job.step}: resume it under Unfinished trainings "
+                        "on the My pet tab.")
             if line != last:
                 last = line
-                yield f"Teaching {job.pet_name} with the pictures you liked. {line}"
+                yield line, gr.skip(), gr.skip()
             if job.done:
+                yield gr.skip(), "", gr.Button(visible=False)
                 return
             time.sleep(POLL_SECONDS)
+
+    def stop_teaching_run(run_id, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        if not run_id or not service.cancel_training(owner_of(browser_id, request, profile), run_id):
+            gr.Info("No teaching of yours is running.")
+        else:
+            gr.Info("Stopping after this step; a checkpoint is kept so you can resume.")
 
     def consent(keep, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         service.store.set_chat_consent(owner_of(browser_id, request, profile), bool(keep))
@@ -144,7 +159,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
                 api_visibility="private")
 
     chatbot.like(rate, inputs=[pictures, browser_id], api_visibility="private")
-    teach.click(teach_liked, inputs=[pet, browser_id], outputs=note, api_name="train_further")
+    teach.click(teach_liked, inputs=[pet, browser_id], outputs=[note, teaching, stop_teaching], api_name="train_further",
+                concurrency_limit=None)  # it only follows the training, which the training queue runs one at a time
+    stop_teaching.click(stop_teaching_run, inputs=[teaching, browser_id], api_name="stop_teaching")
     keep.change(consent, inputs=[keep, browser_id], api_visibility="private")
     list_pets = trained_pets(service)
     tab.select(list_pets, inputs=[pet, browser_id], outputs=pet, api_visibility="private")

@@ -441,6 +441,35 @@ def test_a_run_stopped_while_a_checkpoint_is_written_leaves_it_whole(tiny, photo
         e.text for e in events if isinstance(e, Note))
 
 
+def test_a_checkpoint_of_channels_last_weights_resumes_them_and_their_optimizer_state_as_they_were(tmp_path):
+    """On CUDA the UNet's convolutions are channels_last. The checkpoint stores the weights row-major
+    (safetensors' layout); resuming puts the values back without changing any tensor's layout, and the
+    optimizer's state keeps its parameters' layout (8-bit AdamW's kernels read both as flat memory)."""
+    from torch.optim.lr_scheduler import ConstantLR
+
+    def make():
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(conv.parameters(), lr=0.1)
+        return conv, optimizer, ConstantLR(optimizer, factor=1.0)
+
+    conv, optimizer, schedule = make()
+    conv(torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last)).square().sum().backward()
+    optimizer.step()
+    checkpoints = Checkpoints(tmp_path, keep=2)
+    checkpoints.save(1, "fp", [0.5], dict(conv.named_parameters()), optimizer, schedule)
+    checkpoints.wait()
+
+    fresh, fresh_optimizer, fresh_schedule = make()
+    resumed = checkpoints.load(checkpoints.latest(), "fp", dict(fresh.named_parameters()), fresh_optimizer,
+                               fresh_schedule)
+    assert resumed.step == 1 and resumed.losses == [0.5]
+    assert torch.equal(fresh.weight, conv.weight) and fresh.weight.is_contiguous(memory_format=torch.channels_last)
+    state = fresh_optimizer.state[fresh.weight]
+    assert torch.equal(state["exp_avg"], optimizer.state[conv.weight]["exp_avg"])
+    assert state["exp_avg"].stride() == fresh.weight.stride() == conv.weight.stride()
+
+
 def test_checkpoints_keep_the_last_n(tiny, photos, data_dir, tmp_path):
     trainer = make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=9, checkpoint_every=2, checkpoints_kept=2)
     for event in trainer.run():

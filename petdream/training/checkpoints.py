@@ -68,8 +68,11 @@ class Checkpoints:
         `wait()` tells when it is on disk. An earlier write still under way is waited for first.
         `loop_state`: JSON the training loop needs back on resume."""
         self.wait()
-        state = _to_host({  # the weights and the optimizer's state_dict are live tensors: copied here
-            "trainable.safetensors": dict(trainable),
+        # The weights and the optimizer's state_dict are live tensors: copied here. The weights are copied
+        # row-major, as safetensors stores them (a GPU's channels_last convolutions would otherwise need a
+        # second host copy); the optimizer's state keeps its layout, which must match its parameters'.
+        state = _to_host({"trainable.safetensors": dict(trainable)}, memory_format=torch.contiguous_format)
+        state |= _to_host({
             "optimizer.pt": optimizer.state_dict(),
             "lr_scheduler.pt": lr_scheduler.state_dict(),
             **({"grad_scaler.pt": grad_scaler.state_dict()} if grad_scaler is not None else {}),
@@ -104,8 +107,7 @@ class Checkpoints:
             self.folder.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
-            weights = {name: t.contiguous() for name, t in state.pop("trainable.safetensors").items()}
-            save_file(weights, staging / "trainable.safetensors")
+            save_file(state.pop("trainable.safetensors"), staging / "trainable.safetensors")
             (staging / STATE_FILE).write_text(json.dumps(state.pop(STATE_FILE)))
             for name, value in state.items():
                 torch.save(value, staging / name)
@@ -144,14 +146,15 @@ class Checkpoints:
         return Resumed(step=state["step"], losses=state["losses"], path=path, loop_state=state.get("loop_state", {}))
 
 
-def _to_host(value):
-    """A deep copy of `value` (nested dicts and lists, as state_dicts are) with every tensor in host memory."""
+def _to_host(value, memory_format=torch.preserve_format):
+    """A deep copy of `value` (nested dicts and lists, as state_dicts are) with every tensor in host
+    memory, laid out as `memory_format` says."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value.detach().to("cpu", copy=True, memory_format=memory_format)
     if isinstance(value, dict):
-        return {key: _to_host(item) for key, item in value.items()}
+        return {key: _to_host(item, memory_format) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_host(item) for item in value)
+        return type(value)(_to_host(item, memory_format) for item in value)
     return copy.deepcopy(value)
 
 

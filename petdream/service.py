@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,6 +32,7 @@ from petdream.training.queue import TrainingJob, TrainingQueue
 logger = logging.getLogger(__name__)
 
 FURTHER_TRAINING_STEPS = 100  # a short run from the current weights with the liked pictures added
+FORGET_EVERY_S = 24 * 3600  # how often idle browser sessions are looked for again (a Space may run for weeks)
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,13 @@ class ChatPicture:
 
 
 class PetDreamService:
-    def __init__(self, settings: Settings, profile: Profile | None = None, *, hosts_token: bool = True):
-        """hosts_token: whether a Hub request without a person's own token may use this machine's
-        (HF_TOKEN or a saved login). Only where everyone using the app is the machine's owner: never
-        on a Space, a share link or a public address (see `ui.session.only_the_host_can_reach`)."""
+    def __init__(self, settings: Settings, profile: Profile | None = None, *, host_only: bool = True):
+        """host_only: whether everyone using the app is the machine's owner (see
+        `ui.session.only_the_host_can_reach`); never so on a Space, a share link or a public address.
+        Only then may a Hub request without a person's own token use this machine's (HF_TOKEN or a
+        saved login), and only otherwise are idle browser sessions forgotten (strangers' data)."""
         self.settings = settings
-        self.hosts_token = hosts_token
+        self.host_only = host_only
         self.data_dir = settings.ensure_data_dir()
         self.profile = profile or resolve_profile(settings, build_models=False)  # its models built on first use
         self._models_ready = False
@@ -59,6 +63,25 @@ class PetDreamService:
         self.trainings = TrainingQueue()
         self._lazy_lock = threading.RLock()
         self._generator = self._companion = self._evaluator = None
+        if settings.forget_sessions_after_days and not host_only:
+            self.forget_idle_sessions()
+            threading.Thread(target=self._forget_idle_sessions_daily, name="petdream-forget", daemon=True).start()
+
+    def forget_idle_sessions(self) -> int:
+        """Delete what browsers without a login left unused for `forget_sessions_after_days`; how many."""
+        days = self.settings.forget_sessions_after_days
+        forgotten = self.store.forget_idle_sessions(timedelta(days=days))
+        if forgotten:
+            logger.info("deleted the pets and chats of %d browser session(s) unused for %d days", forgotten, days)
+        return forgotten
+
+    def _forget_idle_sessions_daily(self) -> None:
+        while True:
+            time.sleep(FORGET_EVERY_S)
+            try:
+                self.forget_idle_sessions()
+            except Exception:  # a closed store (the app shut down) or a locked database: try again tomorrow
+                logger.exception("could not look for idle browser sessions")
 
     # -- models, loaded on first use ----------------------------------------------------------
 
@@ -107,6 +130,22 @@ class PetDreamService:
 
     def pets(self, owner: str, trained_only: bool = False) -> list[PetRecord]:
         return [p for p in self.store.pets(owner) if p.model_dir is not None or not trained_only]
+
+    def delete_pet(self, owner: str, pet_id: str) -> str:
+        """Delete the pet with its photos, models, pictures, trainings and chats about it; returns its
+        name. Refused while one of its trainings waits or runs: cancel that first."""
+        record = self.store.pet(owner, pet_id)
+        if any(self.training_is_live(owner, run.id) for run in self.store.runs(owner, pet_id)):
+            raise ValueError(f"{record.name} is in training now: cancel the training, then delete.")
+        self.store.delete_pet(owner, pet_id)
+        return record.name
+
+    def forget_owner(self, owner: str) -> None:
+        """Delete everything of `owner`: pets, photos, models, pictures, ratings and chats. Refused while
+        one of their trainings waits or runs."""
+        if self.live_training(owner) is not None:
+            raise ValueError("A training of yours is waiting or running: cancel it, then delete your data.")
+        self.store.delete_owner(owner)
 
     def pet_model(self, owner: str, pet_id: str) -> PetModel:
         record = self.store.pet(owner, pet_id)
@@ -163,12 +202,16 @@ class PetDreamService:
         job = self.trainings.job(run_id)
         return job if job is not None and job.owner == owner else None
 
+    def training_is_live(self, owner: str, run_id: str) -> bool:
+        """Whether `owner`'s run waits or runs in this process."""
+        job = self.training(owner, run_id)
+        return job is not None and not job.done
+
     def live_training(self, owner: str) -> TrainingJob | None:
         """`owner`'s newest training that is waiting or running in this process, if any."""
         for run in sorted(self.store.runs(owner), key=lambda run: run.created_at, reverse=True):
-            job = self.training(owner, run.id)
-            if job is not None and not job.done:
-                return job
+            if self.training_is_live(owner, run.id):
+                return self.training(owner, run.id)
         return None
 
     def cancel_training(self, owner: str, run_id: str) -> bool:
@@ -281,11 +324,11 @@ class PetDreamService:
         """Push `owner`'s pet to their Hub account (private unless `public`); returns PushResult.
 
         token: the person's own (a Space login). None uses this machine's HF_TOKEN or saved login
-        where `hosts_token` allows it."""
+        where `host_only` allows it."""
         from petdream.hub import HubError
 
         record = self.store.pet(owner, pet_id)
-        if not token and not self.hosts_token:
+        if not token and not self.host_only:
             raise HubError(
                 "This PetDream is open to other people (a Space, a share link or a public address), so it "
                 "never pushes with the Hugging Face token of the machine it runs on. Push from PetDream on your "
@@ -299,14 +342,14 @@ class PetDreamService:
     def _hub(self, token: str | None, oauth_scope: str | None = None):
         from petdream.hub import PetHub
 
-        if token or self.hosts_token:
+        if token or self.host_only:
             return PetHub.from_settings(self.settings, token=token, oauth_scope=oauth_scope)
         return PetHub(None, endpoint=self.settings.hub_endpoint)  # anonymous, whatever this machine has saved
 
     def load_from_hub(self, owner: str, repo_id: str, token: str | None = None, *, name: str | None = None,
                       class_noun: str | None = None) -> PetRecord:
         """A pet model pulled from a Hub repo (PetDream's or any diffusers DreamBooth LoRA) as a new pet.
-        Without a token of the person's own and `hosts_token`, anonymously: public repos only."""
+        Without a token of the person's own and `host_only`, anonymously: public repos only."""
         hub = self._hub(token)
         staging = self.store.paths(owner, "incoming").runs / uuid.uuid4().hex
         model = hub.pull(repo_id.strip(), staging, name=name or None, class_noun=class_noun or None)

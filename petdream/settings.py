@@ -49,6 +49,8 @@ class Settings:
     hub_endpoint: str = "https://huggingface.co"
     host: str = "127.0.0.1"
     port: int = 7860
+    # Where others reach the app, a login-less browser's pets are deleted after this many days unused; 0: never.
+    forget_sessions_after_days: int = 30
 
     # environment variable -> field; the README's settings table is written from this.
     ENV_VARS = {
@@ -66,6 +68,7 @@ class Settings:
         "HF_ENDPOINT": "hub_endpoint",
         "GRADIO_SERVER_NAME": "host",  # Gradio's own names, which Spaces set
         "GRADIO_SERVER_PORT": "port",
+        "PETDREAM_FORGET_SESSIONS_AFTER_DAYS": "forget_sessions_after_days",
     }
 
     def __post_init__(self):
@@ -73,6 +76,8 @@ class Settings:
         _check_choice("dtype", self.dtype, DTYPES)
         device_kind = self.device.split(":")[0]
         _check_choice("device", device_kind, DEVICES)
+        if self.forget_sessions_after_days < 0:
+            raise ValueError(f"forget_sessions_after_days must be 0 (never) or more; got {self.forget_sessions_after_days}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -86,11 +91,11 @@ class Settings:
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"]).expanduser()
-        if "port" in values:
+        for name in [name for name in values if types.get(name) == "int"]:
             try:
-                values["port"] = int(values["port"])
+                values[name] = int(values[name])
             except ValueError:
-                raise ValueError(f"port must be a whole number, got {values['port']!r}") from None
+                raise ValueError(f"{name} must be a whole number, got {values[name]!r}") from None
         unknown = set(values) - set(types)
         if unknown:
             raise TypeError(f"unknown settings: {sorted(unknown)}")

@@ -28,7 +28,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 DB_FILE = "petdream.sqlite3"
@@ -264,6 +264,21 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+# Browser sessions with nothing dated on or after :cutoff (ISO-8601 UTC text sorts as time).
+_IDLE_SESSIONS = """
+    SELECT o.key FROM owners o
+    WHERE o.key LIKE 'session:%' AND o.created_at < :cutoff AND coalesce(o.chat_consent_at, '') < :cutoff
+      AND NOT EXISTS (SELECT 1 FROM pets p WHERE p.owner = o.key AND p.created_at >= :cutoff)
+      AND NOT EXISTS (SELECT 1 FROM training_runs r JOIN pets p ON r.pet_id = p.id WHERE p.owner = o.key
+                      AND (max(r.created_at, coalesce(r.finished_at, '')) >= :cutoff
+                           OR r.status IN ('queued', 'running')))
+      AND NOT EXISTS (SELECT 1 FROM images i JOIN pets p ON i.pet_id = p.id WHERE p.owner = o.key
+                      AND i.created_at >= :cutoff)
+      AND NOT EXISTS (SELECT 1 FROM chat_turns c WHERE c.owner = o.key AND c.created_at >= :cutoff)
+      AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.owner = o.key AND f.created_at >= :cutoff)
+"""
+
+
 # --- the store -----------------------------------------------------------------------------------
 
 class Store:
@@ -403,6 +418,20 @@ class Store:
             conn.execute("DELETE FROM owners WHERE key = ?", (_check_owner(owner),))
         if delete_files:
             shutil.rmtree(owner_dir(self.data_dir, owner), ignore_errors=True)
+
+    def forget_idle_sessions(self, idle: timedelta) -> int:
+        """Delete every browser session (an owner without a login) that did nothing for `idle`, with its
+        files; returns how many. What counts as doing something: a new pet, a training started or
+        ended, a picture, a rating, a kept chat turn or a consent. A session with a training waiting
+        or running is kept."""
+        cutoff = (datetime.now(timezone.utc) - idle).isoformat(timespec="milliseconds")
+        with self._write() as conn:
+            idle_owners = [row[0] for row in conn.execute(_IDLE_SESSIONS, {"cutoff": cutoff})]
+            for owner in idle_owners:
+                conn.execute("DELETE FROM owners WHERE key = ?", (owner,))
+        for owner in idle_owners:
+            shutil.rmtree(owner_dir(self.data_dir, owner), ignore_errors=True)
+        return len(idle_owners)
 
     # pets
 

@@ -367,3 +367,71 @@ def test_teaching_from_the_chat_can_be_stopped_there_and_is_offered_for_resuming
     [run] = [r for r in service.store.resumable_runs(owner) if r.init_model_dir is not None]
     assert run.status == "cancelled" and 0 < run.metrics["step"] < run.config["steps"]
 
+
+def test_a_person_deletes_a_pet_and_then_all_their_data(served_app, photo_files):
+    """Deleting needs the box ticked and waits for the pet's training to end; it takes the pet's
+    photos, models and pictures off the disk, and "all my data" leaves nothing of the person."""
+    from gradio_client import handle_file
+
+    from petdream.store import owner_dir
+
+    key, api, service = "f" * 40, client(served_app), served_app.petdream_service
+    owner = f"session:{key}"
+    assert train(served_app, key, photo_files, name="Fifi") == "✅ Fifi is ready: chat with them on the Chat tab."
+    [fifi] = api.predict(key, api_name="/pets")
+    service.draw(owner, fifi["id"], "a photo of fifi dog on a sofa", seed=3)
+    folder = service.store.paths(owner, fifi["id"]).root
+    assert (folder / "photos").is_dir() and list(folder.rglob("*.safetensors")) and (folder / "images").is_dir()
+
+    with pytest.raises(Exception, match="Tick .Yes, delete for good. first: deleting cannot be undone"):
+        api.predict(fifi["id"], False, key, api_name="/delete_pet")
+    assert folder.is_dir()
+    status, ticked = api.predict(fifi["id"], True, key, api_name="/delete_pet")
+    assert status == "🗑 Fifi is deleted, with their photos, models, pictures and chats." and ticked is False
+    assert not folder.exists() and api.predict(key, api_name="/pets") == []
+    with pytest.raises(Exception, match="No such pet"):
+        api.predict(fifi["id"], True, key, api_name="/delete_pet")
+
+    long = api.submit([handle_file(str(p)) for p in photo_files], "Rex", "dog", "tiny", None, 2000, 0, 0, 0, "off",
+                      key, api_name="/train")
+    deadline = time.monotonic() + 120
+    while not any("Training Rex: step" in str(update[0]) for update in long.outputs()):
+        assert time.monotonic() < deadline and not long.done(), long.outputs()
+        time.sleep(0.2)
+    [rex] = service.pets(owner)
+    with pytest.raises(Exception, match="Rex is in training now: cancel the training, then delete"):
+        api.predict(rex.id, True, key, api_name="/delete_pet")
+    with pytest.raises(Exception, match="A training of yours is waiting or running: cancel it, then delete your data"):
+        api.predict(True, key, api_name="/delete_my_data")
+    api.predict(key, api_name="/cancel_training")
+    assert long.result(timeout=120)[0].startswith("⏹ Cancelled at step ")
+
+    status, _ = api.predict(True, key, api_name="/delete_my_data")
+    assert status == "🗑 All your data is deleted: pets, photos, models, pictures, ratings and chats."
+    assert service.pets(owner) == [] and service.store.runs(owner) == []
+    assert not owner_dir(service.data_dir, owner).exists()
+
+
+def test_the_app_forgets_browser_sessions_unused_for_the_set_number_of_days(tiny, tmp_path):
+    import sqlite3
+
+    from petdream.service import PetDreamService
+    from petdream.store import DB_FILE, Store, session_owner, user_owner
+
+    idle, sam = session_owner("g" * 40), user_owner("sam")
+    with Store(tmp_path) as store:
+        for owner in (idle, sam):
+            store.add_pet(owner, "Bruno", "dog", "bruno")
+    with sqlite3.connect(tmp_path / DB_FILE) as db:
+        db.execute("UPDATE owners SET created_at = '2020-01-01T00:00:00.000+00:00'")
+        db.execute("UPDATE pets SET created_at = '2020-01-01T00:00:00.000+00:00'")
+
+    settings = Settings.from_env({}, data_dir=tmp_path, profile="tiny", device="cpu")
+    local = PetDreamService(settings, tiny, host_only=True)
+    assert len(local.pets(idle)) == 1  # only the machine's owner uses it: their browser's pets stay
+    never = PetDreamService(Settings.from_env({}, data_dir=tmp_path, profile="tiny", device="cpu",
+                                              forget_sessions_after_days=0), tiny, host_only=False)
+    assert len(never.pets(idle)) == 1  # 0: kept for ever
+    shared = PetDreamService(settings, tiny, host_only=False)
+    assert shared.pets(idle) == [] and len(shared.pets(sam)) == 1  # a login's pets are never forgotten
+

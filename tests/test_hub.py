@@ -708,7 +708,7 @@ def test_an_app_others_can_reach_never_pushes_or_pulls_with_the_machines_token(t
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "models").symlink_to(Path(tiny.base_model).parent.parent)
     settings = Settings.from_env({}, data_dir=tmp_path / "data", profile="tiny", device="cpu", hub_endpoint=fake.url)
-    shared = PetDreamService(settings, tiny, hosts_token=False)
+    shared = PetDreamService(settings, tiny, host_only=False)
     visitor = "session:" + "v" * 40
     record = shared.store.add_pet(visitor, "Bruno", "dog", "bruno")
     model = make_lora_pet(shared.store.paths(visitor, record.id).runs / "r1", tiny)

@@ -18,10 +18,10 @@ def test_defaults_without_environment():
 def test_environment_sets_every_field_and_flags_win():
     env = {var: "x" for var in Settings.ENV_VARS}
     env.update(PETDREAM_PROFILE="tiny", PETDREAM_DEVICE="cpu", PETDREAM_DTYPE="float32",
-               GRADIO_SERVER_PORT="8000", PETDREAM_DATA_DIR="/tmp/pets")
+               GRADIO_SERVER_PORT="8000", PETDREAM_DATA_DIR="/tmp/pets", PETDREAM_FORGET_SESSIONS_AFTER_DAYS="7")
     settings = Settings.from_env(env)
     assert settings.base_model == settings.clip_model == settings.llm_model == "x"
-    assert settings.port == 8000 and settings.data_dir == Path("/tmp/pets")
+    assert settings.port == 8000 and settings.data_dir == Path("/tmp/pets") and settings.forget_sessions_after_days == 7
 
     parser = argparse.ArgumentParser()
     Settings.add_arguments(parser)
@@ -40,6 +40,8 @@ def test_environment_sets_every_field_and_flags_win():
         ({"PETDREAM_DEVICE": "tpu"}, "device must be one of auto, cpu, cuda, mps; got 'tpu'"),
         ({"PETDREAM_DTYPE": "int8"}, "dtype must be one of"),
         ({"GRADIO_SERVER_PORT": "eighty"}, "port must be a whole number, got 'eighty'"),
+        ({"PETDREAM_FORGET_SESSIONS_AFTER_DAYS": "a month"}, "forget_sessions_after_days must be a whole number"),
+        ({"PETDREAM_FORGET_SESSIONS_AFTER_DAYS": "-1"}, "forget_sessions_after_days must be 0 .never. or more"),
     ],
 )
 def test_bad_values_say_what_is_allowed(env, message):

@@ -4,12 +4,13 @@ import os
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 
 from petdream import store as store_module
 from petdream.store import (
-    DB_FILE, MIGRATIONS, NotFound, Store, StoreError, new_session_id, pet_paths, session_owner, user_owner,
+    DB_FILE, MIGRATIONS, NotFound, Store, StoreError, new_session_id, owner_dir, pet_paths, session_owner, user_owner,
 )
 
 ALICE = user_owner("alice")
@@ -191,6 +192,26 @@ def test_a_run_that_failed_the_same_way_a_resume_would_is_not_offered_for_resumi
     store.update_run(ALICE, full_disk.id, status="failed", error="The disk is full", metrics={"resumable": True})
     assert [run.id for run in store.resumable_runs(ALICE)] == [full_disk.id]
     assert not store.run(ALICE, diverged.id).resumable
+
+
+def test_browser_sessions_unused_for_long_are_forgotten_with_their_files(store):
+    """Only login-less sessions, only when nothing of theirs is newer than the cutoff, and never one
+    with a training waiting or running."""
+    idle, active, training = (session_owner(new_session_id()) for _ in range(3))
+    pets = {owner: store.add_pet(owner, "Bruno", "dog", "bruno") for owner in (idle, active, training, ALICE)}
+    for pet in pets.values():
+        (pet.photos_dir / "p.png").write_bytes(b"photo")
+    store.add_run(training, pets[training].id, {"steps": 10})  # queued
+    with sqlite3.connect(store.data_dir / DB_FILE) as db:  # forty days pass
+        for table in ("owners", "pets", "training_runs", "images", "chat_turns", "feedback"):
+            db.execute(f"UPDATE {table} SET created_at = '2020-01-01T00:00:00.000+00:00'")
+    store.add_image(active, pets[active].id, pets[active].photos_dir / "new.png", "a photo of bruno dog")  # active today
+
+    assert store.forget_idle_sessions(timedelta(days=30)) == 1
+    assert store.pets(idle) == [] and not owner_dir(store.data_dir, idle).exists()
+    for owner in (active, training, ALICE):
+        assert [p.id for p in store.pets(owner)] == [pets[owner].id] and (pets[owner].photos_dir / "p.png").is_file()
+    assert store.forget_idle_sessions(timedelta(days=30)) == 0
 
 
 # --- chat and consent -----------------------------------------------------------------------------

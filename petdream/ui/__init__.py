@@ -20,7 +20,7 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
     """The whole app. Models load on first use, so the page is up in seconds.
     shared: it is also served on a public share link (`launch(share=True)`)."""
     service = service or PetDreamService(settings, resolve_profile(settings, build_models=False),
-                                         hosts_token=only_the_host_can_reach(settings, shared))
+                                         host_only=only_the_host_can_reach(settings, shared))
     profile = service.profile
     with gr.Blocks(title="PetDream") as app:
         with gr.Row():

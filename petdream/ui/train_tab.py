@@ -1,4 +1,5 @@
-"""My pet: upload photos, see which are usable and why not, train, follow it live, cancel, resume."""
+"""My pet: upload photos, see which are usable and why not, train, follow it live, cancel, resume,
+push to or load from the Hub, delete a pet or all of one's data."""
 
 from __future__ import annotations
 
@@ -68,6 +69,15 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             resumable = gr.Dropdown([], label="Cut off by a restart, cancelled or failed", elem_id="resumable",
                                     allow_custom_value=True)
             resume = gr.Button("Resume", elem_id="resume-button")
+        with gr.Accordion("Delete", open=False):
+            with gr.Row():
+                doomed_pet = gr.Dropdown([], label="Pet to delete", allow_custom_value=True, elem_id="delete-pet")
+                sure = gr.Checkbox(label="Yes, delete for good: photos, models, pictures and chats (copies you "
+                                         "pushed to the Hub stay there)", value=False, elem_id="delete-sure")
+            with gr.Row():
+                delete_pet = gr.Button("Delete this pet", variant="stop", elem_id="delete-pet-button")
+                delete_all = gr.Button("Delete all my data", variant="stop", elem_id="delete-all-button")
+            delete_status = gr.Markdown(elem_id="delete-status")
 
     def check(paths):
         if not paths:
@@ -138,10 +148,35 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     def list_resumable(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
         names = {p.id: p.name for p in service.pets(owner)}
-        live = lambda run: (job := service.training(owner, run.id)) is not None and not job.done  # noqa: E731
-        runs = [r for r in service.store.resumable_runs(owner) if not live(r)]
+        runs = [r for r in service.store.resumable_runs(owner) if not service.training_is_live(owner, r.id)]
         return gr.Dropdown([(f"{names.get(r.pet_id, '?')}: {r.status} ({r.created_at[:16]})", r.id) for r in runs],
                            value=None)
+
+    def list_all_pets(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        owner = owner_of(browser_id, request, profile)
+        return gr.Dropdown([(p.name, p.id) for p in service.pets(owner)], value=None)
+
+    def delete_chosen_pet(pet_id, sure, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        owner = owner_of(browser_id, request, profile)
+        if not pet_id:
+            raise gr.Error("Choose the pet to delete.")
+        if not sure:
+            raise gr.Error("Tick \"Yes, delete for good\" first: deleting cannot be undone.")
+        try:
+            name = service.delete_pet(owner, pet_id)
+        except (NotFound, ValueError) as error:
+            raise gr.Error(str(error)) from None
+        return f"🗑 {name} is deleted, with their photos, models, pictures and chats.", False
+
+    def delete_my_data(sure, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        owner = owner_of(browser_id, request, profile)
+        if not sure:
+            raise gr.Error("Tick \"Yes, delete for good\" first: deleting cannot be undone.")
+        try:
+            service.forget_owner(owner)
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        return "🗑 All your data is deleted: pets, photos, models, pictures, ratings and chats.", False
 
     def push_pet(pet_id, repo, public, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None,
                  oauth: gr.OAuthToken | None = None):
@@ -186,6 +221,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                  concurrency_limit=None).then(*refresh_resumable, api_visibility="private")
     list_pets = trained_pets(service)
     hub_pet.focus(list_pets, inputs=[hub_pet, browser_id], outputs=hub_pet, api_visibility="private")
+    doomed_pet.focus(list_all_pets, inputs=browser_id, outputs=doomed_pet, api_visibility="private")
+    refresh_doomed = (list_all_pets, browser_id, doomed_pet)
+    delete_pet.click(delete_chosen_pet, inputs=[doomed_pet, sure, browser_id], outputs=[delete_status, sure],
+                     api_name="delete_pet").success(*refresh_doomed, api_visibility="private").then(
+        *refresh_resumable, api_visibility="private")
+    delete_all.click(delete_my_data, inputs=[sure, browser_id], outputs=[delete_status, sure],
+                     api_name="delete_my_data").success(*refresh_doomed, api_visibility="private").then(
+        *refresh_resumable, api_visibility="private")
     return {"list_resumable": refresh_resumable, "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet]),
             "reconnect": (reconnect, [browser_id], outputs)}
 

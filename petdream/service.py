@@ -140,6 +140,14 @@ class PetDreamService:
         self.store.delete_pet(owner, pet_id)
         return record.name
 
+    def move_to_account(self, session: str, account: str) -> list[str]:
+        """On signing in: the pets made in this browser (`session`) become the `account`'s, with all that
+        belongs to them; returns their names. Not while a training of the session waits or runs (its
+        files are in use): then at a later page load."""
+        if self.live_training(session) is not None:
+            return []
+        return [pet.name for pet in self.store.move_pets(session, account)]
+
     def forget_owner(self, owner: str) -> None:
         """Delete everything of `owner`: pets, photos, models, pictures, ratings and chats. Refused while
         one of their trainings waits or runs."""

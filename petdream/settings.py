@@ -77,7 +77,8 @@ class Settings:
         device_kind = self.device.split(":")[0]
         _check_choice("device", device_kind, DEVICES)
         if self.forget_sessions_after_days < 0:
-            raise ValueError(f"forget_sessions_after_days must be 0 (never) or more; got {self.forget_sessions_after_days}")
+            raise ValueError("forget_sessions_after_days must be 0 (never) or more; "
+                             f"got {self.forget_sessions_after_days}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":

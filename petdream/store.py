@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -264,6 +265,12 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _moved_path_sql(column: str) -> str:
+    """SQL for `column`'s stored path with the :old owner folder swapped for the :new one."""
+    return (f"CASE WHEN substr({column}, 1, length(:old)) = :old "
+            f"THEN :new || substr({column}, length(:old) + 1) ELSE {column} END")
+
+
 # Browser sessions with nothing dated on or after :cutoff (ISO-8601 UTC text sorts as time).
 _IDLE_SESSIONS = """
     SELECT o.key FROM owners o
@@ -418,6 +425,43 @@ class Store:
             conn.execute("DELETE FROM owners WHERE key = ?", (_check_owner(owner),))
         if delete_files:
             shutil.rmtree(owner_dir(self.data_dir, owner), ignore_errors=True)
+
+    def move_pets(self, session: str, account: str) -> list[PetRecord]:
+        """Give every pet of a browser `session` to the `account` it signed in to, with its files,
+        trainings, pictures, ratings and kept chats (and the consent they were kept under, where the
+        account has none); returns the pets moved. The session is deleted after.
+
+        Pet by pet, the folder moves first, then its rows: a crash between leaves the pet the session's,
+        its folder already moved, and the next call finishes it."""
+        old = self._to_db(owner_dir(self.data_dir, session)) + os.sep
+        new = self._to_db(owner_dir(self.data_dir, _check_owner(account))) + os.sep
+        names = {"session": session, "account": account, "old": old, "new": new}
+        moved = []
+        for pet in self.pets(session):
+            source, target = self.paths(session, pet.id).root, self.paths(account, pet.id).root
+            if source.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(source, target)
+            with self._write() as conn:
+                self._ensure_owner(conn, account)
+                values = {**names, "pet": pet.id}
+                conn.execute(f"UPDATE pets SET owner = :account, photos_dir = {_moved_path_sql('photos_dir')}, "
+                             f"model_dir = {_moved_path_sql('model_dir')} WHERE id = :pet AND owner = :session", values)
+                conn.execute(f"UPDATE training_runs SET output_dir = {_moved_path_sql('output_dir')}, "
+                             f"init_model_dir = {_moved_path_sql('init_model_dir')} WHERE pet_id = :pet", values)
+                conn.execute(f"UPDATE images SET path = {_moved_path_sql('path')} WHERE pet_id = :pet", values)
+                conn.execute("UPDATE feedback SET owner = :account WHERE owner = :session "
+                             "AND image_id IN (SELECT id FROM images WHERE pet_id = :pet)", values)
+                conn.execute(f"UPDATE chat_turns SET owner = :account, image_path = {_moved_path_sql('image_path')} "
+                             "WHERE owner = :session AND pet_id = :pet", values)
+            moved.append(self.pet(account, pet.id))
+        with self._write() as conn:
+            self._ensure_owner(conn, account)
+            conn.execute("UPDATE owners SET chat_consent_at = (SELECT chat_consent_at FROM owners "
+                         "WHERE key = :session) WHERE key = :account AND chat_consent_at IS NULL", names)
+            conn.execute("UPDATE chat_turns SET owner = :account WHERE owner = :session", names)
+        self.delete_owner(session)
+        return moved
 
     def forget_idle_sessions(self, idle: timedelta) -> int:
         """Delete every browser session (an owner without a login) that did nothing for `idle`, with its

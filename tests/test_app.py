@@ -435,3 +435,22 @@ def test_the_app_forgets_browser_sessions_unused_for_the_set_number_of_days(tiny
     shared = PetDreamService(settings, tiny, host_only=False)
     assert shared.pets(idle) == [] and len(shared.pets(sam)) == 1  # a login's pets are never forgotten
 
+
+def test_signing_in_brings_the_pets_made_in_this_browser_to_the_account(served_app, photo_files):
+    import gradio as gr
+
+    from petdream.ui.session import bring_browser_pets
+
+    key, service = "h" * 40, served_app.petdream_service
+    assert train(served_app, key, photo_files, name="Coco") == "✅ Coco is ready: chat with them on the Chat tab."
+    sam = gr.OAuthProfile({"name": "Sam", "preferred_username": "sam", "profile": "", "picture": ""})
+    bring = bring_browser_pets(service)
+    bring(key, None)  # not signed in: nothing moves
+    [coco] = service.pets(f"session:{key}")
+
+    bring(key, sam)
+    assert service.pets(f"session:{key}") == [] and [p.id for p in service.pets("hf:sam")] == [coco.id]
+    picture = service.draw("hf:sam", coco.id, "a photo of coco dog in the park", seed=5)  # its model, from its new folder
+    assert picture.path.is_file() and service.pet_model("hf:sam", coco.id).pet.name == "Coco"
+    assert [p["id"] for p in client(served_app).predict(key, api_name="/pets")] == []
+

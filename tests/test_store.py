@@ -214,6 +214,42 @@ def test_browser_sessions_unused_for_long_are_forgotten_with_their_files(store):
     assert store.forget_idle_sessions(timedelta(days=30)) == 0
 
 
+def test_a_browser_sessions_pets_move_to_the_account_it_signs_in_to_with_everything_of_theirs(store):
+    session, account = session_owner(new_session_id()), user_owner("sam")
+    pet = store.add_pet(session, "Bruno", "dog", "bruno")
+    (pet.photos_dir / "p.png").write_bytes(b"photo")
+    run = store.add_run(session, pet.id, {"steps": 10})
+    run.output_dir.mkdir(parents=True)
+    (run.output_dir / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+    store.update_run(session, run.id, status="running")
+    store.finish_run(session, run.id, run.output_dir)
+    picture_path = store.paths(session, pet.id).images / "1.png"
+    picture_path.parent.mkdir(parents=True)
+    picture_path.write_bytes(b"picture")
+    picture = store.add_image(session, pet.id, picture_path, "a photo of bruno dog")
+    store.rate_image(session, picture.id, True)
+    store.set_chat_consent(session, True)
+    store.add_chat_turn(session, "user", "hello")
+    store.add_chat_turn(session, "assistant", "hi!", pet_id=pet.id, image_path=picture_path)
+    target = store.paths(account, pet.id).root  # a first try crashed after moving the folder, before the rows
+    target.parent.mkdir(parents=True)
+    os.rename(store.paths(session, pet.id).root, target)
+
+    [moved] = store.move_pets(session, account)
+    assert (moved.id, moved.name) == (pet.id, "Bruno") and store.pets(session) == []
+    assert (moved.photos_dir / "p.png").read_bytes() == b"photo"
+    assert moved.photos_dir.is_relative_to(owner_dir(store.data_dir, account))
+    [moved_run] = store.runs(account, pet.id)
+    assert moved.model_dir == moved_run.output_dir and (moved_run.output_dir / "pytorch_lora_weights.safetensors").is_file()
+    [liked] = store.liked_images(account, pet.id)
+    assert liked.id == picture.id and liked.path.read_bytes() == b"picture"
+    turns = store.chat_turns(account)
+    assert [t.text for t in turns] == ["hello", "hi!"] and turns[1].image_path == liked.path
+    assert store.chat_consent(account) is not None and store.chat_consent(session) is None
+    assert not owner_dir(store.data_dir, session).exists()
+    assert store.move_pets(session, account) == []
+
+
 # --- chat and consent -----------------------------------------------------------------------------
 
 def test_chats_are_kept_only_with_consent_and_revoking_deletes_them(store):

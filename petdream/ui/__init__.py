@@ -8,7 +8,7 @@ from petdream.models import TINY_WARNING, resolve_profile
 from petdream.service import PetDreamService
 from petdream.settings import Settings
 from petdream.ui import api, chat_tab, evaluate_tab, train_tab
-from petdream.ui.session import browser_id_or_new, oauth_enabled, only_the_host_can_reach
+from petdream.ui.session import bring_browser_pets, browser_id_or_new, oauth_enabled, only_the_host_can_reach
 
 # Per file, Gradio's cap. Above intake's own limit (photos.MAX_FILE_BYTES, 30 MB) on purpose: Gradio
 # refuses a whole upload for one file over its cap, while intake refuses that one file, with its
@@ -38,6 +38,7 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
         api.register(service)
 
         app.load(browser_id_or_new, inputs=browser_id, outputs=browser_id, api_visibility="private").then(
+            bring_browser_pets(service), inputs=browser_id, api_visibility="private").then(
             *train["list_resumable"], api_visibility="private").then(
             *train["list_pets"], api_visibility="private").then(
             *chat["list_pets"], api_visibility="private").then(*evaluation["list_pets"], api_visibility="private").then(

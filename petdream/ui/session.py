@@ -50,6 +50,20 @@ def owner_of(browser_id: str | None, request: gr.Request | None, profile: gr.OAu
     return session_owner(hashlib.sha256(_PROCESS_SECRET + session_hash.encode()).hexdigest())
 
 
+def bring_browser_pets(service):
+    """A page-load handler: once the person is signed in, the pets made in this browser before
+    (under its browser key) move to their account, and they are told so."""
+
+    def bring(browser_id, profile: gr.OAuthProfile | None = None):
+        if profile is None or not browser_id or len(browser_id) < 32:
+            return
+        moved = service.move_to_account(session_owner(browser_id), user_owner(profile.username))
+        if moved:
+            gr.Info(f"Moved to your account ({profile.username}): {', '.join(moved)}.")
+
+    return bring
+
+
 def served_copy(path: str | Path) -> str:
     """A copy of one of the owner's files for Gradio to serve.
 

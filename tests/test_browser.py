@@ -117,7 +117,11 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
     with stage(page, "3-trained", log):
         page.locator("#pet-name").get_by_role("textbox").fill("Bruno")
         page.get_by_text("Advanced", exact=True).click()
-        page.get_by_label("Steps (0: the preset's)").fill(str(STEPS))
+        steps = page.get_by_label("Steps (0: the preset's)")
+        expect(steps).to_have_value("0")  # the opened accordion's field is set up: a fill now stays
+        steps.fill(str(STEPS))
+        steps.press("Tab")
+        expect(steps).to_have_value(str(STEPS))
         page.locator("#train-button").click()
         expect(page.locator("#train-status")).to_have_text(TRAINED, timeout=TRAIN_S * 1000)
         # It trained the steps asked for, and showed its loss and samples on the way.

@@ -318,10 +318,7 @@ def run_train(args: argparse.Namespace) -> int:
             return _push_after_training(hub, event.model, repo_id, args, photos)
         elif isinstance(event, Failed):
             bar.close()
-            if not event.resumable:
-                kept = f" Use a new --output folder, or delete {args.output} first."
-            else:
-                kept = f" The last checkpoint is kept: {event.checkpoint}." if event.checkpoint else ""
+            kept = f" The last checkpoint is kept: {event.checkpoint}." if event.checkpoint else ""
             print(f"error: {event.reason}{kept}", file=sys.stderr)
             return 1
         elif isinstance(event, Cancelled):

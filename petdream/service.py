@@ -14,6 +14,8 @@ import shutil
 import threading
 import time
 import uuid
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -45,6 +47,45 @@ class ChatPicture:
     seed: int
 
 
+class OwnerLocks:
+    """Keeps deleting and moving a person's pets apart from work on their files.
+
+    Work (a picture, an evaluation, a Hub push or pull, putting a training in line) waits while a
+    change (a delete, a move to an account) is made; a change is refused while work is under way.
+    """
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._changing: dict[str, threading.Lock] = {}  # one per owner seen by this process (a few bytes each)
+        self._working: Counter = Counter()
+
+    def _change_lock(self, owner: str) -> threading.Lock:
+        with self._guard:
+            return self._changing.setdefault(owner, threading.Lock())
+
+    @contextmanager
+    def work(self, owner: str):
+        with self._change_lock(owner):  # not in the middle of a delete or a move
+            with self._guard:
+                self._working[owner] += 1
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._working[owner] -= 1
+                if not self._working[owner]:
+                    del self._working[owner]
+
+    @contextmanager
+    def change(self, owner: str, refusal: str):
+        """Held while `owner`'s files go away or move; ValueError(refusal) while work of theirs is under way."""
+        with self._change_lock(owner):
+            with self._guard:
+                if self._working[owner]:
+                    raise ValueError(refusal)
+            yield
+
+
 class PetDreamService:
     def __init__(self, settings: Settings, profile: Profile | None = None, *, host_only: bool = True):
         """host_only: whether everyone using the app is the machine's owner (see
@@ -61,6 +102,7 @@ class PetDreamService:
         if interrupted:
             logger.info("%d training run(s) were cut off by a restart; they can be resumed", interrupted)
         self.trainings = TrainingQueue()
+        self.owners = OwnerLocks()
         self._lazy_lock = threading.RLock()
         self._generator = self._companion = self._evaluator = None
         if settings.forget_sessions_after_days and not host_only:
@@ -135,25 +177,32 @@ class PetDreamService:
         """Delete the pet with its photos, models, pictures, trainings and chats about it; returns its
         name. Refused while one of its trainings waits or runs: cancel that first."""
         record = self.store.pet(owner, pet_id)
-        if any(self.training_is_live(owner, run.id) for run in self.store.runs(owner, pet_id)):
-            raise ValueError(f"{record.name} is in training now: cancel the training, then delete.")
-        self.store.delete_pet(owner, pet_id)
+        with self.owners.change(owner, f"A picture, an evaluation or a Hub transfer of yours is under way: "
+                                       f"delete {record.name} when it is done."):
+            if any(self.training_is_live(owner, run.id) for run in self.store.runs(owner, pet_id)):
+                raise ValueError(f"{record.name} is in training now: cancel the training, then delete.")
+            self.store.delete_pet(owner, pet_id)
         return record.name
 
     def move_to_account(self, session: str, account: str) -> list[str]:
         """On signing in: the pets made in this browser (`session`) become the `account`'s, with all that
-        belongs to them; returns their names. Not while a training of the session waits or runs (its
-        files are in use): then at a later page load."""
-        if self.live_training(session) is not None:
-            return []
-        return [pet.name for pet in self.store.move_pets(session, account)]
+        belongs to them; returns their names. Refused (ValueError) while a training or other work of the
+        session is under way: its files are in use."""
+        with self.owners.change(session, "A picture, an evaluation or a Hub transfer is under way: move "
+                                         "your pets when it is done."):
+            if self.live_training(session) is not None:
+                raise ValueError("A training is waiting or running: your pets can move to your account "
+                                 "once it ends.")
+            return [pet.name for pet in self.store.move_pets(session, account)]
 
     def forget_owner(self, owner: str) -> None:
         """Delete everything of `owner`: pets, photos, models, pictures, ratings and chats. Refused while
         one of their trainings waits or runs."""
-        if self.live_training(owner) is not None:
-            raise ValueError("A training of yours is waiting or running: cancel it, then delete your data.")
-        self.store.delete_owner(owner)
+        with self.owners.change(owner, "A picture, an evaluation or a Hub transfer of yours is under way: "
+                                       "delete your data when it is done."):
+            if self.live_training(owner) is not None:
+                raise ValueError("A training of yours is waiting or running: cancel it, then delete your data.")
+            self.store.delete_owner(owner)
 
     def pet_model(self, owner: str, pet_id: str) -> PetModel:
         record = self.store.pet(owner, pet_id)
@@ -166,44 +215,47 @@ class PetDreamService:
     def start_training(self, owner: str, name: str, class_noun: str, photo_paths: list[str], preset: str,
                        **overrides) -> TrainingJob:
         """Check the photos, create the pet and queue its training; raises ValueError saying what to fix."""
-        report = intake(photo_paths, resolution=self.profile.resolution)
-        report.require_enough()
-        pet, note = new_pet(name, class_noun)
-        config = TrainingConfig.preset(preset, **overrides)
-        record = self.store.add_pet(owner, pet.name, pet.class_noun, pet.trigger)
-        report.save(record.photos_dir)  # the normalized crops: a resume after a restart trains on the same
-        run = self.store.add_run(owner, record.id, config.to_dict())
-        job = self._queue(owner, record, run.id, config, resume=False)
+        with self.owners.work(owner):
+            report = intake(photo_paths, resolution=self.profile.resolution)
+            report.require_enough()
+            pet, note = new_pet(name, class_noun)
+            config = TrainingConfig.preset(preset, **overrides)
+            record = self.store.add_pet(owner, pet.name, pet.class_noun, pet.trigger)
+            report.save(record.photos_dir)  # the normalized crops: a resume after a restart trains on the same
+            run = self.store.add_run(owner, record.id, config.to_dict())
+            job = self._queue(owner, record, run.id, config, resume=False)
         job.message = note or ""
         return job
 
     def train_further(self, owner: str, pet_id: str) -> TrainingJob:
         """Train on from the pet's current weights, on its photos plus the pictures the person liked."""
-        record = self.store.pet(owner, pet_id)
-        model = self.pet_model(owner, pet_id)
-        liked = self.store.liked_images(owner, pet_id)
-        if not liked:
-            raise ValueError(f"No liked pictures of {record.name} yet: rate pictures in the chat with a thumbs up.")
-        config = TrainingConfig.from_dict({**model.training, "steps": FURTHER_TRAINING_STEPS})
-        run = self.store.add_run(owner, pet_id, config.to_dict(), init_model_dir=model.path)
-        photos = self.store.paths(owner, pet_id).run_photos(run.id)
-        shutil.copytree(record.photos_dir, photos)
-        for image in liked:
-            shutil.copyfile(image.path, photos / f"liked-{image.id}.png")
-        return self._queue(owner, record, run.id, config, resume=False, init_model=model)
+        with self.owners.work(owner):
+            record = self.store.pet(owner, pet_id)
+            model = self.pet_model(owner, pet_id)
+            liked = self.store.liked_images(owner, pet_id)
+            if not liked:
+                raise ValueError(f"No liked pictures of {record.name} yet: rate pictures in the chat with a thumbs up.")
+            config = TrainingConfig.from_dict({**model.training, "steps": FURTHER_TRAINING_STEPS})
+            run = self.store.add_run(owner, pet_id, config.to_dict(), init_model_dir=model.path)
+            photos = self.store.paths(owner, pet_id).run_photos(run.id)
+            shutil.copytree(record.photos_dir, photos)
+            for image in liked:
+                shutil.copyfile(image.path, photos / f"liked-{image.id}.png")
+            return self._queue(owner, record, run.id, config, resume=False, init_model=model)
 
     def resume_training(self, owner: str, run_id: str) -> TrainingJob:
         """Continue a run that a restart, a cancel or a failure stopped, from its last checkpoint."""
-        run = self.store.run(owner, run_id)
-        record = self.store.pet(owner, run.pet_id)
-        job = self.training(owner, run_id)
-        live = job is not None and not job.done  # already back in line, or running
-        if live or not run.resumable:
-            state = job.summary(self.trainings.position(run_id)) if live else run.error or run.status
-            raise ValueError(f"{record.name}'s training cannot be resumed now: {state}")
-        self.store.update_run(owner, run_id, status="queued")
-        init = PetModel.load(run.init_model_dir) if run.init_model_dir else None
-        return self._queue(owner, record, run_id, run.training_config(), resume=True, init_model=init)
+        with self.owners.work(owner):
+            run = self.store.run(owner, run_id)
+            record = self.store.pet(owner, run.pet_id)
+            job = self.training(owner, run_id)
+            live = job is not None and not job.done  # already back in line, or running
+            if live or not run.resumable:
+                state = job.summary(self.trainings.position(run_id)) if live else run.error or run.status
+                raise ValueError(f"{record.name}'s training cannot be resumed now: {state}")
+            self.store.update_run(owner, run_id, status="queued")
+            init = PetModel.load(run.init_model_dir) if run.init_model_dir else None
+            return self._queue(owner, record, run_id, run.training_config(), resume=True, init_model=init)
 
     def training(self, owner: str, run_id: str) -> TrainingJob | None:
         """The live state of `owner`'s run (None for anyone else's, or once the process restarted)."""
@@ -243,7 +295,8 @@ class PetDreamService:
         try:
             self._run_trainer(job, record, config, resume, init_model)
         except Exception as error:
-            if self.store.run(job.owner, job.run_id).status in ("queued", "running"):
+            run = next((r for r in self.store.runs(job.owner) if r.id == job.run_id), None)  # None: deleted
+            if run is not None and run.status in ("queued", "running"):
                 self.store.update_run(job.owner, job.run_id, status="failed", error=f"{type(error).__name__}: {error}")
             raise
 
@@ -313,13 +366,18 @@ class PetDreamService:
     def draw(self, owner: str, pet_id: str, prompt: str, negative_prompt: str | None = None,
              seed: int | None = None) -> ChatPicture:
         """One picture of the pet, kept in its images folder and recorded for rating."""
-        model = self.pet_model(owner, pet_id)
-        result = self.generator.generate(prompt, pet=model, negative_prompt=negative_prompt, seed=seed)
-        folder = self.store.paths(owner, pet_id).images
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{uuid.uuid4().hex}.png"
-        result.images[0].save(path)
-        image = self.store.add_image(owner, pet_id, path, prompt, result.seed)
+        with self.owners.work(owner):
+            model = self.pet_model(owner, pet_id)
+            result = self.generator.generate(prompt, pet=model, negative_prompt=negative_prompt, seed=seed)
+            folder = self.store.paths(owner, pet_id).images
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{uuid.uuid4().hex}.png"
+            result.images[0].save(path)
+            try:
+                image = self.store.add_image(owner, pet_id, path, prompt, result.seed)
+            except Exception:  # no record, no file: nothing would ever delete it
+                path.unlink(missing_ok=True)
+                raise
         return ChatPicture(image.id, path, prompt, result.seed)
 
     def rate(self, owner: str, image_id: int, liked: bool | None) -> None:
@@ -335,15 +393,16 @@ class PetDreamService:
         where `host_only` allows it."""
         from petdream.hub import HubError
 
-        record = self.store.pet(owner, pet_id)
-        if not token and not self.host_only:
-            raise HubError(
-                "This PetDream is open to other people (a Space, a share link or a public address), so it "
-                "never pushes with the Hugging Face token of the machine it runs on. Push from PetDream on your "
-                "own computer, or sign in with Hugging Face where the Space offers it.")
-        hub = self._hub(token, oauth_scope)
-        result = hub.push(self.pet_model(owner, pet_id), repo or None, public=public)
-        self.store.update_pet(owner, pet_id, hub_repo=result.repo_id)
+        with self.owners.work(owner):
+            record = self.store.pet(owner, pet_id)
+            if not token and not self.host_only:
+                raise HubError(
+                    "This PetDream is open to other people (a Space, a share link or a public address), so it "
+                    "never pushes with the Hugging Face token of the machine it runs on. Push from PetDream on "
+                    "your own computer, or sign in with Hugging Face where the Space offers it.")
+            hub = self._hub(token, oauth_scope)
+            result = hub.push(self.pet_model(owner, pet_id), repo or None, public=public)
+            self.store.update_pet(owner, pet_id, hub_repo=result.repo_id)
         logger.info("pushed %s's pet to %s", record.name, result.repo_id)
         return result
 
@@ -358,29 +417,33 @@ class PetDreamService:
                       class_noun: str | None = None) -> PetRecord:
         """A pet model pulled from a Hub repo (PetDream's or any diffusers DreamBooth LoRA) as a new pet.
         Without a token of the person's own and `host_only`, anonymously: public repos only."""
-        hub = self._hub(token)
-        staging = self.store.paths(owner, "incoming").runs / uuid.uuid4().hex
-        model = hub.pull(repo_id.strip(), staging, name=name or None, class_noun=class_noun or None)
-        if model.base_model_id != self.profile.base_model_id:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise ValueError(f"{repo_id} was trained on {model.base_model_id}, but this app runs "
-                             f"{self.profile.base_model_id}; it cannot draw with it.")
-        record = self.store.add_pet(owner, model.pet.name, model.pet.class_noun, model.pet.trigger)
-        target = self.store.paths(owner, record.id).runs / "from-hub"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(target)
-        return self.store.update_pet(owner, record.id, model_dir=target, hub_repo=repo_id.strip())
+        with self.owners.work(owner):
+            hub = self._hub(token)
+            staging = self.store.paths(owner, "incoming").runs / uuid.uuid4().hex
+            model = hub.pull(repo_id.strip(), staging, name=name or None, class_noun=class_noun or None)
+            if model.base_model_id != self.profile.base_model_id:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise ValueError(f"{repo_id} was trained on {model.base_model_id}, but this app runs "
+                                 f"{self.profile.base_model_id}; it cannot draw with it.")
+            record = self.store.add_pet(owner, model.pet.name, model.pet.class_noun, model.pet.trigger)
+            target = self.store.paths(owner, record.id).runs / "from-hub"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(target)
+            return self.store.update_pet(owner, record.id, model_dir=target, hub_repo=repo_id.strip())
 
     # -- evaluation ------------------------------------------------------------------------------
 
     def evaluate(self, owner: str, pet_id: str, config) -> Iterator:
         """The evaluator's events (see petdream.evaluation.events) for `owner`'s pet."""
-        record = self.store.pet(owner, pet_id)
-        model = self.pet_model(owner, pet_id)
-        photos = intake(sorted(Path(record.photos_dir).glob("*.png")), resolution=self.profile.resolution,
-                        min_photos=1).accepted
-        yield from self.evaluator.run(model, photos, config)
+        with self.owners.work(owner):
+            record = self.store.pet(owner, pet_id)
+            model = self.pet_model(owner, pet_id)
+            photos = intake(sorted(Path(record.photos_dir).glob("*.png")), resolution=self.profile.resolution,
+                            min_photos=1).accepted
+            yield from self.evaluator.run(model, photos, config)
 
     def save_report(self, owner: str, pet_id: str, report) -> dict[str, Path]:
         """Write an evaluation report into the pet's folder; return its files (json, markdown, grid, chart)."""
-        return report.save(self.store.paths(owner, pet_id).root / "evaluation" / uuid.uuid4().hex[:8])
+        with self.owners.work(owner):
+            self.store.pet(owner, pet_id)  # NotFound once deleted: its folder is not made again
+            return report.save(self.store.paths(owner, pet_id).root / "evaluation" / uuid.uuid4().hex[:8])

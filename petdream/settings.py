@@ -76,8 +76,8 @@ class Settings:
         _check_choice("dtype", self.dtype, DTYPES)
         device_kind = self.device.split(":")[0]
         _check_choice("device", device_kind, DEVICES)
-        if self.forget_sessions_after_days < 0:
-            raise ValueError("forget_sessions_after_days must be 0 (never) or more; "
+        if not 0 <= self.forget_sessions_after_days <= 36500:
+            raise ValueError("forget_sessions_after_days must be 0 (never) to 36500 (a century); "
                              f"got {self.forget_sessions_after_days}")
 
     @classmethod

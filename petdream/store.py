@@ -108,6 +108,20 @@ MIGRATIONS = [
     CREATE INDEX chat_by_owner ON chat_turns(owner, pet_id);
     CREATE INDEX images_by_pet ON images(pet_id);
     """,
+    # When each owner last did something (idle browser sessions are forgotten by it); filled in from
+    # what they had already done.
+    """
+    ALTER TABLE owners ADD COLUMN last_active_at TEXT;
+    UPDATE owners SET last_active_at = max(created_at, coalesce(chat_consent_at, ''),
+        coalesce((SELECT max(p.created_at) FROM pets p WHERE p.owner = owners.key), ''),
+        coalesce((SELECT max(max(r.created_at, coalesce(r.started_at, ''), coalesce(r.finished_at, '')))
+                  FROM training_runs r JOIN pets p ON r.pet_id = p.id WHERE p.owner = owners.key), ''),
+        coalesce((SELECT max(i.created_at) FROM images i JOIN pets p ON i.pet_id = p.id
+                  WHERE p.owner = owners.key), ''),
+        coalesce((SELECT max(c.created_at) FROM chat_turns c WHERE c.owner = owners.key), ''),
+        coalesce((SELECT max(f.created_at) FROM feedback f WHERE f.owner = owners.key), ''));
+    CREATE INDEX owners_by_activity ON owners(last_active_at);
+    """,
 ]
 
 
@@ -271,18 +285,13 @@ def _moved_path_sql(column: str) -> str:
             f"THEN :new || substr({column}, length(:old) + 1) ELSE {column} END")
 
 
-# Browser sessions with nothing dated on or after :cutoff (ISO-8601 UTC text sorts as time).
+# Browser sessions that last did something before :cutoff (ISO-8601 UTC text sorts as time) and
+# have no training waiting or running.
 _IDLE_SESSIONS = """
     SELECT o.key FROM owners o
-    WHERE o.key LIKE 'session:%' AND o.created_at < :cutoff AND coalesce(o.chat_consent_at, '') < :cutoff
-      AND NOT EXISTS (SELECT 1 FROM pets p WHERE p.owner = o.key AND p.created_at >= :cutoff)
-      AND NOT EXISTS (SELECT 1 FROM training_runs r JOIN pets p ON r.pet_id = p.id WHERE p.owner = o.key
-                      AND (max(r.created_at, coalesce(r.finished_at, '')) >= :cutoff
-                           OR r.status IN ('queued', 'running')))
-      AND NOT EXISTS (SELECT 1 FROM images i JOIN pets p ON i.pet_id = p.id WHERE p.owner = o.key
-                      AND i.created_at >= :cutoff)
-      AND NOT EXISTS (SELECT 1 FROM chat_turns c WHERE c.owner = o.key AND c.created_at >= :cutoff)
-      AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.owner = o.key AND f.created_at >= :cutoff)
+    WHERE o.key LIKE 'session:%' AND coalesce(o.last_active_at, o.created_at) < :cutoff
+      AND NOT EXISTS (SELECT 1 FROM training_runs r JOIN pets p ON r.pet_id = p.id
+                      WHERE p.owner = o.key AND r.status IN ('queued', 'running'))
 """
 
 
@@ -403,13 +412,18 @@ class Store:
     # owners and consent
 
     @staticmethod
-    def _ensure_owner(conn: sqlite3.Connection, owner: str) -> None:
-        conn.execute("INSERT OR IGNORE INTO owners (key, created_at) VALUES (?, ?)", (_check_owner(owner), utc_now()))
+    def _touch(conn: sqlite3.Connection, owner: str) -> None:
+        """Record that `owner` did something now (adding them if new): idle browser sessions are
+        judged by it."""
+        now = utc_now()
+        conn.execute("INSERT INTO owners (key, created_at, last_active_at) VALUES (?, ?, ?) "
+                     "ON CONFLICT (key) DO UPDATE SET last_active_at = excluded.last_active_at",
+                     (_check_owner(owner), now, now))
 
     def set_chat_consent(self, owner: str, consent: bool) -> None:
         """Record that `owner` agrees (or no longer agrees) to keep their chats; revoking deletes them."""
         with self._write() as conn:
-            self._ensure_owner(conn, owner)
+            self._touch(conn, owner)
             conn.execute("UPDATE owners SET chat_consent_at = ? WHERE key = ?", (utc_now() if consent else None, owner))
             if not consent:
                 conn.execute("DELETE FROM chat_turns WHERE owner = ?", (owner,))
@@ -428,14 +442,15 @@ class Store:
 
     def move_pets(self, session: str, account: str) -> list[PetRecord]:
         """Give every pet of a browser `session` to the `account` it signed in to, with its files,
-        trainings, pictures, ratings and kept chats (and the consent they were kept under, where the
-        account has none); returns the pets moved. The session is deleted after.
+        trainings, pictures and ratings; returns the pets moved. The session's kept chats move only
+        into an account that keeps chats (consent is the account's own); the session is deleted after.
 
         Pet by pet, the folder moves first, then its rows: a crash between leaves the pet the session's,
         its folder already moved, and the next call finishes it."""
         old = self._to_db(owner_dir(self.data_dir, session)) + os.sep
         new = self._to_db(owner_dir(self.data_dir, _check_owner(account))) + os.sep
         names = {"session": session, "account": account, "old": old, "new": new}
+        keeps_chats = self.chat_consent(account) is not None
         moved = []
         for pet in self.pets(session):
             source, target = self.paths(session, pet.id).root, self.paths(account, pet.id).root
@@ -443,7 +458,7 @@ class Store:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(source, target)
             with self._write() as conn:
-                self._ensure_owner(conn, account)
+                self._touch(conn, account)
                 values = {**names, "pet": pet.id}
                 conn.execute(f"UPDATE pets SET owner = :account, photos_dir = {_moved_path_sql('photos_dir')}, "
                              f"model_dir = {_moved_path_sql('model_dir')} WHERE id = :pet AND owner = :session", values)
@@ -452,30 +467,31 @@ class Store:
                 conn.execute(f"UPDATE images SET path = {_moved_path_sql('path')} WHERE pet_id = :pet", values)
                 conn.execute("UPDATE feedback SET owner = :account WHERE owner = :session "
                              "AND image_id IN (SELECT id FROM images WHERE pet_id = :pet)", values)
-                conn.execute(f"UPDATE chat_turns SET owner = :account, image_path = {_moved_path_sql('image_path')} "
-                             "WHERE owner = :session AND pet_id = :pet", values)
+                if keeps_chats:
+                    conn.execute("UPDATE chat_turns SET owner = :account, "
+                                 f"image_path = {_moved_path_sql('image_path')} "
+                                 "WHERE owner = :session AND pet_id = :pet", values)
             moved.append(self.pet(account, pet.id))
         with self._write() as conn:
-            self._ensure_owner(conn, account)
-            conn.execute("UPDATE owners SET chat_consent_at = (SELECT chat_consent_at FROM owners "
-                         "WHERE key = :session) WHERE key = :account AND chat_consent_at IS NULL", names)
-            conn.execute("UPDATE chat_turns SET owner = :account WHERE owner = :session", names)
-        self.delete_owner(session)
+            self._touch(conn, account)
+            if keeps_chats:
+                conn.execute("UPDATE chat_turns SET owner = :account WHERE owner = :session", names)
+        self.delete_owner(session)  # with the chats that did not move
         return moved
 
     def forget_idle_sessions(self, idle: timedelta) -> int:
         """Delete every browser session (an owner without a login) that did nothing for `idle`, with its
-        files; returns how many. What counts as doing something: a new pet, a training started or
-        ended, a picture, a rating, a kept chat turn or a consent. A session with a training waiting
-        or running is kept."""
+        files; returns how many. A session with a training waiting or running is kept."""
         cutoff = (datetime.now(timezone.utc) - idle).isoformat(timespec="milliseconds")
-        with self._write() as conn:
-            idle_owners = [row[0] for row in conn.execute(_IDLE_SESSIONS, {"cutoff": cutoff})]
-            for owner in idle_owners:
-                conn.execute("DELETE FROM owners WHERE key = ?", (owner,))
-        for owner in idle_owners:
+        forgotten = 0
+        for (owner,) in self._conn().execute(_IDLE_SESSIONS, {"cutoff": cutoff}).fetchall():
+            with self._write() as conn:  # one at a time, checked again: it may have come back meanwhile
+                if conn.execute(f"DELETE FROM owners WHERE key = :owner AND key IN ({_IDLE_SESSIONS})",
+                                {"owner": owner, "cutoff": cutoff}).rowcount == 0:
+                    continue
             shutil.rmtree(owner_dir(self.data_dir, owner), ignore_errors=True)
-        return len(idle_owners)
+            forgotten += 1
+        return forgotten
 
     # pets
 
@@ -485,7 +501,7 @@ class Store:
         paths = self.paths(owner, pet_id)
         paths.photos.mkdir(parents=True, exist_ok=True)
         with self._write() as conn:
-            self._ensure_owner(conn, owner)
+            self._touch(conn, owner)
             conn.execute("INSERT INTO pets (id, owner, name, class_noun, trigger, photos_dir, created_at) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (pet_id, owner, name, class_noun, trigger, self._to_db(paths.photos), utc_now()))
@@ -538,6 +554,7 @@ class Store:
         run_id = uuid.uuid4().hex
         with self._write() as conn:
             self.pet(owner, pet_id)  # NotFound for someone else's pet
+            self._touch(conn, owner)
             conn.execute("INSERT INTO training_runs (id, pet_id, status, config, output_dir, init_model_dir, "
                          "created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
                          (run_id, pet_id, json.dumps(values), self._to_db(self.paths(owner, pet_id).run_dir(run_id)),
@@ -573,6 +590,7 @@ class Store:
         metrics, and record `error`. Finishing goes through `finish_run`."""
         with self._write() as conn:
             run = self.run(owner, run_id)
+            self._touch(conn, owner)  # a training that goes on (or is resumed) keeps its owner active
             sets = {}
             if status is not None and status != run.status:
                 if status == "finished":
@@ -621,6 +639,7 @@ class Store:
         if role not in CHAT_ROLES:
             raise ValueError(f"role must be one of {', '.join(CHAT_ROLES)}; got {role!r}")
         with self._write() as conn:  # consent is read in the same transaction as the insert
+            self._touch(conn, owner)  # chatting is doing something, kept or not
             if self.chat_consent(owner) is None:
                 return None
             if pet_id is not None:
@@ -647,6 +666,7 @@ class Store:
         """Record a picture drawn for `owner`'s pet (save it under the pet's `images` folder)."""
         with self._write() as conn:
             self.pet(owner, pet_id)
+            self._touch(conn, owner)
             image_id = conn.execute("INSERT INTO images (pet_id, path, prompt, seed, created_at) VALUES (?, ?, ?, ?, ?)",
                                     (pet_id, self._to_db(path), prompt, seed, utc_now())).lastrowid
         return self.image(owner, image_id)
@@ -669,6 +689,7 @@ class Store:
         """Thumbs up (True) or down (False) for an image; a new rating replaces the old, None clears it."""
         with self._write() as conn:
             self.image(owner, image_id)
+            self._touch(conn, owner)
             if liked is None:
                 conn.execute("DELETE FROM feedback WHERE image_id = ? AND owner = ?", (image_id, owner))
             else:

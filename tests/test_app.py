@@ -361,7 +361,7 @@ def test_teaching_from_the_chat_can_be_stopped_there_and_is_offered_for_resuming
         time.sleep(0.2)
     api.predict(ALICE, api_name="/stop_teaching")
     teach.result(timeout=120)
-    note = [update for update in teach.outputs() if isinstance(update, str)][-1]  # the last shown (then: a hidden button)
+    note = [update for update in teach.outputs() if isinstance(update, str)][-1]  # the last shown
     assert note.startswith("⏹ Stopped teaching Bruno at step ")
     assert note.endswith(": resume it under Unfinished trainings on the My pet tab.")
     [run] = [r for r in service.store.resumable_runs(owner) if r.init_model_dir is not None]
@@ -373,6 +373,7 @@ def test_a_person_deletes_a_pet_and_then_all_their_data(served_app, photo_files)
     photos, models and pictures off the disk, and "all my data" leaves nothing of the person."""
     from gradio_client import handle_file
 
+    from petdream.evaluation import EvaluationConfig
     from petdream.store import owner_dir
 
     key, api, service = "f" * 40, client(served_app), served_app.petdream_service
@@ -385,6 +386,12 @@ def test_a_person_deletes_a_pet_and_then_all_their_data(served_app, photo_files)
 
     with pytest.raises(Exception, match="Tick .Yes, delete for good. first: deleting cannot be undone"):
         api.predict(fifi["id"], False, key, api_name="/delete_pet")
+    evaluating = service.evaluate(owner, fifi["id"], EvaluationConfig(prompts=("a photo of {} on a beach",),
+                                                                      images_per_prompt=1, steps=2))
+    next(evaluating)  # under way: its files must stay
+    with pytest.raises(Exception, match="an evaluation or a Hub transfer of yours is under way: delete Fifi when"):
+        api.predict(fifi["id"], True, key, api_name="/delete_pet")
+    evaluating.close()
     assert folder.is_dir()
     status, ticked = api.predict(fifi["id"], True, key, api_name="/delete_pet")
     assert status == "🗑 Fifi is deleted, with their photos, models, pictures and chats." and ticked is False
@@ -423,7 +430,8 @@ def test_the_app_forgets_browser_sessions_unused_for_the_set_number_of_days(tiny
         for owner in (idle, sam):
             store.add_pet(owner, "Bruno", "dog", "bruno")
     with sqlite3.connect(tmp_path / DB_FILE) as db:
-        db.execute("UPDATE owners SET created_at = '2020-01-01T00:00:00.000+00:00'")
+        db.execute("UPDATE owners SET created_at = '2020-01-01T00:00:00.000+00:00', "
+                   "last_active_at = '2020-01-01T00:00:00.000+00:00'")
         db.execute("UPDATE pets SET created_at = '2020-01-01T00:00:00.000+00:00'")
 
     settings = Settings.from_env({}, data_dir=tmp_path, profile="tiny", device="cpu")
@@ -436,21 +444,52 @@ def test_the_app_forgets_browser_sessions_unused_for_the_set_number_of_days(tiny
     assert shared.pets(idle) == [] and len(shared.pets(sam)) == 1  # a login's pets are never forgotten
 
 
-def test_signing_in_brings_the_pets_made_in_this_browser_to_the_account(served_app, photo_files):
+def test_signing_in_offers_to_move_the_pets_made_in_this_browser_to_the_account(served_app, photo_files):
     import gradio as gr
 
-    from petdream.ui.session import bring_browser_pets
+    from petdream.ui.session import move_offer
 
     key, service = "h" * 40, served_app.petdream_service
     assert train(served_app, key, photo_files, name="Coco") == "✅ Coco is ready: chat with them on the Chat tab."
     sam = gr.OAuthProfile({"name": "Sam", "preferred_username": "sam", "profile": "", "picture": ""})
-    bring = bring_browser_pets(service)
-    bring(key, None)  # not signed in: nothing moves
+    offer, move = move_offer(service)
+    row, _ = offer(key, None)  # not signed in: nothing offered
+    assert row.visible is False
+    row, text = offer(key, sam)
+    assert row.visible is True
+    assert text == "Made in this browser before you signed in: **Coco**. Move them to your account (sam)?"
     [coco] = service.pets(f"session:{key}")
 
-    bring(key, sam)
+    assert move(key, sam).visible is False
     assert service.pets(f"session:{key}") == [] and [p.id for p in service.pets("hf:sam")] == [coco.id]
-    picture = service.draw("hf:sam", coco.id, "a photo of coco dog in the park", seed=5)  # its model, from its new folder
+    picture = service.draw("hf:sam", coco.id, "a photo of coco dog in the park", seed=5)  # from its new folder
     assert picture.path.is_file() and service.pet_model("hf:sam", coco.id).pet.name == "Coco"
     assert [p["id"] for p in client(served_app).predict(key, api_name="/pets")] == []
+    assert offer(key, sam)[0].visible is False  # nothing left to offer
+
+
+def test_work_on_a_persons_files_waits_for_a_delete_of_theirs_and_a_delete_is_refused_during_work():
+    import threading
+
+    from petdream.service import OwnerLocks
+
+    locks, started = OwnerLocks(), threading.Event()
+
+    def draw():
+        with locks.work("hf:sam"):
+            started.set()
+
+    with locks.change("hf:sam", "busy"):
+        thread = threading.Thread(target=draw)
+        thread.start()
+        assert not started.wait(0.3)  # a picture does not start while the pet is being deleted
+        with locks.work("hf:ann"):  # someone else's work goes on
+            pass
+    assert started.wait(5)
+    thread.join()
+    with locks.work("hf:sam"), pytest.raises(ValueError, match="busy"):
+        with locks.change("hf:sam", "busy"):
+            pass
+    with locks.change("hf:sam", "busy"):  # once the work is done
+        pass
 

@@ -1,5 +1,6 @@
 """The Store: what a person's pets, runs, chats and ratings look like after restarts, to them and to others."""
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -195,23 +196,34 @@ def test_a_run_that_failed_the_same_way_a_resume_would_is_not_offered_for_resumi
 
 
 def test_browser_sessions_unused_for_long_are_forgotten_with_their_files(store):
-    """Only login-less sessions, only when nothing of theirs is newer than the cutoff, and never one
-    with a training waiting or running."""
-    idle, active, training = (session_owner(new_session_id()) for _ in range(3))
-    pets = {owner: store.add_pet(owner, "Bruno", "dog", "bruno") for owner in (idle, active, training, ALICE)}
+    """Only login-less sessions, only when they did nothing since the cutoff (a resumed training counts,
+    even one a restart then cut off), and never one with a training waiting or running."""
+    idle, active, resumed, training = (session_owner(new_session_id()) for _ in range(4))
+    pets = {owner: store.add_pet(owner, "Bruno", "dog", "bruno") for owner in (idle, active, resumed, training, ALICE)}
     for pet in pets.values():
         (pet.photos_dir / "p.png").write_bytes(b"photo")
-    store.add_run(training, pets[training].id, {"steps": 10})  # queued
-    with sqlite3.connect(store.data_dir / DB_FILE) as db:  # forty days pass
-        for table in ("owners", "pets", "training_runs", "images", "chat_turns", "feedback"):
+    failed = store.add_run(resumed, pets[resumed].id, {"steps": 10})
+    store.update_run(resumed, failed.id, status="failed", error="The disk is full.")
+    with sqlite3.connect(store.data_dir / DB_FILE) as db:  # years pass
+        db.execute("UPDATE owners SET created_at = '2020-01-01T00:00:00.000+00:00', "
+                   "last_active_at = '2020-01-01T00:00:00.000+00:00'")
+        for table in ("pets", "training_runs"):
             db.execute(f"UPDATE {table} SET created_at = '2020-01-01T00:00:00.000+00:00'")
-    store.add_image(active, pets[active].id, pets[active].photos_dir / "new.png", "a photo of bruno dog")  # active today
+    store.add_image(active, pets[active].id, pets[active].photos_dir / "new.png", "a photo of bruno dog")  # today
+    store.update_run(resumed, failed.id, status="queued")  # Resume today; then the Space restarts
+    assert store.mark_interrupted_runs() == 1
+    store.add_run(training, pets[training].id, {"steps": 10})  # queued in this process, for a long time
+    with sqlite3.connect(store.data_dir / DB_FILE) as db:
+        db.execute("UPDATE owners SET last_active_at = '2020-01-01T00:00:00.000+00:00' WHERE key = ?", (training,))
 
     assert store.forget_idle_sessions(timedelta(days=30)) == 1
     assert store.pets(idle) == [] and not owner_dir(store.data_dir, idle).exists()
-    for owner in (active, training, ALICE):
+    for owner in (active, resumed, training, ALICE):
         assert [p.id for p in store.pets(owner)] == [pets[owner].id] and (pets[owner].photos_dir / "p.png").is_file()
     assert store.forget_idle_sessions(timedelta(days=30)) == 0
+    assert store.forget_idle_sessions(timedelta(days=-1)) == 2  # all idle now: the sessions without a live training
+    assert [p.id for p in store.pets(training)] == [pets[training].id]
+    assert [p.id for p in store.pets(ALICE)] == [pets[ALICE].id]
 
 
 def test_a_browser_sessions_pets_move_to_the_account_it_signs_in_to_with_everything_of_theirs(store):
@@ -229,6 +241,7 @@ def test_a_browser_sessions_pets_move_to_the_account_it_signs_in_to_with_everyth
     picture = store.add_image(session, pet.id, picture_path, "a photo of bruno dog")
     store.rate_image(session, picture.id, True)
     store.set_chat_consent(session, True)
+    store.set_chat_consent(account, True)
     store.add_chat_turn(session, "user", "hello")
     store.add_chat_turn(session, "assistant", "hi!", pet_id=pet.id, image_path=picture_path)
     target = store.paths(account, pet.id).root  # a first try crashed after moving the folder, before the rows
@@ -240,14 +253,27 @@ def test_a_browser_sessions_pets_move_to_the_account_it_signs_in_to_with_everyth
     assert (moved.photos_dir / "p.png").read_bytes() == b"photo"
     assert moved.photos_dir.is_relative_to(owner_dir(store.data_dir, account))
     [moved_run] = store.runs(account, pet.id)
-    assert moved.model_dir == moved_run.output_dir and (moved_run.output_dir / "pytorch_lora_weights.safetensors").is_file()
+    assert moved.model_dir == moved_run.output_dir
+    assert (moved_run.output_dir / "pytorch_lora_weights.safetensors").is_file()
     [liked] = store.liked_images(account, pet.id)
     assert liked.id == picture.id and liked.path.read_bytes() == b"picture"
     turns = store.chat_turns(account)
     assert [t.text for t in turns] == ["hello", "hi!"] and turns[1].image_path == liked.path
-    assert store.chat_consent(account) is not None and store.chat_consent(session) is None
     assert not owner_dir(store.data_dir, session).exists()
     assert store.move_pets(session, account) == []
+
+
+def test_a_sessions_kept_chats_do_not_move_into_an_account_that_does_not_keep_chats(store):
+    """Consent is the account's own: signing in never switches keeping chats on."""
+    session, account = session_owner(new_session_id()), user_owner("sam")
+    pet = store.add_pet(session, "Bruno", "dog", "bruno")
+    store.set_chat_consent(session, True)
+    store.add_chat_turn(session, "user", "hello", pet_id=pet.id)
+    store.set_chat_consent(account, False)  # the account unticked Keep my conversation
+
+    [moved] = store.move_pets(session, account)
+    assert moved.id == pet.id and store.chat_consent(account) is None
+    assert store.chat_turns(account) == [] and store.chat_turns(session) == []
 
 
 # --- chat and consent -----------------------------------------------------------------------------
@@ -323,6 +349,22 @@ def test_an_older_database_is_upgraded_without_losing_rows(tmp_path, monkeypatch
         conn = store._conn()
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(upgraded)
         assert [tuple(row) for row in conn.execute("SELECT breed FROM pets")] == [("unknown",)]
+
+
+def test_a_first_version_database_gets_each_owners_last_activity_from_what_they_did(tmp_path):
+    with contextlib.closing(sqlite3.connect(tmp_path / DB_FILE)) as db, db:  # as PetDream's first schema left it
+        db.executescript(MIGRATIONS[0])
+        db.execute("PRAGMA user_version = 1")
+        db.execute("INSERT INTO owners VALUES (?, '2026-01-01T00:00:00.000+00:00', NULL)", (ALICE,))
+        db.execute("INSERT INTO owners VALUES (?, '2026-01-01T00:00:00.000+00:00', '2026-01-05T00:00:00.000+00:00')",
+                   (BOB,))
+        db.execute("INSERT INTO pets VALUES ('p1', ?, 'Bruno', 'dog', 'bruno', 'x', NULL, NULL, "
+                   "'2026-01-02T00:00:00.000+00:00')", (ALICE,))
+        db.execute("INSERT INTO images (pet_id, path, prompt, created_at) VALUES ('p1', 'x.png', 'a photo', "
+                   "'2026-01-03T00:00:00.000+00:00')")
+    with Store(tmp_path) as store:
+        active = dict(store._conn().execute("SELECT key, last_active_at FROM owners").fetchall())
+    assert active == {ALICE: "2026-01-03T00:00:00.000+00:00", BOB: "2026-01-05T00:00:00.000+00:00"}
 
 
 def test_a_migration_that_fails_changes_nothing(tmp_path, monkeypatch):

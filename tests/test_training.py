@@ -442,9 +442,10 @@ def test_a_run_stopped_while_a_checkpoint_is_written_leaves_it_whole(tiny, photo
 
 
 def test_a_checkpoint_of_channels_last_weights_resumes_them_and_their_optimizer_state_as_they_were(tmp_path):
-    """On CUDA the UNet's convolutions are channels_last. The checkpoint stores the weights row-major
-    (safetensors' layout); resuming puts the values back without changing any tensor's layout, and the
-    optimizer's state keeps its parameters' layout (8-bit AdamW's kernels read both as flat memory)."""
+    """On CUDA the UNet's convolutions are channels_last, and the checkpoint stores the weights row-major
+    (safetensors' layout). Resuming puts the values back without changing any tensor's layout; above
+    all the optimizer's state must keep its parameters' layout (8-bit AdamW's kernels read both as flat
+    memory), which copying every host tensor row-major would break."""
     from torch.optim.lr_scheduler import ConstantLR
 
     def make():
@@ -700,8 +701,10 @@ def test_nan_loss_stops_with_a_clear_message(tiny, photos, data_dir, tmp_path, m
     failed = events[-1]
     assert isinstance(failed, Failed)
     assert failed.reason.startswith("The loss became nan at step 4: training diverged. Lower the learning rate")
-    assert failed.reason.endswith("then start again (resuming would repeat the same steps).")
-    assert failed.checkpoint.name == "step-000003" and not failed.resumable
+    assert failed.reason.endswith("then start again. Its checkpoints are deleted: resuming would repeat the same steps.")
+    assert failed.checkpoint is None and not failed.resumable and not (tmp_path / "pet" / "checkpoints").exists()
+    again = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", learning_rate=1e-5))  # the same folder
+    assert isinstance(again[-1], Failed) and again[-1].reason.startswith("The loss became nan")  # (still patched)
 
 
 def test_the_cli_says_to_start_over_after_a_diverged_loss_and_names_a_missing_device(tiny, data_dir, tmp_path,
@@ -720,9 +723,9 @@ def test_the_cli_says_to_start_over_after_a_diverged_loss_and_names_a_missing_de
              "--preset", "tiny", "--steps", "2", "--no-prior-preservation"]
 
     assert main([*train, "--output", str(tmp_path / "rex"), "--device", "cpu"]) == 1
-    assert ("training diverged. Lower the learning rate (now 0.001) or train without mixed precision, then start "
-            "again (resuming would repeat the same steps). Use a new --output folder, or delete "
-            f"{tmp_path / 'rex'} first.") in capsys.readouterr().err
+    assert ("error: The loss became nan at step 1: training diverged. Lower the learning rate (now 0.001) or train "
+            "without mixed precision, then start again. Its checkpoints are deleted: resuming would repeat the same "
+            "steps.\n") in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main([*train, "--output", str(tmp_path / "rex2"), "--device", "cuda"]) == 1
         assert ("error: Cannot train: device 'cuda' was asked for, but this machine has no CUDA GPU. Choose a device "

@@ -83,6 +83,13 @@ class Checkpoints:
                                                 name=f"checkpoint-{step}")
         self._writing.thread.start()
 
+    def delete_all(self) -> None:
+        """Delete every checkpoint, once a write under way has ended: for a run that cannot resume."""
+        if self._writing is not None:
+            self._writing.thread.join()
+            self._writing = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
     def written(self) -> Written | None:
         """The checkpoint whose write has just finished, once; None while it is under way or if none was
         started. Raises the write's error (a full disk: OSError ENOSPC)."""

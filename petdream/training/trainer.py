@@ -158,6 +158,8 @@ class DreamBoothTrainer:
                 finally:  # however the run ends, a checkpoint being written lands before the device is free
                     self._finish_checkpoint_write()
         except TrainingFailure as failure:
+            if not failure.resumable:  # its checkpoints could only fail again (GBs each for a full fine-tune)
+                self.checkpoints.delete_all()
             yield Failed(str(failure), self.checkpoints.latest(), failure.resumable)
         except OSError as error:
             if error.errno != errno.ENOSPC:
@@ -206,8 +208,8 @@ class DreamBoothTrainer:
             if not math.isfinite(loss):
                 raise TrainingFailure(  # resuming draws the same batches from the same weights: it would diverge again
                     f"The loss became {loss} at step {step + 1}: training diverged. Lower the learning rate "
-                    f"(now {config.learning_rate:g}) or train without mixed precision, then start again "
-                    "(resuming would repeat the same steps).", resumable=False)
+                    f"(now {config.learning_rate:g}) or train without mixed precision, then start again. Its "
+                    "checkpoints are deleted: resuming would repeat the same steps.", resumable=False)
             step += 1
             losses.append(loss)
             now = time.monotonic()

@@ -8,7 +8,7 @@ from petdream.models import TINY_WARNING, resolve_profile
 from petdream.service import PetDreamService
 from petdream.settings import Settings
 from petdream.ui import api, chat_tab, evaluate_tab, train_tab
-from petdream.ui.session import bring_browser_pets, browser_id_or_new, oauth_enabled, only_the_host_can_reach
+from petdream.ui.session import browser_id_or_new, move_offer, oauth_enabled, only_the_host_can_reach
 
 # Per file, Gradio's cap. Above intake's own limit (photos.MAX_FILE_BYTES, 30 MB) on purpose: Gradio
 # refuses a whole upload for one file over its cap, while intake refuses that one file, with its
@@ -31,17 +31,29 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
         if profile.random_weights:
             gr.Markdown(f"⚠️ **Demo mode.** {TINY_WARNING}", elem_id="tiny-banner")
         browser_id = gr.BrowserState("", storage_key="petdream-browser-id")
+        with gr.Row(visible=False, elem_id="move-offer") as offer_row:
+            offer_text = gr.Markdown(elem_id="move-offer-text")
+            move_yes = gr.Button("Move them to my account", variant="primary", scale=0, elem_id="move-yes")
+            move_no = gr.Button("Not now", scale=0, elem_id="move-no")
         with gr.Tabs():
             train = train_tab.render(service, browser_id, tiny=profile.random_weights)
             chat = chat_tab.render(service, browser_id)
             evaluation = evaluate_tab.render(service, browser_id, tiny=profile.random_weights)
         api.register(service)
 
-        app.load(browser_id_or_new, inputs=browser_id, outputs=browser_id, api_visibility="private").then(
-            bring_browser_pets(service), inputs=browser_id, api_visibility="private").then(
-            *train["list_resumable"], api_visibility="private").then(
-            *train["list_pets"], api_visibility="private").then(
-            *chat["list_pets"], api_visibility="private").then(*evaluation["list_pets"], api_visibility="private").then(
-            *train["reconnect"], api_name="follow_training", concurrency_limit=None)  # streams until that run ends
+        def refreshed(event):
+            """`event` followed by refreshing every list of the person's pets and trainings."""
+            for fn, inputs, outputs in (train["list_resumable"], train["list_pets"], chat["list_pets"],
+                                        evaluation["list_pets"]):
+                event = event.then(fn, inputs, outputs, api_visibility="private")
+            return event
+
+        offer, move = move_offer(service)
+        loaded = app.load(browser_id_or_new, inputs=browser_id, outputs=browser_id, api_visibility="private").then(
+            offer, inputs=browser_id, outputs=[offer_row, offer_text], api_visibility="private")
+        refreshed(loaded).then(*train["reconnect"], api_name="follow_training",
+                               concurrency_limit=None)  # streams until that run ends
+        refreshed(move_yes.click(move, inputs=browser_id, outputs=offer_row, api_visibility="private"))
+        move_no.click(lambda: gr.Row(visible=False), outputs=offer_row, api_visibility="private")
     app.petdream_service = service
     return app

@@ -50,18 +50,35 @@ def owner_of(browser_id: str | None, request: gr.Request | None, profile: gr.OAu
     return session_owner(hashlib.sha256(_PROCESS_SECRET + session_hash.encode()).hexdigest())
 
 
-def bring_browser_pets(service):
-    """A page-load handler: once the person is signed in, the pets made in this browser before
-    (under its browser key) move to their account, and they are told so."""
+def move_offer(service):
+    """Handlers (offer, move) for the pets made in this browser before the person signed in: `offer`
+    (on page load) shows the offer row with their names, if any; `move` gives them to the account.
+    Asked, not done silently: on a shared computer they may be someone else's."""
 
-    def bring(browser_id, profile: gr.OAuthProfile | None = None):
+    def browser_pets(browser_id, profile):
         if profile is None or not browser_id or len(browser_id) < 32:
-            return
-        moved = service.move_to_account(session_owner(browser_id), user_owner(profile.username))
-        if moved:
-            gr.Info(f"Moved to your account ({profile.username}): {', '.join(moved)}.")
+            return []
+        return service.pets(session_owner(browser_id))
 
-    return bring
+    def offer(browser_id, profile: gr.OAuthProfile | None = None):
+        pets = browser_pets(browser_id, profile)
+        if not pets:
+            return gr.Row(visible=False), gr.skip()
+        names = ", ".join(pet.name for pet in pets)
+        return gr.Row(visible=True), (f"Made in this browser before you signed in: **{names}**. Move them to "
+                                      f"your account ({profile.username})?")
+
+    def move(browser_id, profile: gr.OAuthProfile | None = None):
+        if not browser_pets(browser_id, profile):
+            return gr.Row(visible=False)
+        try:
+            moved = service.move_to_account(session_owner(browser_id), user_owner(profile.username))
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        gr.Info(f"Moved to your account ({profile.username}): {', '.join(moved)}.")
+        return gr.Row(visible=False)
+
+    return offer, move
 
 
 def served_copy(path: str | Path) -> str:

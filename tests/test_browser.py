@@ -109,6 +109,9 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
         expect(page.locator("#preset input[type=radio]:checked")).to_have_value("tiny")
 
     with stage(page, "2-photos-checked", log):
+        # Opened early: Gradio sets up an accordion's fields when it first opens, and under load a value
+        # typed at once was seen reset to 0 (twice in a day); by the time the photos are checked it is done.
+        page.get_by_text("Advanced", exact=True).click()
         page.locator("#photos input[type=file]").set_input_files(photos)
         expect(page.locator("#intake-summary")).to_contain_text("5 photos ready for training", timeout=INTAKE_S * 1000)
         expect(page.locator("#accepted img")).to_have_count(5)
@@ -116,11 +119,13 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
 
     with stage(page, "3-trained", log):
         page.locator("#pet-name").get_by_role("textbox").fill("Bruno")
-        page.get_by_text("Advanced", exact=True).click()
         steps = page.get_by_label("Steps (0: the preset's)")
-        expect(steps).to_have_value("0")  # the opened accordion's field is set up: a fill now stays
-        steps.fill(str(STEPS))
-        steps.press("Tab")
+        for _ in range(2):  # once typed again if Gradio reset it (see above; noted in the issue as a Gradio race)
+            steps.fill(str(STEPS))
+            steps.press("Tab")
+            page.wait_for_timeout(300)
+            if steps.input_value() == str(STEPS):
+                break
         expect(steps).to_have_value(str(STEPS))
         page.locator("#train-button").click()
         expect(page.locator("#train-status")).to_have_text(TRAINED, timeout=TRAIN_S * 1000)

@@ -453,8 +453,7 @@ def test_signing_in_offers_to_move_the_pets_made_in_this_browser_to_the_account(
     assert train(served_app, key, photo_files, name="Coco") == "✅ Coco is ready: chat with them on the Chat tab."
     sam = gr.OAuthProfile({"name": "Sam", "preferred_username": "sam", "profile": "", "picture": ""})
     offer, move = move_offer(service)
-    row, _ = offer(key, None)  # not signed in: nothing offered
-    assert row.visible is False
+    assert offer(key, None) == (gr.skip(), gr.skip())  # not signed in: nothing offered (the row stays hidden)
     row, text = offer(key, sam)
     assert row.visible is True
     assert text == "Made in this browser before you signed in: **Coco**. Move them to your account (sam)?"
@@ -465,7 +464,7 @@ def test_signing_in_offers_to_move_the_pets_made_in_this_browser_to_the_account(
     picture = service.draw("hf:sam", coco.id, "a photo of coco dog in the park", seed=5)  # from its new folder
     assert picture.path.is_file() and service.pet_model("hf:sam", coco.id).pet.name == "Coco"
     assert [p["id"] for p in client(served_app).predict(key, api_name="/pets")] == []
-    assert offer(key, sam)[0].visible is False  # nothing left to offer
+    assert offer(key, sam) == (gr.skip(), gr.skip())  # nothing left to offer
 
 
 def test_work_on_a_persons_files_waits_for_a_delete_of_theirs_and_a_delete_is_refused_during_work():

@@ -62,8 +62,8 @@ def move_offer(service):
 
     def offer(browser_id, profile: gr.OAuthProfile | None = None):
         pets = browser_pets(browser_id, profile)
-        if not pets:
-            return gr.Row(visible=False), gr.skip()
+        if not pets:  # no update at all: Gradio 6 may re-render the tree on one, losing what is being typed
+            return gr.skip(), gr.skip()
         names = ", ".join(pet.name for pet in pets)
         return gr.Row(visible=True), (f"Made in this browser before you signed in: **{names}**. Move them to "
                                       f"your account ({profile.username})?")

@@ -323,6 +323,8 @@ class PetDreamService:
             if isinstance(event, Progress):
                 job.step, job.loss, job.eta_seconds = event.step, event.loss, event.eta_seconds
                 job.steps_per_second = event.steps_per_second
+                if job.first_step is None:
+                    job.first_step = event.step
                 job.losses.append(event.loss)
             elif isinstance(event, Sample):
                 samples_dir.mkdir(parents=True, exist_ok=True)

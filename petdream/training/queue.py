@@ -31,7 +31,8 @@ class TrainingJob:
     loss: float | None = None
     eta_seconds: float | None = None
     steps_per_second: float | None = None
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # this session's, one a step from `first_step` on
+    first_step: int | None = None  # the step of losses[0]: after a resume, where the run went on
     samples: list[tuple[str, str]] = field(default_factory=list)  # (image path, caption), newest last
     message: str = ""  # the latest note, or the failure's reason
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)

@@ -120,8 +120,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             state = (job.status, job.step, text)
             if state != last or len(job.samples) != samples_shown:
                 last = state
-                first = job.step - len(job.losses) + 1  # a resumed run's losses start where it went on
-                chart = pd.DataFrame({"step": range(first, first + len(job.losses)), "loss": job.losses})
+                losses = list(job.losses)  # one copy: the worker appends while this reads
+                first = job.first_step or 1
+                chart = pd.DataFrame({"step": range(first, first + len(losses)), "loss": losses})
                 progress_bar = gr.Slider(maximum=job.total_steps, value=job.step)
                 gallery = gr.skip()  # copied and sent only when a new sample arrives, not every step
                 if len(job.samples) != samples_shown:

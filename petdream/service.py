@@ -340,14 +340,14 @@ class PetDreamService:
                 store.finish_run(owner, job.run_id, event.model.path, metrics={
                     "steps": event.model.training.get("steps_done"), "seconds": round(event.seconds, 1),
                     "final_loss": event.final_loss})
-                job.status, job.message = "finished", f"{record.name} is ready: chat with them on the Chat tab."
+                job.message, job.status = f"{record.name} is ready: chat with them on the Chat tab.", "finished"
             elif isinstance(event, Failed):
                 store.update_run(owner, job.run_id, status="failed", error=event.reason,
                                  metrics={"resumable": event.resumable})
-                job.status, job.message = "failed", event.reason
+                job.message, job.status = event.reason, "failed"
             elif isinstance(event, Cancelled):
                 store.update_run(owner, job.run_id, status="cancelled", metrics={"step": event.step})
-                job.status, job.message = "cancelled", f"Cancelled at step {event.step}; you can resume it."
+                job.message, job.status = f"Cancelled at step {event.step}; you can resume it.", "cancelled"
 
     # -- chat and pictures -------------------------------------------------------------------------
 

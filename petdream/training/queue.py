@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainingJob:
-    """What one queued or running training looks like right now. Updated by the worker only."""
+    """What one queued or running training looks like right now. Updated by the worker only; readers
+    in other threads see `message` set before `status` says the job is done."""
 
     run_id: str
     owner: str
@@ -99,7 +100,7 @@ class TrainingQueue:
             for entry in list(self._waiting):
                 if entry[0].run_id == run_id:
                     self._waiting.remove(entry)
-                    job.status, job.message = "cancelled", "Cancelled before it started."
+                    job.message, job.status = "Cancelled before it started.", "cancelled"
                     return True
             if job.on_cancel is not None:
                 job.on_cancel()
@@ -116,9 +117,9 @@ class TrainingQueue:
                 work(job)
             except Exception as error:  # a bug must not kill the worker: the next person still trains
                 logger.exception("training %s crashed", job.run_id)
-                job.status, job.message = "failed", (
+                job.message, job.status = (  # the message first: a reader that sees the status sees its message
                     f"Training stopped unexpectedly ({type(error).__name__}: {error}). Its last checkpoint is kept: "
-                    "resume it under Unfinished trainings.")
+                    "resume it under Unfinished trainings."), "failed"
             finally:
                 with self._lock:
                     self._running = None

@@ -130,6 +130,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         yield gr.skip(), job.run_id, gr.Button(visible=True)
         last = None
         while True:
+            done = job.done  # read before the summary: the last line shown is then the final one
             line = f"Teaching {job.pet_name} with the pictures you liked. {job.summary(service.trainings.position(job.run_id))}"
             if job.status == "cancelled":  # resuming is on the My pet tab
                 line = (f"⏹ Stopped teaching {job.pet_name} at step {job.step}: resume it under Unfinished trainings "
@@ -137,7 +138,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
             if line != last:
                 last = line
                 yield line, gr.skip(), gr.skip()
-            if job.done:
+            if done:
                 yield gr.skip(), "", gr.Button(visible=False)
                 return
             time.sleep(POLL_SECONDS)

@@ -116,6 +116,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             job = service.training(owner, run)
             if job is None:
                 return
+            done = job.done  # read before the summary: the last state shown is then the final one
             text = job.summary(service.trainings.position(run))
             state = (job.status, job.step, text)
             if state != last or len(job.samples) != samples_shown:
@@ -129,7 +130,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                     samples_shown = len(job.samples)
                     gallery = [(served_copy(path), caption) for path, caption in job.samples[-8:]]
                 yield run, text, progress_bar, chart, gallery
-            if job.done:
+            if done:
                 return
             time.sleep(POLL_SECONDS)
 

@@ -34,6 +34,7 @@ from petdream.training.queue import TrainingJob, TrainingQueue
 logger = logging.getLogger(__name__)
 
 FURTHER_TRAINING_STEPS = 100  # a short run from the current weights with the liked pictures added
+BUSY = "A picture, an evaluation or a Hub transfer of yours is under way"  # why a delete or a move waits
 FORGET_EVERY_S = 24 * 3600  # how often idle browser sessions are looked for again (a Space may run for weeks)
 
 
@@ -177,8 +178,7 @@ class PetDreamService:
         """Delete the pet with its photos, models, pictures, trainings and chats about it; returns its
         name. Refused while one of its trainings waits or runs: cancel that first."""
         record = self.store.pet(owner, pet_id)
-        with self.owners.change(owner, f"A picture, an evaluation or a Hub transfer of yours is under way: "
-                                       f"delete {record.name} when it is done."):
+        with self.owners.change(owner, f"{BUSY}: delete {record.name} when it is done."):
             if any(self.training_is_live(owner, run.id) for run in self.store.runs(owner, pet_id)):
                 raise ValueError(f"{record.name} is in training now: cancel the training, then delete.")
             self.store.delete_pet(owner, pet_id)
@@ -188,8 +188,7 @@ class PetDreamService:
         """On signing in: the pets made in this browser (`session`) become the `account`'s, with all that
         belongs to them; returns their names. Refused (ValueError) while a training or other work of the
         session is under way: its files are in use."""
-        with self.owners.change(session, "A picture, an evaluation or a Hub transfer is under way: move "
-                                         "your pets when it is done."):
+        with self.owners.change(session, f"{BUSY}: move your pets when it is done."):
             if self.live_training(session) is not None:
                 raise ValueError("A training is waiting or running: your pets can move to your account "
                                  "once it ends.")
@@ -198,8 +197,7 @@ class PetDreamService:
     def forget_owner(self, owner: str) -> None:
         """Delete everything of `owner`: pets, photos, models, pictures, ratings and chats. Refused while
         one of their trainings waits or runs."""
-        with self.owners.change(owner, "A picture, an evaluation or a Hub transfer of yours is under way: "
-                                       "delete your data when it is done."):
+        with self.owners.change(owner, f"{BUSY}: delete your data when it is done."):
             if self.live_training(owner) is not None:
                 raise ValueError("A training of yours is waiting or running: cancel it, then delete your data.")
             self.store.delete_owner(owner)
@@ -248,11 +246,11 @@ class PetDreamService:
         with self.owners.work(owner):
             run = self.store.run(owner, run_id)
             record = self.store.pet(owner, run.pet_id)
-            job = self.training(owner, run_id)
-            live = job is not None and not job.done  # already back in line, or running
-            if live or not run.resumable:
-                state = job.summary(self.trainings.position(run_id)) if live else run.error or run.status
-                raise ValueError(f"{record.name}'s training cannot be resumed now: {state}")
+            cannot = f"{record.name}'s training cannot be resumed now"
+            if self.training_is_live(owner, run_id):  # already back in line, or running
+                raise ValueError(f"{cannot}: {self.training(owner, run_id).summary(self.trainings.position(run_id))}")
+            if not run.resumable:
+                raise ValueError(f"{cannot}: {run.error or run.status}")
             self.store.update_run(owner, run_id, status="queued")
             init = PetModel.load(run.init_model_dir) if run.init_model_dir else None
             return self._queue(owner, record, run_id, run.training_config(), resume=True, init_model=init)
@@ -295,8 +293,11 @@ class PetDreamService:
         try:
             self._run_trainer(job, record, config, resume, init_model)
         except Exception as error:
-            run = next((r for r in self.store.runs(job.owner) if r.id == job.run_id), None)  # None: deleted
-            if run is not None and run.status in ("queued", "running"):
+            try:
+                status = self.store.run(job.owner, job.run_id).status
+            except NotFound:  # its pet was deleted meanwhile: nothing to mark
+                status = None
+            if status in ("queued", "running"):
                 self.store.update_run(job.owner, job.run_id, status="failed", error=f"{type(error).__name__}: {error}")
             raise
 

@@ -332,8 +332,8 @@ class DreamBoothTrainer:
         cuda = device.type == "cuda"
         precision = config.mixed_precision if config.mixed_precision != "auto" else ("fp16" if cuda else "no")
         if precision != "no" and not cuda:
-            where = "the CPU" if device.type == "cpu" else device.type.upper()
-            yield Note(f"Mixed precision {precision} needs a CUDA GPU; training in full precision (fp32) on {where}.")
+            yield Note(f"Mixed precision {precision} needs a CUDA GPU; training in full precision (fp32) on "
+                       f"{_device_name(device)}.")
             precision = "no"
         if cuda:  # one process's Accelerator puts models on "cuda": the current device of this thread
             torch.cuda.set_device(device)
@@ -812,10 +812,11 @@ def _training_device(requested: str) -> torch.device:
     except RuntimeError as error:
         raise TrainingFailure(f"Cannot train: {error}. Choose a device it has (--device or PETDREAM_DEVICE: "
                               "auto, cpu, cuda, cuda:N or mps).") from None
-    if device.type == "cuda":
-        local_rank = os.environ.get("LOCAL_RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
-        return torch.device("cuda", int(local_rank) if local_rank is not None else device.index or 0)
-    return device
+    if device.type != "cuda":
+        return device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device("cuda", device.index or 0)
 
 
 def _device_name(device: torch.device) -> str:

@@ -131,10 +131,12 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         last = None
         while True:
             done = job.done  # read before the summary: the last line shown is then the final one
-            line = f"Teaching {job.pet_name} with the pictures you liked. {job.summary(service.trainings.position(job.run_id))}"
             if job.status == "cancelled":  # resuming is on the My pet tab
                 line = (f"⏹ Stopped teaching {job.pet_name} at step {job.step}: resume it under Unfinished trainings "
                         "on the My pet tab.")
+            else:
+                line = (f"Teaching {job.pet_name} with the pictures you liked. "
+                        f"{job.summary(service.trainings.position(job.run_id))}")
             if line != last:
                 last = line
                 yield line, gr.skip(), gr.skip()
@@ -160,8 +162,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
                 api_visibility="private")
 
     chatbot.like(rate, inputs=[pictures, browser_id], api_visibility="private")
-    teach.click(teach_liked, inputs=[pet, browser_id], outputs=[note, teaching, stop_teaching], api_name="train_further",
-                concurrency_limit=None)  # it only follows the training, which the training queue runs one at a time
+    teach.click(teach_liked, inputs=[pet, browser_id], outputs=[note, teaching, stop_teaching],
+                api_name="train_further", concurrency_limit=None)  # it only follows the training, which the training queue runs one at a time
     stop_teaching.click(stop_teaching_run, inputs=[teaching, browser_id], api_name="stop_teaching")
     keep.change(consent, inputs=[keep, browser_id], api_visibility="private")
     list_pets = trained_pets(service)

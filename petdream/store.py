@@ -5,6 +5,7 @@
         photos/                           the pet's training photos (and liked images added later)
         images/                           pictures drawn for the pet
         runs/<run id>/                    what one training run writes: its PetModel, checkpoints/
+    <data_dir>/trash/                     folders being deleted (a crash mid-delete is finished at open)
 
 An owner is a person logged in with Hugging Face (`hf:<username>`) or, without a login, a browser
 session (`session:<unguessable id>`). Every read takes the owner and returns only that owner's rows;
@@ -33,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 DB_FILE = "petdream.sqlite3"
+TRASH_DIR = "trash"
 BUSY_TIMEOUT_MS = 10_000
 
 # Where a training run may go from each status. "finished" only through `finish_run`, which also
@@ -310,6 +312,7 @@ class Store:
         self._closed = False
         try:
             self._migrate(self._conn())
+            self._finish_deletions()
         except BaseException:
             self.close()
             raise
@@ -433,12 +436,12 @@ class Store:
         row = self._conn().execute("SELECT chat_consent_at FROM owners WHERE key = ?", (_check_owner(owner),)).fetchone()
         return row["chat_consent_at"] if row else None
 
-    def delete_owner(self, owner: str, delete_files: bool = True) -> None:
-        """Forget `owner`: every row of theirs and, with `delete_files`, their folder."""
+    def delete_owner(self, owner: str) -> None:
+        """Forget `owner`: every row and file of theirs."""
         with self._write() as conn:
+            entry = self._to_trash(owner_dir(self.data_dir, owner), "owner")
             conn.execute("DELETE FROM owners WHERE key = ?", (_check_owner(owner),))
-        if delete_files:
-            shutil.rmtree(owner_dir(self.data_dir, owner), ignore_errors=True)
+        shutil.rmtree(entry, ignore_errors=True)
 
     def move_pets(self, session: str, account: str) -> list[PetRecord]:
         """Give every pet of a browser `session` to the `account` it signed in to, with its files,
@@ -486,10 +489,12 @@ class Store:
         forgotten = 0
         for (owner,) in self._conn().execute(_IDLE_SESSIONS, {"cutoff": cutoff}).fetchall():
             with self._write() as conn:  # one at a time, checked again: it may have come back meanwhile
-                if conn.execute(f"DELETE FROM owners WHERE key = :owner AND key IN ({_IDLE_SESSIONS})",
-                                {"owner": owner, "cutoff": cutoff}).rowcount == 0:
+                if conn.execute(f"SELECT 1 FROM ({_IDLE_SESSIONS}) WHERE key = :owner",
+                                {"owner": owner, "cutoff": cutoff}).fetchone() is None:
                     continue
-            shutil.rmtree(owner_dir(self.data_dir, owner), ignore_errors=True)
+                entry = self._to_trash(owner_dir(self.data_dir, owner), "owner")
+                conn.execute("DELETE FROM owners WHERE key = ?", (owner,))
+            shutil.rmtree(entry, ignore_errors=True)
             forgotten += 1
         return forgotten
 
@@ -536,14 +541,43 @@ class Store:
                 raise NotFound("No such pet.")
         return self.pet(owner, pet_id)
 
-    def delete_pet(self, owner: str, pet_id: str, delete_files: bool = True) -> None:
-        """Delete a pet with its runs, chats, images and feedback; with `delete_files`, its folder too
-        (a model_dir outside that folder is not PetDream's to delete)."""
+    def delete_pet(self, owner: str, pet_id: str) -> None:
+        """Delete a pet with its runs, chats, images and feedback, and its folder (a model_dir outside
+        that folder is not PetDream's to delete)."""
         with self._write() as conn:
-            if conn.execute("DELETE FROM pets WHERE id = ? AND owner = ?", (pet_id, _check_owner(owner))).rowcount == 0:
+            if conn.execute("SELECT 1 FROM pets WHERE id = ? AND owner = ?", (pet_id, _check_owner(owner))).fetchone() is None:
                 raise NotFound("No such pet.")
-        if delete_files:
-            shutil.rmtree(self.paths(owner, pet_id).root, ignore_errors=True)
+            entry = self._to_trash(self.paths(owner, pet_id).root, "pet")
+            conn.execute("DELETE FROM pets WHERE id = ?", (pet_id,))
+        shutil.rmtree(entry, ignore_errors=True)
+
+    # deleting, crash-safe: inside the transaction that deletes the rows, their folder is renamed into
+    # the trash (gone from its place at once); after the commit the trash entry is removed. A crash in
+    # between leaves the entry, and the next Store finishes that deletion, rows and files.
+
+    def _to_trash(self, folder: Path, kind: str) -> Path:
+        """Move `folder` (a pet's, named by its id, or an owner's, by its hash) into the trash; returns
+        the entry, named `<kind>-<folder name>-<nonce>` so that a restart knows whose rows to delete."""
+        entry = self.data_dir / TRASH_DIR / f"{kind}-{folder.name}-{uuid.uuid4().hex[:8]}"
+        if folder.exists():
+            entry.parent.mkdir(exist_ok=True)
+            os.rename(folder, entry)
+        return entry
+
+    def _finish_deletions(self) -> None:
+        """At open: finish every deletion a crash cut off (see `_to_trash`). Its rows are still there
+        if the crash came before their transaction committed."""
+        trash = self.data_dir / TRASH_DIR
+        for entry in sorted(trash.iterdir()) if trash.is_dir() else []:
+            kind, name, *_ = entry.name.split("-") + ["", ""]
+            with self._write() as conn:
+                if kind == "pet":
+                    conn.execute("DELETE FROM pets WHERE id = ?", (name,))
+                elif kind == "owner":
+                    for (owner,) in conn.execute("SELECT key FROM owners").fetchall():
+                        if owner_dir(self.data_dir, owner).name == name:
+                            conn.execute("DELETE FROM owners WHERE key = ?", (owner,))
+            shutil.rmtree(entry, ignore_errors=True)
 
     # training runs
 

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -417,6 +418,23 @@ def test_a_person_deletes_a_pet_and_then_all_their_data(served_app, photo_files)
     assert status == "🗑 All your data is deleted: pets, photos, models, pictures, ratings and chats."
     assert service.pets(owner) == [] and service.store.runs(owner) == []
     assert not owner_dir(service.data_dir, owner).exists()
+
+
+def test_copies_of_pictures_handed_to_gradio_leave_the_server_within_a_day(served_app, tmp_path, monkeypatch):
+    """The data dir is never served: a picture is shown through a copy that Gradio copies into its
+    cache. Ours is removed an hour on, as later copies are made; Gradio's (a deleted pet's too) after a day."""
+    from petdream.ui import session
+
+    picture = tmp_path / "bruno.png"
+    make_photo(0, (64, 64)).save(picture)
+    old = Path(session.served_copy(picture))
+    hours_ago = time.time() - session.SERVED_COPY_S - 60
+    os.utime(old.parent, (hours_ago, hours_ago))
+    monkeypatch.setattr(session, "_next_sweep", 0.0)  # the sweep is due
+    new = Path(session.served_copy(picture))
+    assert not old.parent.exists() and new.read_bytes() == picture.read_bytes()
+    frequency, age = served_app.delete_cache
+    assert age <= 86400 and frequency <= age
 
 
 def test_the_app_forgets_browser_sessions_unused_for_the_set_number_of_days(tiny, tmp_path):

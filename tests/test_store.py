@@ -11,11 +11,12 @@ import pytest
 
 from petdream import store as store_module
 from petdream.store import (
-    DB_FILE, MIGRATIONS, NotFound, Store, StoreError, new_session_id, owner_dir, pet_paths, session_owner, user_owner,
+    DB_FILE, MIGRATIONS, TRASH_DIR, NotFound, Store, StoreError, new_session_id, owner_dir, pet_paths, session_owner, user_owner,
 )
 
 ALICE = user_owner("alice")
 BOB = session_owner(new_session_id())
+CAROL = user_owner("carol")
 
 
 @pytest.fixture
@@ -114,8 +115,7 @@ def test_deleting_a_pet_deletes_its_runs_chats_images_and_folder(store):
     assert not store.paths(ALICE, pet.id).root.exists() and other.photos_dir.is_dir()
     with store._write() as conn:  # no orphans left behind (cascades ran)
         assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 0
-    store.delete_pet(ALICE, other.id, delete_files=False)
-    assert other.photos_dir.is_dir()
+    assert not (store.data_dir / TRASH_DIR).exists() or not any((store.data_dir / TRASH_DIR).iterdir())
 
 
 def test_forgetting_an_owner_removes_all_of_theirs_and_nobody_elses(store):
@@ -124,6 +124,40 @@ def test_forgetting_an_owner_removes_all_of_theirs_and_nobody_elses(store):
     assert store.pets(ALICE) == [] and store.chat_consent(ALICE) is None
     assert not store.paths(ALICE, alice_pet.id).root.exists()
     assert store.pets(BOB) == [bob_pet] and bob_pet.photos_dir.is_dir()
+
+
+class Crash(BaseException):
+    """A process dying at that moment (BaseException: nothing catches it on the way out)."""
+
+
+def _crash_after(function):
+    def crashing(*args, **kwargs):
+        function(*args, **kwargs)
+        raise Crash
+    return crashing
+
+
+@pytest.mark.parametrize("deleted", ["pet", "owner", "idle session"])
+@pytest.mark.parametrize("crash", ["after the folder moved", "after the rows went"])
+def test_a_delete_cut_off_by_a_crash_is_finished_when_the_store_next_opens(tmp_path, monkeypatch, deleted, crash):
+    session = session_owner(new_session_id())
+    with Store(tmp_path) as store:
+        pet = _trained_pet(store, session if deleted == "idle session" else ALICE)
+        kept = _trained_pet(store, CAROL)
+        if crash == "after the folder moved":  # before the transaction deleting the rows commits
+            monkeypatch.setattr(store_module.os, "rename", _crash_after(os.rename))
+        else:  # committed, but the files are not removed yet
+            monkeypatch.setattr(store_module.shutil, "rmtree", _crash_after(lambda *a, **k: None))
+        with pytest.raises(Crash):
+            {"pet": lambda: store.delete_pet(ALICE, pet.id), "owner": lambda: store.delete_owner(ALICE),
+             "idle session": lambda: store.forget_idle_sessions(timedelta(days=-1))}[deleted]()
+        monkeypatch.undo()
+        assert not pet.photos_dir.exists()  # gone from its place at once, whatever comes next
+    with Store(tmp_path) as store:  # the restart
+        owner = session if deleted == "idle session" else ALICE
+        assert store.pets(owner) == [] and store.runs(owner) == []
+        assert not any((tmp_path / TRASH_DIR).iterdir())  # the files are gone too
+        assert store.pets(CAROL) == [kept] and kept.photos_dir.is_dir()
 
 
 # --- training runs --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,12 @@ from petdream.store import new_session_id, session_owner, user_owner
 
 _PROCESS_SECRET = secrets.token_bytes(32)
 SERVED_DIR = Path(tempfile.gettempdir()) / "petdream-served"
+# A served copy is needed only until Gradio has copied it into its own cache, which it does as the
+# handler's output is sent; an hour leaves room for a slow send. Gradio's cached copies go after a day
+# (GRADIO_CACHE_S, the app's `delete_cache`): a deleted pet's pictures leave the server by then.
+SERVED_COPY_S = 3600
+GRADIO_CACHE_S = 86400
+_next_sweep = 0.0
 
 
 def oauth_enabled() -> bool:
@@ -88,12 +95,28 @@ def served_copy(path: str | Path) -> str:
     only that cache and `allowed_paths`; the data dir itself is never served, so no URL guessed
     from a pet's folder reaches another person's files. The copy under the temp dir also lets
     Gradio take files from a data dir outside the working directory (/data on a Space).
+    Copies older than SERVED_COPY_S are removed as new ones are made.
     """
+    global _next_sweep
+    if time.time() >= _next_sweep:
+        _next_sweep = time.time() + SERVED_COPY_S / 6
+        forget_old_served_copies()
     folder = SERVED_DIR / uuid.uuid4().hex  # unique, while the download keeps the file's own name
     folder.mkdir(parents=True)
     target = folder / Path(path).name
     shutil.copyfile(path, target)
     return str(target)
+
+
+def forget_old_served_copies(older_than_s: float = SERVED_COPY_S) -> None:
+    """Remove the served copies made more than `older_than_s` seconds ago (Gradio has its own by then)."""
+    cutoff = time.time() - older_than_s
+    for folder in SERVED_DIR.iterdir() if SERVED_DIR.is_dir() else []:
+        try:
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder)
+        except OSError:  # removed meanwhile by another process's sweep
+            pass
 
 
 def trained_pets(service):

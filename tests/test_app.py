@@ -485,6 +485,46 @@ def test_signing_in_offers_to_move_the_pets_made_in_this_browser_to_the_account(
     assert offer(key, sam) == (gr.skip(), gr.skip())  # nothing left to offer
 
 
+def test_signed_in_mid_training_the_page_follows_and_can_cancel_the_training_this_browser_started(
+        served_app, photo_files):
+    """Signing in reloads the page under the account; the training started before, in this browser,
+    is still shown and can be cancelled there. Its pets move once it has ended."""
+    import gradio as gr
+    from gradio_client import handle_file
+
+    from petdream.ui.session import move_offer
+
+    def handler(api_name):
+        return next(f.fn for f in served_app.fns.values() if f.api_name == api_name)
+
+    key, api, service = "i" * 40, client(served_app), served_app.petdream_service
+    tom = gr.OAuthProfile({"name": "Tom", "preferred_username": "tom", "profile": "", "picture": ""})
+    long = api.submit([handle_file(str(p)) for p in photo_files], "Rex", "dog", "tiny", None, 2000, 0, 0, 0, "off",
+                      key, api_name="/train")
+    deadline = time.monotonic() + 120
+    while not any("Training Rex: step" in str(update[0]) for update in long.outputs()):
+        assert time.monotonic() < deadline and not long.done(), long.outputs()
+        time.sleep(0.2)
+    run = service.live_training(f"session:{key}").run_id
+
+    follow, cancel = handler("follow_training"), handler("cancel_training")
+    assert next(follow("j" * 40, None, tom), None) is None  # the same account in another browser: not its training
+    shown, text, *_ = next(follow(key, None, tom))
+    assert shown == run and text.startswith("Training Rex: step ")
+    offer, move = move_offer(service)
+    assert offer(key, tom)[1] == ("Made in this browser before you signed in: **Rex**. Move them to your account "
+                                  "(tom)? Rex is in training now (follow it on My pet): they can move once it ends.")
+    with pytest.raises(gr.Error, match="your pets can move to your account once it ends"):
+        move(key, tom)
+
+    cancel(run, "j" * 40, None, tom)  # not from another browser
+    assert not long.done()
+    cancel(run, key, None, tom)
+    assert long.result(timeout=120)[0].startswith("⏹ Cancelled at step ")
+    move(key, tom)
+    assert [p.name for p in service.pets("hf:tom")] == ["Rex"] and service.pets(f"session:{key}") == []
+
+
 def test_work_on_a_persons_files_waits_for_a_delete_of_theirs_and_a_delete_is_refused_during_work():
     import threading
 

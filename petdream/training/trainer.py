@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from petdream.models import Profile, load_pipeline, pick_device
+from petdream.models.device import release_host_memory
 from petdream.models.pipeline import quiet_libraries
 from petdream.petmodel import LORA_WEIGHTS_FILE, METADATA_FILE, PIPELINE_DIR, Pet, PetModel
 from petdream.photos import Photo
@@ -157,6 +158,7 @@ class DreamBoothTrainer:
                     yield from self._run(resume, device)
                 finally:  # however the run ends, a checkpoint being written lands before the device is free
                     self._finish_checkpoint_write()
+                    release_host_memory()  # the run's models and optimizer are gone with its frame
         except TrainingFailure as failure:
             if not failure.resumable:  # its checkpoints could only fail again (GBs each for a full fine-tune)
                 self.checkpoints.delete_all()

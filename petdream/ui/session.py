@@ -57,23 +57,33 @@ def owner_of(browser_id: str | None, request: gr.Request | None, profile: gr.OAu
     return session_owner(hashlib.sha256(_PROCESS_SECRET + session_hash.encode()).hexdigest())
 
 
+def browser_owner(browser_id: str | None, profile: gr.OAuthProfile | None) -> str | None:
+    """While signed in: the owner key of this browser without the login, which holds what was made
+    here before signing in until it moves to the account (None when not signed in or unknown)."""
+    if profile is None or not browser_id or len(browser_id) < 32:
+        return None
+    return session_owner(browser_id)
+
+
 def move_offer(service):
     """Handlers (offer, move) for the pets made in this browser before the person signed in: `offer`
     (on page load) shows the offer row with their names, if any; `move` gives them to the account.
     Asked, not done silently: on a shared computer they may be someone else's."""
 
     def browser_pets(browser_id, profile):
-        if profile is None or not browser_id or len(browser_id) < 32:
-            return []
-        return service.pets(session_owner(browser_id))
+        browser = browser_owner(browser_id, profile)
+        return service.pets(browser) if browser else []
 
     def offer(browser_id, profile: gr.OAuthProfile | None = None):
         pets = browser_pets(browser_id, profile)
         if not pets:  # no update at all: Gradio 6 may re-render the tree on one, losing what is being typed
             return gr.skip(), gr.skip()
         names = ", ".join(pet.name for pet in pets)
-        return gr.Row(visible=True), (f"Made in this browser before you signed in: **{names}**. Move them to "
-                                      f"your account ({profile.username})?")
+        text = f"Made in this browser before you signed in: **{names}**. Move them to your account ({profile.username})?"
+        training = service.live_training(browser_owner(browser_id, profile))
+        if training is not None:  # the button stays: it works once the training has ended
+            text += f" {training.pet_name} is in training now (follow it on My pet): they can move once it ends."
+        return gr.Row(visible=True), text
 
     def move(browser_id, profile: gr.OAuthProfile | None = None):
         if not browser_pets(browser_id, profile):

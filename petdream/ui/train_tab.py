@@ -12,7 +12,7 @@ from petdream.photos import MAX_PHOTOS, NotEnoughPhotosError
 from petdream.service import PetDreamService
 from petdream.store import NotFound
 from petdream.hub import HubError, MissingPetInfo
-from petdream.ui.session import oauth_enabled, owner_of, served_copy, trained_pets
+from petdream.ui.session import browser_owner, oauth_enabled, owner_of, served_copy, trained_pets
 
 POLL_SECONDS = 0.5
 
@@ -135,14 +135,18 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             time.sleep(POLL_SECONDS)
 
     def reconnect(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        """After a reload (or in another tab): follow the person's training that is still waiting or running."""
+        """After a reload (or in another tab): follow the person's training that is still waiting or running,
+        or, just signed in, the one this browser started before."""
         job = service.live_training(owner_of(browser_id, request, profile))
+        browser = browser_owner(browser_id, profile)
+        if job is None and browser is not None:
+            job = service.live_training(browser)
         if job is not None:
             yield from follow(job.owner, job.run_id)
 
     def stop(run, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        owner = owner_of(browser_id, request, profile)
-        if not run or not service.cancel_training(owner, run):
+        owners = [owner_of(browser_id, request, profile), browser_owner(browser_id, profile)]
+        if not run or not any(service.cancel_training(owner, run) for owner in owners if owner):
             gr.Info("No training of yours is running.")
         else:
             gr.Info("Stopping after this step; a checkpoint is kept so you can resume.")

@@ -78,7 +78,7 @@ class Companion:
             return Turn(CRISIS_MESSAGE, prompt, negative, prompts.mood_from_text(message), safety, draw=False,
                         notices=notices)
 
-        messages = [{"role": "system", "content": prompts.system_prompt(pet, person.as_dict())}]
+        messages = [{"role": "system", "content": prompts.system_prompt(pet, person.as_dict())}, *prompts.example_turns()]
         messages += [{"role": m["role"], "content": str(m["content"])[:HISTORY_CHARS]}
                      for m in history[-2 * HISTORY_TURNS:] if m.get("role") in ("user", "assistant")]
         messages.append({"role": "user", "content": message})
@@ -99,11 +99,13 @@ class Companion:
         return Turn(reply, prompt, negative, mood, safety, notices=notices)
 
     def _ask(self, messages: list[dict], on_token) -> dict:
-        """The LLM's answer as a dict with at least "reply"; malformed output is retried once,
-        then the reply is salvaged from the text."""
+        """The LLM's answer as a dict with at least "reply"; output without a whole reply is retried
+        once, then the reply is salvaged from the text."""
         stream = _ReplyStream(on_token) if on_token else None
         first = self.backend.complete(messages, max_tokens=MAX_REPLY_TOKENS, on_token=stream)
-        answer = parse_answer(first)
+        # A whole reply in JSON broken further on is kept: asked again, a small model tends to answer
+        # worse (apologies, refusals), and the person has already seen this reply stream in.
+        answer = parse_answer(first) or partial_answer(first)
         if answer is None:
             logger.info("companion: malformed LLM output, asking once more")
             retry = messages + [{"role": "assistant", "content": first[:400]},
@@ -141,6 +143,18 @@ def parse_answer(text: str) -> dict | None:
                     if k in ("reply", "mood", "image_prompt")}
         start = text.find("{", start + 1)
     return None
+
+
+def partial_answer(text: str) -> dict | None:
+    """The whole string fields ("reply", "mood", "image_prompt") of a JSON answer that is broken
+    elsewhere (stray keys, a missing brace), or None without a whole non-empty "reply"."""
+    fields = {}
+    for key, value in re.findall(r'"(reply|mood|image_prompt)"\s*:\s*"((?:[^"\\]|\\.)*)"', text):
+        try:
+            fields.setdefault(key, json.loads(f'"{value}"').strip())
+        except json.JSONDecodeError:
+            continue
+    return fields if fields.get("reply") else None
 
 
 def salvage_reply(*attempts: str) -> str:

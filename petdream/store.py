@@ -569,7 +569,8 @@ class Store:
         if the crash came before their transaction committed."""
         trash = self.data_dir / TRASH_DIR
         for entry in sorted(trash.iterdir()) if trash.is_dir() else []:
-            kind, name, *_ = entry.name.split("-") + ["", ""]
+            kind, _, rest = entry.name.partition("-")
+            name = rest.rpartition("-")[0]  # without the nonce
             with self._write() as conn:
                 if kind == "pet":
                     conn.execute("DELETE FROM pets WHERE id = ?", (name,))

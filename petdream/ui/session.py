@@ -118,9 +118,9 @@ def served_copy(path: str | Path) -> str:
     return str(target)
 
 
-def forget_old_served_copies(older_than_s: float = SERVED_COPY_S) -> None:
-    """Remove the served copies made more than `older_than_s` seconds ago (Gradio has its own by then)."""
-    cutoff = time.time() - older_than_s
+def forget_old_served_copies() -> None:
+    """Remove the served copies made more than SERVED_COPY_S ago (Gradio has its own by then)."""
+    cutoff = time.time() - SERVED_COPY_S
     for folder in SERVED_DIR.iterdir() if SERVED_DIR.is_dir() else []:
         try:
             if folder.stat().st_mtime < cutoff:

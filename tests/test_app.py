@@ -314,7 +314,7 @@ def test_liked_pictures_teach_the_pet_further_from_its_current_weights(served_ap
     assert job.status == "finished", job.message
     after = service.pet_model(owner, alices_pet["id"])
     assert after.path != before.path  # a new model; the old one stays until the new one is complete
-    assert after.training["init_model"]["path"] == str(before.path)
+    assert (after.path / after.training["init_model"]["path"]).resolve() == before.path.resolve()
     assert after.lora_weights.read_bytes() != before.lora_weights.read_bytes()
     photos = service.store.paths(owner, alices_pet["id"]).run_photos(job.run_id)
     assert (photos / f"liked-{picture.image_id}.png").is_file()

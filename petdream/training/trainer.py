@@ -686,10 +686,13 @@ class DreamBoothTrainer:
         shutil.rmtree(self.checkpoints.folder, ignore_errors=True)  # only needed to resume an unfinished run
 
     def _lineage(self) -> dict | None:
-        """Where this model's starting weights came from; None: the base model."""
+        """Where this model's starting weights came from; None: the base model. The path is relative to
+        this model's folder: it stays true when the two move together (a pet's folder does), and a model
+        pushed to the Hub publishes no path of this machine."""
         if self.init_model is None:
             return None
-        return {"path": str(self.init_model.path.resolve()), "sha256": self.init_model_sha256}
+        return {"path": os.path.relpath(self.init_model.path.resolve(), self.output_dir.resolve()),
+                "sha256": self.init_model_sha256}
 
 
 def further_training_settings(model: PetModel) -> dict:

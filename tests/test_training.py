@@ -418,21 +418,6 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny, photos, data_dir, t
     assert isinstance(events[-1], Failed) and "made with other settings" in events[-1].reason
 
 
-def test_a_run_resumes_with_gradient_checkpointing_switched_on_to_the_same_weights(tiny, photos, data_dir, tmp_path):
-    """Checkpointing changes how a step is computed (activations recomputed, less memory), not its
-    result: a run that ran out of memory may resume with it."""
-    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "whole", steps=6, gradient_checkpointing=False))
-    trainer = make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=6, gradient_checkpointing=False)
-    for event in trainer.run():
-        if isinstance(event, CheckpointSaved):
-            trainer.cancel()
-    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=6, gradient_checkpointing=True),
-                     resume=True)
-    assert isinstance(events[-1], Finished) and "Resuming from step" in " ".join(
-        e.text for e in events if isinstance(e, Note))
-    assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
-
-
 def test_a_checkpoint_resumes_only_under_as_many_processes(tiny, photos, data_dir, tmp_path, monkeypatch):
     """Each process draws its own images: two processes' steps are not one process's."""
     one = make_trainer(tiny, photos, data_dir, tmp_path / "pet").fingerprint

@@ -105,10 +105,7 @@ class TrainingConfig:
 
     def fingerprint(self) -> str:
         """Identifies what the weights depend on; a checkpoint resumes only under the same one."""
-        # How the steps are computed, not what they compute: a resume may change these (gradient
-        # checkpointing recomputes the same activations, to fit a smaller GPU).
-        ignored = {"sample_every", "sample_steps", "checkpoint_every", "checkpoints_kept", "compile",
-                   "gradient_checkpointing"}
+        ignored = {"sample_every", "sample_steps", "checkpoint_every", "checkpoints_kept", "compile"}
         relevant = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

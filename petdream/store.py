@@ -5,7 +5,7 @@
         photos/                           the pet's training photos (and liked images added later)
         images/                           pictures drawn for the pet
         runs/<run id>/                    what one training run writes: its PetModel, checkpoints/
-    <data_dir>/trash/                     folders being deleted (a crash mid-delete is finished at open)
+    <data_dir>/trash/                     folders being deleted (see `Store._delete`)
 
 An owner is a person logged in with Hugging Face (`hf:<username>`) or, without a login, a browser
 session (`session:<unguessable id>`). Every read takes the owner and returns only that owner's rows;
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -32,6 +33,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import quote, unquote
+
+logger = logging.getLogger(__name__)
 
 DB_FILE = "petdream.sqlite3"
 TRASH_DIR = "trash"
@@ -124,6 +128,10 @@ MIGRATIONS = [
         coalesce((SELECT max(f.created_at) FROM feedback f WHERE f.owner = owners.key), ''));
     CREATE INDEX owners_by_activity ON owners(last_active_at);
     """,
+    # The trash entries of deletions that committed: their files may go (see `Store._delete`).
+    """
+    CREATE TABLE deletions (entry TEXT PRIMARY KEY, created_at TEXT NOT NULL);
+    """,
 ]
 
 
@@ -167,10 +175,14 @@ def _check_owner(owner: str) -> str:
     return owner
 
 
+def owner_digest(owner: str) -> str:
+    """A short hash of the owner key: what their folders are named by, so no owner id lands on disk."""
+    return hashlib.sha256(_check_owner(owner).encode()).hexdigest()[:16]
+
+
 def owner_dir(data_dir: str | Path, owner: str) -> Path:
-    """The folder holding everything of one owner, named by a hash so no owner id lands on disk."""
-    digest = hashlib.sha256(_check_owner(owner).encode()).hexdigest()[:16]
-    return Path(data_dir) / "people" / digest
+    """The folder holding everything of one owner."""
+    return Path(data_dir) / "people" / owner_digest(owner)
 
 
 @dataclass(frozen=True)
@@ -438,10 +450,7 @@ class Store:
 
     def delete_owner(self, owner: str) -> None:
         """Forget `owner`: every row and file of theirs."""
-        with self._write() as conn:
-            entry = self._to_trash(owner_dir(self.data_dir, owner), "owner")
-            conn.execute("DELETE FROM owners WHERE key = ?", (_check_owner(owner),))
-        shutil.rmtree(entry, ignore_errors=True)
+        self._delete(owner_dir(self.data_dir, owner), "DELETE FROM owners WHERE key = ?", (_check_owner(owner),))
 
     def move_pets(self, session: str, account: str) -> list[PetRecord]:
         """Give every pet of a browser `session` to the `account` it signed in to, with its files,
@@ -488,14 +497,10 @@ class Store:
         cutoff = (datetime.now(timezone.utc) - idle).isoformat(timespec="milliseconds")
         forgotten = 0
         for (owner,) in self._conn().execute(_IDLE_SESSIONS, {"cutoff": cutoff}).fetchall():
-            with self._write() as conn:  # one at a time, checked again: it may have come back meanwhile
-                if conn.execute(f"SELECT 1 FROM ({_IDLE_SESSIONS}) WHERE key = :owner",
-                                {"owner": owner, "cutoff": cutoff}).fetchone() is None:
-                    continue
-                entry = self._to_trash(owner_dir(self.data_dir, owner), "owner")
-                conn.execute("DELETE FROM owners WHERE key = ?", (owner,))
-            shutil.rmtree(entry, ignore_errors=True)
-            forgotten += 1
+            # One at a time, checked again: it may have come back meanwhile.
+            forgotten += self._delete(owner_dir(self.data_dir, owner),
+                                      f"DELETE FROM owners WHERE key = :owner AND key IN ({_IDLE_SESSIONS})",
+                                      {"owner": owner, "cutoff": cutoff})
         return forgotten
 
     # pets
@@ -544,41 +549,63 @@ class Store:
     def delete_pet(self, owner: str, pet_id: str) -> None:
         """Delete a pet with its runs, chats, images and feedback, and its folder (a model_dir outside
         that folder is not PetDream's to delete)."""
-        with self._write() as conn:
-            if conn.execute("SELECT 1 FROM pets WHERE id = ? AND owner = ?", (pet_id, _check_owner(owner))).fetchone() is None:
-                raise NotFound("No such pet.")
-            entry = self._to_trash(self.paths(owner, pet_id).root, "pet")
-            conn.execute("DELETE FROM pets WHERE id = ?", (pet_id,))
+        if not self._delete(self.paths(owner, pet_id).root, "DELETE FROM pets WHERE id = ? AND owner = ?",
+                            (pet_id, _check_owner(owner))):
+            raise NotFound("No such pet.")
+
+    # deleting rows with their folder, so that no crash leaves one without the other
+
+    def _delete(self, folder: Path, statement: str, values) -> bool:
+        """Run one DELETE `statement` and, if it deleted anything, delete `folder` with it; returns whether
+        it did. Inside the transaction the folder is renamed into the trash (gone from its place at once)
+        and a `deletions` row names the entry; after the commit the entry is removed, then its row. A
+        crash before the commit leaves an entry without a row, which the next Store puts back beside its
+        rows; one after leaves an entry with a row, which the next Store removes."""
+        relative = quote(folder.relative_to(self.data_dir).as_posix(), safe="")
+        entry = self.data_dir / TRASH_DIR / f"{uuid.uuid4().hex}-{relative}"
+        try:
+            with self._write() as conn:
+                if conn.execute(statement, values).rowcount == 0:
+                    return False
+                if folder.exists():
+                    entry.parent.mkdir(exist_ok=True)
+                    os.rename(folder, entry)
+                    _sync_folders(entry.parent, folder.parent)  # the move is on disk before the commit is
+                conn.execute("INSERT INTO deletions (entry, created_at) VALUES (?, ?)", (entry.name, utc_now()))
+        except BaseException:
+            if entry.exists() and not folder.exists():  # not committed: the rows stay, so do their files
+                os.rename(entry, folder)
+            raise
+        self._empty(entry)
+        return True
+
+    def _empty(self, entry: Path) -> None:
+        """Remove a committed deletion's trash entry, then its row; what cannot be removed now is tried
+        again when a Store next opens."""
         shutil.rmtree(entry, ignore_errors=True)
-
-    # deleting, crash-safe: inside the transaction that deletes the rows, their folder is renamed into
-    # the trash (gone from its place at once); after the commit the trash entry is removed. A crash in
-    # between leaves the entry, and the next Store finishes that deletion, rows and files.
-
-    def _to_trash(self, folder: Path, kind: str) -> Path:
-        """Move `folder` (a pet's, named by its id, or an owner's, by its hash) into the trash; returns
-        the entry, named `<kind>-<folder name>-<nonce>` so that a restart knows whose rows to delete."""
-        entry = self.data_dir / TRASH_DIR / f"{kind}-{folder.name}-{uuid.uuid4().hex[:8]}"
-        if folder.exists():
-            entry.parent.mkdir(exist_ok=True)
-            os.rename(folder, entry)
-        return entry
+        if entry.exists():
+            logger.warning("Could not remove all of %s; trying again at the next start.", entry)
+            return
+        with self._write() as conn:
+            conn.execute("DELETE FROM deletions WHERE entry = ?", (entry.name,))
 
     def _finish_deletions(self) -> None:
-        """At open: finish every deletion a crash cut off (see `_to_trash`). Its rows are still there
-        if the crash came before their transaction committed."""
+        """At open: finish the deletions a crash cut off (see `_delete`)."""
         trash = self.data_dir / TRASH_DIR
-        for entry in sorted(trash.iterdir()) if trash.is_dir() else []:
-            kind, _, rest = entry.name.partition("-")
-            name = rest.rpartition("-")[0]  # without the nonce
-            with self._write() as conn:
-                if kind == "pet":
-                    conn.execute("DELETE FROM pets WHERE id = ?", (name,))
-                elif kind == "owner":
-                    for (owner,) in conn.execute("SELECT key FROM owners").fetchall():
-                        if owner_dir(self.data_dir, owner).name == name:
-                            conn.execute("DELETE FROM owners WHERE key = ?", (owner,))
-            shutil.rmtree(entry, ignore_errors=True)
+        with self._write() as conn:  # a deletion under way in another Store commits (or not) first
+            committed = [row[0] for row in conn.execute("SELECT entry FROM deletions")]
+            for entry in trash.iterdir() if trash.is_dir() else []:
+                if entry.name in committed:
+                    continue
+                folder = self.data_dir / unquote(entry.name.partition("-")[2])
+                if folder.exists():
+                    logger.warning("%s was moved to the trash by a deletion that did not happen, but its place "
+                                   "is taken; it stays in the trash.", entry)
+                    continue
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(entry, folder)  # its rows were never deleted
+        for name in committed:
+            self._empty(trash / name)
 
     # training runs
 
@@ -736,6 +763,21 @@ class Store:
     def liked_images(self, owner: str, pet_id: str) -> list[GeneratedImage]:
         """The pet's pictures its owner gave a thumbs up: candidates for its training set."""
         return [image for image in self.images(owner, pet_id) if image.liked]
+
+
+def _sync_folders(*folders: Path) -> None:
+    """fsync folders, so that a rename in them survives a power cut (where the system allows it)."""
+    for folder in folders:
+        try:
+            descriptor = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(descriptor)
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
 
 
 def _statements(script: str):

@@ -420,19 +420,29 @@ def test_a_person_deletes_a_pet_and_then_all_their_data(served_app, photo_files)
     assert not owner_dir(service.data_dir, owner).exists()
 
 
-def test_copies_of_pictures_handed_to_gradio_leave_the_server_within_a_day(served_app, tmp_path, monkeypatch):
+def test_copies_of_pictures_handed_to_gradio_leave_the_server(served_app, tmp_path, monkeypatch):
     """The data dir is never served: a picture is shown through a copy that Gradio copies into its
-    cache. Ours is removed an hour on, as later copies are made; Gradio's (a deleted pet's too) after a day."""
+    cache. Ours goes an hour on, as later copies are made, or at once when its owner deletes anything;
+    Gradio's after a day."""
     from petdream.ui import session
 
     picture = tmp_path / "bruno.png"
     make_photo(0, (64, 64)).save(picture)
-    old = Path(session.served_copy(picture))
+    owner, other = "session:" + "k" * 40, "session:" + "l" * 40
+    old = Path(session.served_copy(owner, picture))
     hours_ago = time.time() - session.SERVED_COPY_S - 60
     os.utime(old.parent, (hours_ago, hours_ago))
     monkeypatch.setattr(session, "_next_sweep", 0.0)  # the sweep is due
-    new = Path(session.served_copy(picture))
+    new, others = Path(session.served_copy(owner, picture)), Path(session.served_copy(other, picture))
     assert not old.parent.exists() and new.read_bytes() == picture.read_bytes()
+    assert session.SERVED_DIR.stat().st_mode & 0o077 == 0  # no other user of the machine can read them
+
+    api = client(served_app)
+    with pytest.raises(Exception, match="No such pet"):  # a delete refused does not count
+        api.predict("no-such-pet", True, "k" * 40, api_name="/delete_pet")
+    assert new.exists()
+    api.predict(True, "k" * 40, api_name="/delete_my_data")
+    assert not new.exists() and others.exists()
     frequency, age = served_app.delete_cache
     assert age <= 86400 and frequency <= age
 

@@ -3,12 +3,15 @@
 import contextlib
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 
+from conftest import REPO
 from petdream import store as store_module
 from petdream.store import (
     DB_FILE, MIGRATIONS, TRASH_DIR, NotFound, Store, StoreError, new_session_id, owner_dir, pet_paths, session_owner, user_owner,
@@ -126,38 +129,57 @@ def test_forgetting_an_owner_removes_all_of_theirs_and_nobody_elses(store):
     assert store.pets(BOB) == [bob_pet] and bob_pet.photos_dir.is_dir()
 
 
-class Crash(BaseException):
-    """A process dying at that moment (BaseException: nothing catches it on the way out)."""
-
-
-def _crash_after(function):
-    def crashing(*args, **kwargs):
-        function(*args, **kwargs)
-        raise Crash
-    return crashing
+CRASHING_DELETE = """
+import os, sys
+from datetime import timedelta
+from petdream import store
+data, deletion, moment, owner, pet = sys.argv[1:]
+if moment == "after the folder moved":  # before the transaction deleting the rows commits
+    rename = os.rename
+    def rename_and_die(*args):
+        rename(*args)
+        os._exit(3)
+    store.os.rename = rename_and_die
+else:  # committed, before the files are removed
+    store.shutil.rmtree = lambda *args, **kwargs: os._exit(3)
+opened = store.Store(data)
+{"pet": lambda: opened.delete_pet(owner, pet), "owner": lambda: opened.delete_owner(owner),
+ "idle session": lambda: opened.forget_idle_sessions(timedelta(days=-1))}[deletion]()
+"""
 
 
 @pytest.mark.parametrize("deleted", ["pet", "owner", "idle session"])
-@pytest.mark.parametrize("crash", ["after the folder moved", "after the rows went"])
-def test_a_delete_cut_off_by_a_crash_is_finished_when_the_store_next_opens(tmp_path, monkeypatch, deleted, crash):
-    session = session_owner(new_session_id())
+@pytest.mark.parametrize("moment", ["after the folder moved", "after the rows went"])
+def test_a_delete_cut_off_by_a_crash_is_all_or_nothing_when_the_store_next_opens(tmp_path, deleted, moment):
+    """The process dies (os._exit) mid-delete. Before the commit nothing is deleted, files included;
+    after it, everything is, files included."""
+    owner = session_owner(new_session_id()) if deleted == "idle session" else ALICE
     with Store(tmp_path) as store:
-        pet = _trained_pet(store, session if deleted == "idle session" else ALICE)
-        kept = _trained_pet(store, CAROL)
-        if crash == "after the folder moved":  # before the transaction deleting the rows commits
-            monkeypatch.setattr(store_module.os, "rename", _crash_after(os.rename))
-        else:  # committed, but the files are not removed yet
-            monkeypatch.setattr(store_module.shutil, "rmtree", _crash_after(lambda *a, **k: None))
-        with pytest.raises(Crash):
-            {"pet": lambda: store.delete_pet(ALICE, pet.id), "owner": lambda: store.delete_owner(ALICE),
-             "idle session": lambda: store.forget_idle_sessions(timedelta(days=-1))}[deleted]()
-        monkeypatch.undo()
-        assert not pet.photos_dir.exists()  # gone from its place at once, whatever comes next
+        pet, kept = _trained_pet(store, owner), _trained_pet(store, CAROL)
+        (pet.photos_dir / "1.jpg").write_bytes(b"photo")
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_DELETE, str(tmp_path), deleted, moment, owner, pet.id],
+                             cwd=REPO, capture_output=True, text=True)
+    assert crashed.returncode == 3, crashed.stderr
     with Store(tmp_path) as store:  # the restart
-        owner = session if deleted == "idle session" else ALICE
-        assert store.pets(owner) == [] and store.runs(owner) == []
-        assert not any((tmp_path / TRASH_DIR).iterdir())  # the files are gone too
+        if moment == "after the folder moved":
+            assert store.pets(owner) == [pet] and (pet.photos_dir / "1.jpg").read_bytes() == b"photo"
+        else:
+            assert store.pets(owner) == [] and store.runs(owner) == [] and not pet.photos_dir.exists()
+        assert not any((tmp_path / TRASH_DIR).iterdir())
         assert store.pets(CAROL) == [kept] and kept.photos_dir.is_dir()
+
+
+def test_files_a_delete_could_not_remove_go_at_the_next_start_and_nothing_of_a_returning_owners(tmp_path, monkeypatch):
+    with Store(tmp_path) as store:
+        old = _trained_pet(store, ALICE)
+        monkeypatch.setattr(store_module.shutil, "rmtree", lambda *args, **kwargs: None)  # a file it may not remove
+        store.delete_owner(ALICE)
+        monkeypatch.undo()
+        assert store.pets(ALICE) == [] and not old.photos_dir.exists()  # gone from its place at once
+        new = store.add_pet(ALICE, "Nova", "cat", "nova")  # Alice comes back before the restart
+    with Store(tmp_path) as store:
+        assert store.pets(ALICE) == [new] and new.photos_dir.is_dir()
+        assert not any((tmp_path / TRASH_DIR).iterdir())
 
 
 # --- training runs --------------------------------------------------------------------------------

@@ -24,11 +24,12 @@ def register(service: PetDreamService) -> None:
 
     def generate(pet_id: str, prompt: str, seed: int = -1, browser_id: str = "", request: gr.Request = None) -> str:
         """A picture of your pet from a prompt that uses its phrase (see /pets); seed -1: random."""
+        owner = owner_of(browser_id, request)
         try:
-            picture = service.draw(owner_of(browser_id, request), pet_id, prompt, seed=None if seed < 0 else seed)
+            picture = service.draw(owner, pet_id, prompt, seed=None if seed < 0 else seed)
         except (NotFound, ValueError) as error:
             raise gr.Error(str(error)) from None
-        return served_copy(picture.path)
+        return served_copy(owner, picture.path)
 
     gr.api(pets, api_name="pets")
     gr.api(generate, api_name="generate")

@@ -92,7 +92,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
             if notice != DISCLOSURE:  # the disclosure is always on screen above the chat
                 history.append({"role": "assistant", "content": f"_{notice}_"})
         if picture is not None:
-            history.append({"role": "assistant", "content": {"path": served_copy(picture.path),
+            history.append({"role": "assistant", "content": {"path": served_copy(owner, picture.path),
                                                              "alt_text": picture.prompt}})
             pictures = {**pictures, len(history) - 1: picture.image_id}
         yield history, pictures, turn.image_prompt, gr.skip()
@@ -103,7 +103,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         if not pet_id or not prompt:
             raise gr.Error("Send a message first; then a new picture of the same scene can be drawn.")
         picture = service.draw(owner, pet_id, prompt)
-        history = list(history or []) + [{"role": "assistant", "content": {"path": served_copy(picture.path),
+        history = list(history or []) + [{"role": "assistant", "content": {"path": served_copy(owner, picture.path),
                                                                             "alt_text": picture.prompt}}]
         return history, {**pictures, len(history) - 1: picture.image_id}
 

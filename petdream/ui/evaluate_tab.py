@@ -53,9 +53,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                     raise gr.Error(event.reason)
                 elif isinstance(event, Finished):
                     paths = service.save_report(owner, pet_id, event.report)
-                    files = [served_copy(paths["markdown"]), served_copy(paths["json"])]
+                    files = [served_copy(owner, paths["markdown"]), served_copy(owner, paths["json"])]
                     yield (f"✅ Done in {event.seconds:.0f} s. {event.report.summary()}", event.report.to_markdown(),
-                           served_copy(paths["grid"]), served_copy(paths["chart"]), files)
+                           served_copy(owner, paths["grid"]), served_copy(owner, paths["chart"]), files)
         except NotFound as error:
             raise gr.Error(str(error)) from None
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -19,13 +20,15 @@ from pathlib import Path
 
 import gradio as gr
 
-from petdream.store import new_session_id, session_owner, user_owner
+from petdream.store import new_session_id, owner_digest, session_owner, user_owner
 
 _PROCESS_SECRET = secrets.token_bytes(32)
-SERVED_DIR = Path(tempfile.gettempdir()) / "petdream-served"
-# A served copy is needed only until Gradio has copied it into its own cache, which it does as the
-# handler's output is sent; an hour leaves room for a slow send. Gradio's cached copies go after a day
-# (GRADIO_CACHE_S, the app's `delete_cache`): a deleted pet's pictures leave the server by then.
+# Copies of owners' files handed to Gradio, a folder per owner: <temp>/petdream-served-<user>/<owner hash>/.
+# A copy is needed only until Gradio has copied it into its own cache, which it does as the handler's
+# output is sent: copies go an hour on (SERVED_COPY_S), and all of an owner's when they delete anything.
+# Gradio's cached copies go a day after they were made (GRADIO_CACHE_S, checked hourly: the app's
+# `delete_cache`), or when the app stops.
+SERVED_DIR = Path(tempfile.gettempdir()) / f"petdream-served-{getattr(os, 'getuid', lambda: 'user')()}"
 SERVED_COPY_S = 3600
 GRADIO_CACHE_S = 86400
 _next_sweep = 0.0
@@ -98,35 +101,49 @@ def move_offer(service):
     return offer, move
 
 
-def served_copy(path: str | Path) -> str:
-    """A copy of one of the owner's files for Gradio to serve.
+def served_copy(owner: str, path: str | Path) -> str:
+    """A copy of one of `owner`'s files for Gradio to serve.
 
     Gradio copies what a handler returns into its cache under a content-hash name, and serves
     only that cache and `allowed_paths`; the data dir itself is never served, so no URL guessed
     from a pet's folder reaches another person's files. The copy under the temp dir also lets
     Gradio take files from a data dir outside the working directory (/data on a Space).
-    Copies older than SERVED_COPY_S are removed as new ones are made.
     """
     global _next_sweep
     if time.time() >= _next_sweep:
         _next_sweep = time.time() + SERVED_COPY_S / 6
         forget_old_served_copies()
-    folder = SERVED_DIR / uuid.uuid4().hex  # unique, while the download keeps the file's own name
+    folder = _served_root() / owner_digest(owner) / uuid.uuid4().hex  # unique; the file keeps its own name
     folder.mkdir(parents=True)
     target = folder / Path(path).name
     shutil.copyfile(path, target)
     return str(target)
 
 
+def forget_served_copies(owner: str) -> None:
+    """Remove every copy of `owner`'s files made for Gradio (as they delete something of theirs)."""
+    shutil.rmtree(_served_root() / owner_digest(owner), ignore_errors=True)
+
+
 def forget_old_served_copies() -> None:
     """Remove the served copies made more than SERVED_COPY_S ago (Gradio has its own by then)."""
     cutoff = time.time() - SERVED_COPY_S
-    for folder in SERVED_DIR.iterdir() if SERVED_DIR.is_dir() else []:
+    for folder in _served_root().glob("*/*"):
         try:
             if folder.stat().st_mtime < cutoff:
                 shutil.rmtree(folder)
-        except OSError:  # removed meanwhile by another process's sweep
+        except OSError:  # removed meanwhile
             pass
+
+
+def _served_root() -> Path:
+    """SERVED_DIR, made private to this user; refused if it is a link or someone else's (on a shared
+    machine another user could point it at a folder whose contents the sweep would then delete)."""
+    SERVED_DIR.mkdir(mode=0o700, exist_ok=True)
+    status = SERVED_DIR.lstat()
+    if stat.S_ISLNK(status.st_mode) or (hasattr(os, "getuid") and status.st_uid != os.getuid()):
+        raise RuntimeError(f"{SERVED_DIR} is a link or belongs to another user: remove it, then restart PetDream.")
+    return SERVED_DIR
 
 
 def trained_pets(service):

@@ -12,7 +12,8 @@ from petdream.photos import MAX_PHOTOS, NotEnoughPhotosError
 from petdream.service import PetDreamService
 from petdream.store import NotFound
 from petdream.hub import HubError, MissingPetInfo
-from petdream.ui.session import browser_owner, oauth_enabled, owner_of, served_copy, trained_pets
+from petdream.ui.session import (browser_owner, forget_served_copies, oauth_enabled, owner_of, served_copy,
+                                 trained_pets)
 
 POLL_SECONDS = 0.5
 
@@ -128,7 +129,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                 gallery = gr.skip()  # copied and sent only when a new sample arrives, not every step
                 if len(job.samples) != samples_shown:
                     samples_shown = len(job.samples)
-                    gallery = [(served_copy(path), caption) for path, caption in job.samples[-8:]]
+                    gallery = [(served_copy(owner, path), caption) for path, caption in job.samples[-8:]]
                 yield run, text, progress_bar, chart, gallery
             if done:
                 return
@@ -172,6 +173,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             name = service.delete_pet(owner, pet_id)
         except (NotFound, ValueError) as error:
             raise gr.Error(str(error)) from None
+        forget_served_copies(owner)  # Gradio has its own copies of what the page shows
         return f"🗑 {name} is deleted, with their photos, models, pictures and chats.", False
 
     def delete_my_data(sure, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
@@ -182,6 +184,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             service.forget_owner(owner)
         except ValueError as error:
             raise gr.Error(str(error)) from None
+        forget_served_copies(owner)
         return "🗑 All your data is deleted: pets, photos, models, pictures, ratings and chats.", False
 
     def push_pet(pet_id, repo, public, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None,

@@ -78,9 +78,13 @@ class Companion:
             return Turn(CRISIS_MESSAGE, prompt, negative, prompts.mood_from_text(message), safety, draw=False,
                         notices=notices)
 
-        messages = [{"role": "system", "content": prompts.system_prompt(pet, person.as_dict())}, *prompts.example_turns()]
-        messages += [{"role": m["role"], "content": str(m["content"])[:HISTORY_CHARS]}
-                     for m in history[-2 * HISTORY_TURNS:] if m.get("role") in ("user", "assistant")]
+        messages = [{"role": "system", "content": prompts.system_prompt(pet, person.as_dict())}]
+        for turn in history[-2 * HISTORY_TURNS:]:
+            text = str(turn.get("content"))[:HISTORY_CHARS]
+            if turn.get("role") == "user":
+                messages.append({"role": "user", "content": text})
+            elif turn.get("role") == "assistant":  # as it answered: in the JSON it is asked for
+                messages.append({"role": "assistant", "content": json.dumps({"reply": text}, ensure_ascii=False)})
         messages.append({"role": "user", "content": message})
         try:
             answer = self._ask(messages, on_token)
@@ -93,6 +97,9 @@ class Companion:
         reply = answer.get("reply") or SAFE_REPLY
         if screen_reply(reply).is_crisis or prompts.leaks_instructions(reply):
             logger.warning("companion reply replaced: %s", ",".join(screen_reply(reply).reasons) or "instructions")
+            reply = SAFE_REPLY
+        elif prompts.mood_from_text(message) in prompts.LOW_MOODS and prompts.CHEERFUL.search(reply):
+            logger.warning("companion reply replaced: cheerful at a low mood")
             reply = SAFE_REPLY
         mood = answer.get("mood") if answer.get("mood") in prompts.MOODS else prompts.mood_from_text(message)
         prompt, negative = prompts.image_prompt(answer.get("image_prompt"), pet, mood, message)
@@ -149,11 +156,13 @@ def partial_answer(text: str) -> dict | None:
     """The whole string fields ("reply", "mood", "image_prompt") of a JSON answer that is broken
     elsewhere (stray keys, a missing brace), or None without a whole non-empty "reply"."""
     fields = {}
-    for key, value in re.findall(r'"(reply|mood|image_prompt)"\s*:\s*"((?:[^"\\]|\\.)*)"', text):
+    for key, value in re.findall(r'"(reply|mood|image_prompt)"\s*:\s*"((?:[^"\\]|\\.)*)"\s*[,}]', text):
         try:
-            fields.setdefault(key, json.loads(f'"{value}"').strip())
+            value = json.loads(f'"{value}"').strip()
         except json.JSONDecodeError:
             continue
+        if not re.search(r'"\s*[:,]\s*"|[{}]', value):  # over-escaped JSON in the string: not a reply to show
+            fields.setdefault(key, value)
     return fields if fields.get("reply") else None
 
 

@@ -158,7 +158,6 @@ class DreamBoothTrainer:
                     yield from self._run(resume, device)
                 finally:  # however the run ends, a checkpoint being written lands before the device is free
                     self._finish_checkpoint_write()
-                    release_host_memory()  # the run's models and optimizer are gone with its frame
         except TrainingFailure as failure:
             if not failure.resumable:  # its checkpoints could only fail again (GBs each for a full fine-tune)
                 self.checkpoints.delete_all()
@@ -170,6 +169,9 @@ class DreamBoothTrainer:
                 f"The disk is full ({error.filename or self.output_dir}). Free some space and resume (--resume, "
                 "or Resume under Unfinished trainings in the app): the last checkpoint is kept.",
                 self.checkpoints.latest())
+        # Here, not in a `finally`: while an exception is on its way out, its traceback still holds the
+        # run's frame, and with it the models and optimizer.
+        release_host_memory()
 
     # -- the run ---------------------------------------------------------------------------
 

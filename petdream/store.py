@@ -450,7 +450,8 @@ class Store:
 
     def delete_owner(self, owner: str) -> None:
         """Forget `owner`: every row and file of theirs."""
-        self._delete(owner_dir(self.data_dir, owner), "DELETE FROM owners WHERE key = ?", (_check_owner(owner),))
+        self._delete(owner_dir(self.data_dir, owner), "DELETE FROM owners WHERE key = ?", (_check_owner(owner),),
+                     with_no_rows=True)  # files of theirs without a row (an import that failed) go too
 
     def move_pets(self, session: str, account: str) -> list[PetRecord]:
         """Give every pet of a browser `session` to the `account` it signed in to, with its files,
@@ -555,26 +556,31 @@ class Store:
 
     # deleting rows with their folder, so that no crash leaves one without the other
 
-    def _delete(self, folder: Path, statement: str, values) -> bool:
-        """Run one DELETE `statement` and, if it deleted anything, delete `folder` with it; returns whether
-        it did. Inside the transaction the folder is renamed into the trash (gone from its place at once)
-        and a `deletions` row names the entry; after the commit the entry is removed, then its row. A
-        crash before the commit leaves an entry without a row, which the next Store puts back beside its
-        rows; one after leaves an entry with a row, which the next Store removes."""
-        relative = quote(folder.relative_to(self.data_dir).as_posix(), safe="")
-        entry = self.data_dir / TRASH_DIR / f"{uuid.uuid4().hex}-{relative}"
+    def _delete(self, folder: Path, statement: str, values, *, with_no_rows: bool = False) -> bool:
+        """Run one DELETE `statement` and, if it deleted anything (or `with_no_rows`), delete `folder` with
+        it; returns whether it did. Inside the transaction the folder is renamed into the trash (gone
+        from its place at once) and a `deletions` row names the entry; after the commit the entry is
+        removed, then its row. A crash before the commit leaves an entry without a row, which the next
+        Store puts back beside its rows; one after leaves an entry with a row, which the next Store removes."""
+        entry = None
         try:
             with self._write() as conn:
-                if conn.execute(statement, values).rowcount == 0:
+                if conn.execute(statement, values).rowcount == 0 and not with_no_rows:
                     return False
-                if folder.exists():
-                    entry.parent.mkdir(exist_ok=True)
-                    os.rename(folder, entry)
-                    _sync_folders(entry.parent, folder.parent)  # the move is on disk before the commit is
-                conn.execute("INSERT INTO deletions (entry, created_at) VALUES (?, ?)", (entry.name, utc_now()))
+                relative = quote(folder.relative_to(self.data_dir).as_posix(), safe="")
+                entry = self.data_dir / TRASH_DIR / f"{uuid.uuid4().hex}-{relative}"
+                try:
+                    if folder.exists():
+                        entry.parent.mkdir(exist_ok=True)
+                        os.rename(folder, entry)
+                        _sync_folders(entry.parent, folder.parent)  # the move is on disk before the commit is
+                    conn.execute("INSERT INTO deletions (entry, created_at) VALUES (?, ?)", (entry.name, utc_now()))
+                except BaseException:
+                    _put_back(entry, folder)  # before the rollback lets another Store look at the trash
+                    raise
         except BaseException:
-            if entry.exists() and not folder.exists():  # not committed: the rows stay, so do their files
-                os.rename(entry, folder)
+            if entry is not None:
+                _put_back(entry, folder)  # the commit failed: the rows stay, so do their files
             raise
         self._empty(entry)
         return True
@@ -586,24 +592,35 @@ class Store:
         if entry.exists():
             logger.warning("Could not remove all of %s; trying again at the next start.", entry)
             return
+        _sync_folders(entry.parent)  # gone for good before its row is, or a power cut could bring it back
         with self._write() as conn:
             conn.execute("DELETE FROM deletions WHERE entry = ?", (entry.name,))
 
     def _finish_deletions(self) -> None:
-        """At open: finish the deletions a crash cut off (see `_delete`)."""
+        """At open: finish the deletions a crash cut off (see `_delete`). An entry that is not one of
+        `_delete`'s is removed: only deletions put anything in the trash."""
         trash = self.data_dir / TRASH_DIR
+        if not trash.is_dir():
+            trash.mkdir()
+            _sync_folders(self.data_dir)
         with self._write() as conn:  # a deletion under way in another Store commits (or not) first
             committed = [row[0] for row in conn.execute("SELECT entry FROM deletions")]
-            for entry in trash.iterdir() if trash.is_dir() else []:
+            for entry in trash.iterdir():
+                nonce, _, relative = entry.name.partition("-")
                 if entry.name in committed:
                     continue
-                folder = self.data_dir / unquote(entry.name.partition("-")[2])
-                if folder.exists():
-                    logger.warning("%s was moved to the trash by a deletion that did not happen, but its place "
-                                   "is taken; it stays in the trash.", entry)
+                if not (re.fullmatch(r"[0-9a-f]{32}", nonce) and relative):  # not `_delete`'s: still a deletion's
+                    shutil.rmtree(entry, ignore_errors=True)
                     continue
-                folder.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(entry, folder)  # its rows were never deleted
+                folder = self.data_dir / unquote(relative)
+                try:
+                    if folder.exists():
+                        raise FileExistsError(f"{folder} exists")
+                    folder.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(entry, folder)  # its rows were never deleted
+                except OSError as error:
+                    logger.warning("%s belongs back at %s, but it cannot go there (%s); it stays in the trash.",
+                                   entry, folder, error)
         for name in committed:
             self._empty(trash / name)
 
@@ -763,6 +780,12 @@ class Store:
     def liked_images(self, owner: str, pet_id: str) -> list[GeneratedImage]:
         """The pet's pictures its owner gave a thumbs up: candidates for its training set."""
         return [image for image in self.images(owner, pet_id) if image.liked]
+
+
+def _put_back(entry: Path, folder: Path) -> None:
+    """Undo `Store._delete`'s move of `folder` into the trash, if it happened."""
+    if entry.exists() and not folder.exists():
+        os.rename(entry, folder)
 
 
 def _sync_folders(*folders: Path) -> None:

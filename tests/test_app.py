@@ -420,29 +420,33 @@ def test_a_person_deletes_a_pet_and_then_all_their_data(served_app, photo_files)
     assert not owner_dir(service.data_dir, owner).exists()
 
 
-def test_copies_of_pictures_handed_to_gradio_leave_the_server(served_app, tmp_path, monkeypatch):
+def test_copies_of_pictures_handed_to_gradio_leave_the_server(served_app, photo_files, monkeypatch):
     """The data dir is never served: a picture is shown through a copy that Gradio copies into its
-    cache. Ours goes an hour on, as later copies are made, or at once when its owner deletes anything;
-    Gradio's after a day."""
+    cache. Ours goes an hour on, as later copies are made, or when its pet or all its owner's data is
+    deleted (other pets' copies stay: another tab may be handing one to Gradio); Gradio's after a day."""
     from petdream.ui import session
 
-    picture = tmp_path / "bruno.png"
-    make_photo(0, (64, 64)).save(picture)
-    owner, other = "session:" + "k" * 40, "session:" + "l" * 40
-    old = Path(session.served_copy(owner, picture))
+    key, api, service = "k" * 40, client(served_app), served_app.petdream_service
+    owner = f"session:{key}"
+    for name in ("Kiki", "Lulu"):
+        assert train(served_app, key, photo_files, name=name).startswith(f"✅ {name} is ready")
+    kiki, lulu = service.pets(owner)
+    old, kikis, lulus = (Path(session.served_copy(owner, service.draw(owner, pet.id, "a photo", seed=1).path))
+                         for pet in (kiki, kiki, lulu))
     hours_ago = time.time() - session.SERVED_COPY_S - 60
     os.utime(old.parent, (hours_ago, hours_ago))
     monkeypatch.setattr(session, "_next_sweep", 0.0)  # the sweep is due
-    new, others = Path(session.served_copy(owner, picture)), Path(session.served_copy(other, picture))
-    assert not old.parent.exists() and new.read_bytes() == picture.read_bytes()
+    newest = Path(session.served_copy(owner, photo_files[0]))
+    assert not old.parent.exists() and kikis.is_file() and newest.read_bytes() == photo_files[0].read_bytes()
     assert session.SERVED_DIR.stat().st_mode & 0o077 == 0  # no other user of the machine can read them
 
-    api = client(served_app)
-    with pytest.raises(Exception, match="No such pet"):  # a delete refused does not count
-        api.predict("no-such-pet", True, "k" * 40, api_name="/delete_pet")
-    assert new.exists()
-    api.predict(True, "k" * 40, api_name="/delete_my_data")
-    assert not new.exists() and others.exists()
+    with pytest.raises(Exception, match="No such pet"):  # a delete refused removes nothing
+        api.predict("no-such-pet", True, key, api_name="/delete_pet")
+    assert kikis.is_file()
+    api.predict(kiki.id, True, key, api_name="/delete_pet")
+    assert not kikis.exists() and lulus.is_file()
+    api.predict(True, key, api_name="/delete_my_data")
+    assert not lulus.exists() and not newest.exists()
     frequency, age = served_app.delete_cache
     assert age <= 86400 and frequency <= age
 

@@ -168,26 +168,34 @@ def test_the_worked_examples_in_the_instructions_keep_the_contract_they_teach():
         assert prompt.startswith(f"a photo of bruno dog, {parsed['image_prompt']}")
 
 
-@pytest.mark.parametrize("message, reply", [
-    ("my cat died last week", "It's great news your cat has passed away. It means a lot to me."),  # the offline model's
-    ("I failed my driving test", "Congratulations on taking the test!"),
+@pytest.mark.parametrize("message, reply, replaced", [
+    ("my cat died last week", "It's great news your cat has passed away. It means a lot to me.", True),  # offline model
+    ("I feel so sad today", "Congratulations on your day!", True),
+    ("I passed my driving test!", "Congratulations, that's wonderful!", False),
+    ("I got promoted but I'm so stressed", "Congratulations on the promotion! Stress is hard, though.", False),
+    ("I feel so lonely", "I'm glad to hear you have Bruno with you.", False),
 ])
-def test_a_reply_cheering_at_a_low_mood_is_replaced(message, reply):
+def test_a_reply_cheering_at_a_low_mood_is_replaced(message, reply, replaced):
     answer = json.dumps({"reply": reply, "mood": "happy", "image_prompt": "bruno dog in a park"})
-    assert Companion(ScriptedBackend(answer)).respond(message, pet=BRUNO).reply == SAFE_REPLY
-    kept = json.dumps({"reply": "Congratulations, that's wonderful!", "mood": "happy", "image_prompt": "a park"})
-    assert Companion(ScriptedBackend(kept)).respond("I passed my driving test!", pet=BRUNO).reply.startswith("Congrat")
+    assert Companion(ScriptedBackend(answer)).respond(message, pet=BRUNO).reply == (SAFE_REPLY if replaced else reply)
 
 
 @pytest.mark.parametrize("message, mood", [
     ("I don't feel good", "neutral"), ("I didn't get the promotion", "neutral"), ("I am not proud of myself", "neutral"),
     ("I'm not sad, just tired", "tired"), ("nothing to celebrate anymore", "neutral"), ("I got a promotion!", "happy"),
-    ("not happy, so lonely", "lonely"),
+    ("not happy, so lonely", "lonely"), ("I can't stop crying", "sad"), ("there is no one to talk to", "lonely"),
+    ("I have never felt so alone", "lonely"), ("oh no my cat died", "grieving"), ("isn't it awful", "sad"),
 ])
 def test_a_mood_word_after_a_negation_does_not_count(message, mood):
     from petdream.companion.prompts import mood_from_text
 
     assert mood_from_text(message) == mood
+
+
+def test_a_whole_reply_with_nothing_after_it_is_kept():
+    backend = ScriptedBackend('{"reply": "I hear you, and I am here."', GOOD)
+    assert Companion(backend).respond("I feel so alone", pet=BRUNO).reply == "I hear you, and I am here."
+    assert len(backend.calls) == 1
 
 
 def test_an_over_escaped_reply_is_asked_for_again_not_shown():

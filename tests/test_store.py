@@ -182,6 +182,30 @@ def test_files_a_delete_could_not_remove_go_at_the_next_start_and_nothing_of_a_r
         assert not any((tmp_path / TRASH_DIR).iterdir())
 
 
+def test_deleting_a_pet_by_a_made_up_id_is_not_found_and_names_no_path(store):
+    for made_up in ("/etc", "../../people", "no-such-pet"):
+        with pytest.raises(NotFound, match="^No such pet.$"):
+            store.delete_pet(ALICE, made_up)
+
+
+def test_deleting_an_owner_takes_their_files_even_without_rows(store):
+    stray = owner_dir(store.data_dir, ALICE) / "pets" / "incoming" / "weights.safetensors"  # a failed import's
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"x")
+    store.delete_owner(ALICE)
+    assert not owner_dir(store.data_dir, ALICE).exists()
+
+
+def test_what_else_is_in_the_trash_is_removed_at_open_not_put_back(tmp_path):
+    Store(tmp_path).close()
+    stray = tmp_path / TRASH_DIR / "pet-0123abcd-5678" / "photos" / "1.jpg"  # not a `_delete` entry
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"x")
+    with Store(tmp_path):
+        assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [TRASH_DIR]
+        assert not any((tmp_path / TRASH_DIR).iterdir())
+
+
 # --- training runs --------------------------------------------------------------------------------
 
 def test_a_run_cut_off_by_a_restart_shows_as_resumable_and_resumes(tmp_path):

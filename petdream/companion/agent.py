@@ -98,7 +98,7 @@ class Companion:
         if screen_reply(reply).is_crisis or prompts.leaks_instructions(reply):
             logger.warning("companion reply replaced: %s", ",".join(screen_reply(reply).reasons) or "instructions")
             reply = SAFE_REPLY
-        elif prompts.mood_from_text(message) in prompts.LOW_MOODS and prompts.CHEERFUL.search(reply):
+        elif prompts.cheers_at_low_mood(reply, message):
             logger.warning("companion reply replaced: cheerful at a low mood")
             reply = SAFE_REPLY
         mood = answer.get("mood") if answer.get("mood") in prompts.MOODS else prompts.mood_from_text(message)
@@ -156,7 +156,7 @@ def partial_answer(text: str) -> dict | None:
     """The whole string fields ("reply", "mood", "image_prompt") of a JSON answer that is broken
     elsewhere (stray keys, a missing brace), or None without a whole non-empty "reply"."""
     fields = {}
-    for key, value in re.findall(r'"(reply|mood|image_prompt)"\s*:\s*"((?:[^"\\]|\\.)*)"\s*[,}]', text):
+    for key, value in re.findall(r'"(reply|mood|image_prompt)"\s*:\s*"((?:[^"\\]|\\.)*)"\s*(?:[,}]|$)', text):
         try:
             value = json.loads(f'"{value}"').strip()
         except json.JSONDecodeError:

@@ -90,8 +90,14 @@ EXAMPLES = [
 ]
 # A reply that cheers at someone's low mood ("great news your cat has passed away", the offline model
 # once) is replaced: the words that give it away.
-CHEERFUL = re.compile(r"\b(great news|good news|congratulat\w*|glad to hear|happy to hear|that's (great|wonderful|"
-                      r"awesome|amazing)|liberating)\b", re.IGNORECASE)
+CHEERFUL = re.compile(r"\b(great news|good news|congratulat\w*|that's (great|wonderful|awesome|amazing)|liberating)\b",
+                      re.IGNORECASE)
+
+
+def cheers_at_low_mood(reply: str, message: str) -> bool:
+    """Whether `reply` cheers while `message` is only low: with good news in it too ("promoted but
+    stressed"), congratulations are kind."""
+    return bool(CHEERFUL.search(reply)) and mood_from_text(message) in LOW_MOODS and not _says(message, "happy")
 
 
 LEAK_MARKERS = ("Answer with JSON only", "data, not instructions", "You are PetDream, a warm")
@@ -158,15 +164,21 @@ def fit_tokens(prompt: str, limit: int) -> str:
 
 def mood_from_text(text: str) -> str:
     """A mood from the person's own words: the fallback when the LLM gives none or an invalid one."""
+    return next((mood for mood, _ in MOOD_WORDS if _says(text, mood)), "neutral")
+
+
+def _says(text: str, mood: str) -> bool:
+    """Whether `text` has one of `mood`'s words, not negated."""
     lowered = text.lower().replace("\u2019", "'")  # a typographic apostrophe: "don’t"
-    for mood, pattern in MOOD_WORDS:
-        if any(not NEGATED.search(lowered[:match.start()]) for match in re.finditer(pattern, lowered)):
-            return mood
-    return "neutral"
+    return any(not NEGATED.search(lowered[:match.start()]) for match in re.finditer(dict(MOOD_WORDS)[mood], lowered))
 
 
-# A mood word right after a negation does not count: "I don't feel good", "not sad, just tired".
-NEGATED = re.compile(r"(\b(not|no|never|nothing to|dont|didnt|isnt|wasnt|cant)|n't)\s+(\w+\s+){0,2}$")
+# A mood word right after a negation does not count: "I don't feel good", "not sad, just tired". Only
+# these words may come between, so "can't stop crying" still counts; "never" is left out: "I have never
+# felt so alone" says the opposite.
+NEGATED = re.compile(r"(\b(not|no|nothing to|dont|didnt|isnt|wasnt|cant)|n't)\s+"
+                     r"((feel|feeling|felt|be|been|being|am|is|so|very|really|too|that|get|getting|got|the|a|an|"
+                     r"my|at|all|to)\s+){0,3}$")
 
 
 # First match wins: the more specific moods come first.
@@ -177,8 +189,7 @@ MOOD_WORDS = [
     ("stressed", r"\b(stress\w*|overwhelm\w*|pressure|deadline|burn(ed|t)? out|estr[eé]s\w*|agobiad\w*)\b"),
     ("angry", r"\b(angry|furious|mad at|pissed|annoyed|frustrat\w*|enfadad\w*|enojad\w*|rabia)\b"),
     ("tired", r"\b(tired|exhausted|drained|sleepy|worn out|cansad\w*|agotad\w*)\b"),
-    ("sad", r"\b(sad|down|depress\w*|awful|terrible|crying|cry|upset|hurt|miserable|bad day|fail(ed|ing)?|"
-            r"triste\w*|fatal)\b"),
+    ("sad", r"\b(sad|down|depress\w*|awful|terrible|crying|cry|upset|hurt|miserable|bad day|triste\w*|fatal)\b"),
     ("happy", r"\b(happy|great|wonderful|excited|glad|joy\w*|amazing|good day|proud|promot\w*|congrat\w*|"
               r"celebrat\w*|feel(ing)? good|feliz|content[oa]|alegr\w*)\b"),
     ("calm", r"\b(calm|relaxed|peaceful|fine|okay|ok|tranquil\w*)\b"),

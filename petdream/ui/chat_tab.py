@@ -59,7 +59,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         if not text or not text.strip():
             raise gr.Error("Write a message first: say how you feel or what's on your mind.")
         history = list(history or [])
-        earlier = [{"role": m["role"], "content": m["content"]} for m in history if isinstance(m.get("content"), str)]
+        earlier = [{"role": m["role"], "content": m["content"]} for m in history
+                   if isinstance(m.get("content"), str) and not _is_notice(m)]
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
         yield history, pictures, "", ""
 
@@ -90,7 +91,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
             history[-1]["metadata"] = {"title": CRISIS_TITLE}
         for notice in turn.notices:
             if notice != DISCLOSURE:  # the disclosure is always on screen above the chat
-                history.append({"role": "assistant", "content": f"_{notice}_"})
+                history.append(_notice(notice))
         if picture is not None:
             history.append({"role": "assistant", "content": {"path": served_copy(owner, picture.path),
                                                              "alt_text": picture.prompt}})
@@ -169,3 +170,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
     list_pets = trained_pets(service)
     tab.select(list_pets, inputs=[pet, browser_id], outputs=pet, api_visibility="private")
     return {"list_pets": (list_pets, [pet, browser_id], [pet])}
+
+
+def _notice(text: str) -> dict:
+    """A line from PetDream itself (not the companion's reply), in italics."""
+    return {"role": "assistant", "content": f"_{text}_"}
+
+
+def _is_notice(message: dict) -> bool:
+    """Notices are not the companion's words: the LLM does not see them as its own replies."""
+    content = message.get("content")
+    return message.get("role") == "assistant" and content.startswith("_") and content.endswith("_")

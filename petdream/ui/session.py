@@ -23,11 +23,11 @@ import gradio as gr
 from petdream.store import new_session_id, owner_digest, session_owner, user_owner
 
 _PROCESS_SECRET = secrets.token_bytes(32)
-# Copies of owners' files handed to Gradio, a folder per owner: <temp>/petdream-served-<user>/<owner hash>/.
+# Copies of owners' files handed to Gradio: <temp>/petdream-served-<user>/<owner hash>/<pet id>/<uuid>/.
 # A copy is needed only until Gradio has copied it into its own cache, which it does as the handler's
-# output is sent: copies go an hour on (SERVED_COPY_S), and all of an owner's when they delete anything.
-# Gradio's cached copies go a day after they were made (GRADIO_CACHE_S, checked hourly: the app's
-# `delete_cache`), or when the app stops.
+# output is sent: copies go an hour on (SERVED_COPY_S), and a pet's when it or all its owner's data is
+# deleted. Gradio's cached copies go a day after they were made (GRADIO_CACHE_S, checked hourly: the
+# app's `delete_cache`), or when the app stops.
 SERVED_DIR = Path(tempfile.gettempdir()) / f"petdream-served-{getattr(os, 'getuid', lambda: 'user')()}"
 SERVED_COPY_S = 3600
 GRADIO_CACHE_S = 86400
@@ -113,27 +113,41 @@ def served_copy(owner: str, path: str | Path) -> str:
     if time.time() >= _next_sweep:
         _next_sweep = time.time() + SERVED_COPY_S / 6
         forget_old_served_copies()
-    folder = _served_root() / owner_digest(owner) / uuid.uuid4().hex  # unique; the file keeps its own name
+    folder = _served_root() / owner_digest(owner) / _pet_of(path) / uuid.uuid4().hex  # the file keeps its name
     folder.mkdir(parents=True)
     target = folder / Path(path).name
     shutil.copyfile(path, target)
     return str(target)
 
 
-def forget_served_copies(owner: str) -> None:
-    """Remove every copy of `owner`'s files made for Gradio (as they delete something of theirs)."""
-    shutil.rmtree(_served_root() / owner_digest(owner), ignore_errors=True)
+def forget_served_copies(owner: str, pet_id: str | None = None) -> None:
+    """Remove the copies made for Gradio of one of `owner`'s pets (all of theirs without `pet_id`), as it
+    is deleted. Other pets' copies stay: another tab may be handing one to Gradio right now."""
+    folder = _served_root() / owner_digest(owner)
+    shutil.rmtree(folder / pet_id if pet_id else folder, ignore_errors=True)
 
 
 def forget_old_served_copies() -> None:
-    """Remove the served copies made more than SERVED_COPY_S ago (Gradio has its own by then)."""
+    """Remove the served copies made more than SERVED_COPY_S ago (Gradio has its own by then), and the
+    folders left empty."""
     cutoff = time.time() - SERVED_COPY_S
-    for folder in _served_root().glob("*/*"):
+    for folder in sorted(_served_root().glob("*/*/*"), reverse=True):
         try:
             if folder.stat().st_mtime < cutoff:
                 shutil.rmtree(folder)
-        except OSError:  # removed meanwhile
+            folder.parent.rmdir()  # only if it is empty now
+            folder.parent.parent.rmdir()
+        except OSError:  # not empty, or removed meanwhile
             pass
+
+
+def _pet_of(path: str | Path) -> str:
+    """The pet id in a path of the data dir's (.../people/<owner hash>/pets/<pet id>/...); "_" if none."""
+    parts = Path(path).parts
+    for i in range(len(parts) - 3):
+        if parts[i] == "people" and parts[i + 2] == "pets":
+            return parts[i + 3]
+    return "_"
 
 
 def _served_root() -> Path:

@@ -173,7 +173,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             name = service.delete_pet(owner, pet_id)
         except (NotFound, ValueError) as error:
             raise gr.Error(str(error)) from None
-        forget_served_copies(owner)  # Gradio has its own copies of what the page shows
+        forget_served_copies(owner, pet_id)
         return f"🗑 {name} is deleted, with their photos, models, pictures and chats.", False
 
     def delete_my_data(sure, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):

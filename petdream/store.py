@@ -325,6 +325,7 @@ class Store:
         try:
             self._migrate(self._conn())
             self._finish_deletions()
+            self._put_pets_back()
         except BaseException:
             self.close()
             raise
@@ -459,7 +460,7 @@ class Store:
         into an account that keeps chats (consent is the account's own); the session is deleted after.
 
         Pet by pet, the folder moves first, then its rows: a crash between leaves the pet the session's,
-        its folder already moved, and the next call finishes it."""
+        its folder under the account, and the next Store puts the folder back (`_put_pets_back`)."""
         old = self._to_db(owner_dir(self.data_dir, session)) + os.sep
         new = self._to_db(owner_dir(self.data_dir, _check_owner(account))) + os.sep
         names = {"session": session, "account": account, "old": old, "new": new}
@@ -623,6 +624,19 @@ class Store:
                                    entry, folder, error)
         for name in committed:
             self._empty(trash / name)
+
+    def _put_pets_back(self) -> None:
+        """At open: a pet whose folder is missing from its owner's, but found under another owner's (a
+        move cut off between its folder and its rows), gets its folder back."""
+        for pet_id, owner in self._conn().execute("SELECT id, owner FROM pets").fetchall():
+            home = self.paths(owner, pet_id).root
+            if home.exists():
+                continue
+            for stray in (self.data_dir / "people").glob(f"*/pets/{pet_id}"):
+                home.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(stray, home)
+                logger.warning("Put %s back at %s, where its records say it is.", stray, home)
+                break
 
     # training runs
 

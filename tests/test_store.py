@@ -206,6 +206,23 @@ def test_what_else_is_in_the_trash_is_removed_at_open_not_put_back(tmp_path):
         assert not any((tmp_path / TRASH_DIR).iterdir())
 
 
+def test_a_move_cut_off_by_a_crash_leaves_the_pet_whole_where_its_records_say(tmp_path):
+    session = session_owner(new_session_id())
+    with Store(tmp_path) as store:
+        pet = _trained_pet(store, session)
+        (pet.photos_dir / "1.jpg").write_bytes(b"photo")
+    crash = ("import os, sys\nfrom petdream import store\nrename = os.rename\n"
+             "def rename_and_die(*args):\n    rename(*args)\n    os._exit(3)\n"
+             "store.os.rename = rename_and_die\nstore.Store(sys.argv[1]).move_pets(sys.argv[2], sys.argv[3])\n")
+    crashed = subprocess.run([sys.executable, "-c", crash, str(tmp_path), session, ALICE], cwd=REPO,
+                             capture_output=True, text=True)
+    assert crashed.returncode == 3, crashed.stderr
+    with Store(tmp_path) as store:  # the folder had moved, the rows had not: the pet stays the session's
+        assert store.pets(session) == [pet] and (pet.photos_dir / "1.jpg").read_bytes() == b"photo"
+        [moved] = store.move_pets(session, ALICE)  # and moves whole when asked again
+        assert (moved.photos_dir / "1.jpg").read_bytes() == b"photo" and store.pets(session) == []
+
+
 # --- training runs --------------------------------------------------------------------------------
 
 def test_a_run_cut_off_by_a_restart_shows_as_resumable_and_resumes(tmp_path):

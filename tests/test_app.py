@@ -62,6 +62,24 @@ def train(app, key: str, photos, name: str = "Bruno") -> str:
     return job.result(timeout=300)[0]
 
 
+def until_training_shows(job, timeout=120):
+    """Wait until the /train or /follow_training stream `job` shows a training step; return `job`."""
+    deadline = time.monotonic() + timeout
+    while not any("Training Rex: step" in str(update[0]) for update in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), job.outputs()
+        time.sleep(0.2)
+    return job
+
+
+def long_training(api, key: str, photos):
+    """A 2000-step training of Rex through client `api`'s /train, once its first step shows (cancel it when
+    done; that client's /cancel_training knows the run)."""
+    from gradio_client import handle_file
+
+    return until_training_shows(api.submit([handle_file(str(p)) for p in photos], "Rex", "dog", "tiny", None,
+                                           2000, 0, 0, 0, "off", key, api_name="/train"))
+
+
 @pytest.fixture(scope="module")
 def alices_pet(served_app, photo_files) -> dict:
     status = train(served_app, ALICE, photo_files)
@@ -159,21 +177,10 @@ def test_another_person_sees_none_of_the_pets_pictures_or_files(served_app, alic
 def test_a_reloaded_page_follows_and_can_cancel_the_training_still_running(served_app, photo_files):
     """A second client with the same browser key (a reload, another tab) gets the live training's
     progress from the page's load event, and its Cancel stops that training."""
-    from gradio_client import handle_file
-
     key = "e" * 40
-    first = client(served_app).submit([handle_file(str(p)) for p in photo_files], "Rex", "dog", "tiny", None, 2000, 0,
-                                      0, 0, "off", key, api_name="/train")
-    deadline = time.monotonic() + 120
-    while not any("Training Rex: step" in str(update[0]) for update in first.outputs()):
-        assert time.monotonic() < deadline and not first.done(), first.outputs()
-        time.sleep(0.2)
-
+    first = long_training(client(served_app), key, photo_files)
     reloaded = client(served_app)
-    followed = reloaded.submit(key, api_name="/follow_training")
-    while not any("Training Rex: step" in str(update[0]) for update in followed.outputs()):
-        assert time.monotonic() < deadline and not followed.done(), followed.outputs()
-        time.sleep(0.2)
+    followed = until_training_shows(reloaded.submit(key, api_name="/follow_training"))
     reloaded.predict(key, api_name="/cancel_training")
     status = followed.result(timeout=120)[0]
     assert status.startswith("⏹ Cancelled at step ") and status.endswith("; you can resume it.")
@@ -372,8 +379,6 @@ def test_teaching_from_the_chat_can_be_stopped_there_and_is_offered_for_resuming
 def test_a_person_deletes_a_pet_and_then_all_their_data(served_app, photo_files):
     """Deleting needs the box ticked and waits for the pet's training to end; it takes the pet's
     photos, models and pictures off the disk, and "all my data" leaves nothing of the person."""
-    from gradio_client import handle_file
-
     from petdream.evaluation import EvaluationConfig
     from petdream.store import owner_dir
 
@@ -400,12 +405,7 @@ def test_a_person_deletes_a_pet_and_then_all_their_data(served_app, photo_files)
     with pytest.raises(Exception, match="No such pet"):
         api.predict(fifi["id"], True, key, api_name="/delete_pet")
 
-    long = api.submit([handle_file(str(p)) for p in photo_files], "Rex", "dog", "tiny", None, 2000, 0, 0, 0, "off",
-                      key, api_name="/train")
-    deadline = time.monotonic() + 120
-    while not any("Training Rex: step" in str(update[0]) for update in long.outputs()):
-        assert time.monotonic() < deadline and not long.done(), long.outputs()
-        time.sleep(0.2)
+    long = long_training(api, key, photo_files)
     [rex] = service.pets(owner)
     with pytest.raises(Exception, match="Rex is in training now: cancel the training, then delete"):
         api.predict(rex.id, True, key, api_name="/delete_pet")
@@ -504,7 +504,6 @@ def test_signed_in_mid_training_the_page_follows_and_can_cancel_the_training_thi
     """Signing in reloads the page under the account; the training started before, in this browser,
     is still shown and can be cancelled there. Its pets move once it has ended."""
     import gradio as gr
-    from gradio_client import handle_file
 
     from petdream.ui.session import move_offer
 
@@ -513,12 +512,7 @@ def test_signed_in_mid_training_the_page_follows_and_can_cancel_the_training_thi
 
     key, api, service = "i" * 40, client(served_app), served_app.petdream_service
     tom = gr.OAuthProfile({"name": "Tom", "preferred_username": "tom", "profile": "", "picture": ""})
-    long = api.submit([handle_file(str(p)) for p in photo_files], "Rex", "dog", "tiny", None, 2000, 0, 0, 0, "off",
-                      key, api_name="/train")
-    deadline = time.monotonic() + 120
-    while not any("Training Rex: step" in str(update[0]) for update in long.outputs()):
-        assert time.monotonic() < deadline and not long.done(), long.outputs()
-        time.sleep(0.2)
+    long = long_training(api, key, photo_files)
     run = service.live_training(f"session:{key}").run_id
 
     follow, cancel = handler("follow_training"), handler("cancel_training")

@@ -399,8 +399,8 @@ def test_a_person_deletes_a_pet_and_then_all_their_data(served_app, photo_files)
         api.predict(fifi["id"], True, key, api_name="/delete_pet")
     evaluating.close()
     assert folder.is_dir()
-    status, ticked = api.predict(fifi["id"], True, key, api_name="/delete_pet")
-    assert status == "🗑 Fifi is deleted, with their photos, models, pictures and chats." and ticked is False
+    status = api.predict(fifi["id"], True, key, api_name="/delete_pet")
+    assert status == "🗑 Fifi is deleted, with their photos, models, pictures and chats."
     assert not folder.exists() and api.predict(key, api_name="/pets") == []
     with pytest.raises(Exception, match="No such pet"):
         api.predict(fifi["id"], True, key, api_name="/delete_pet")
@@ -414,7 +414,7 @@ def test_a_person_deletes_a_pet_and_then_all_their_data(served_app, photo_files)
     api.predict(key, api_name="/cancel_training")
     assert long.result(timeout=120)[0].startswith("⏹ Cancelled at step ")
 
-    status, _ = api.predict(True, key, api_name="/delete_my_data")
+    status = api.predict(True, key, api_name="/delete_my_data")
     assert status == "🗑 All your data is deleted: pets, photos, models, pictures, ratings and chats."
     assert service.pets(owner) == [] and service.store.runs(owner) == []
     assert not owner_dir(service.data_dir, owner).exists()

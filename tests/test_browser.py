@@ -210,4 +210,12 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
         page.locator("#train-button").click()
         expect(page.get_by_text("DreamBooth needs at least 3").first).to_be_visible()
         expect(page.locator("#train-status")).not_to_contain_text("Training")
+
+    with stage(page, "delete-refused-until-ticked", app["log"]):
+        page.get_by_text("Delete", exact=True).click()
+        page.locator("#delete-all-button").click()
+        expect(page.get_by_text("Tick \"Yes, delete for good\" first").first).to_be_visible()
+        sure = page.locator("#delete-sure")
+        expect(sure.locator("input[type=checkbox]")).to_be_visible()
+        expect(sure.locator(".error")).to_have_count(0)  # Gradio's "Error" badge would cover the box to tick
     assert page.errors == [], f"errors in the page's JavaScript: {page.errors}"

@@ -135,6 +135,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
             if job.status == "cancelled":  # resuming is on the My pet tab
                 line = (f"⏹ Stopped teaching {job.pet_name} at step {job.step}: resume it under Unfinished trainings "
                         "on the My pet tab.")
+            elif job.status == "finished":  # the job's own line sends the person to this tab
+                line = f"✅ {job.pet_name} has learned from the pictures you liked: the next pictures come from that."
             else:
                 line = (f"Teaching {job.pet_name} with the pictures you liked. "
                         f"{job.summary(service.trainings.position(job.run_id))}")

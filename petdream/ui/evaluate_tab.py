@@ -28,7 +28,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         status = gr.Markdown(elem_id="eval-status")
         metrics = gr.Markdown(elem_id="eval-metrics")
         with gr.Row():
-            grid = gr.Image(label="Your pet's model (top) and the base model", elem_id="eval-grid")
+            grid = gr.Image(label="A row per prompt: your pet's model, then the base model", elem_id="eval-grid")
             chart = gr.Image(label="Subject fidelity against prompt fidelity", elem_id="eval-chart")
         report = gr.File(label="Report", file_count="multiple", elem_id="eval-report")
 

@@ -4,6 +4,7 @@ push to or load from the Hub, delete a pet or all of one's data."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import gradio as gr
 import pandas as pd
@@ -156,8 +157,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         owner = owner_of(browser_id, request, profile)
         names = {p.id: p.name for p in service.pets(owner)}
         runs = [r for r in service.store.resumable_runs(owner) if not service.training_is_live(owner, r.id)]
-        return gr.Dropdown([(f"{names.get(r.pet_id, '?')}: {r.status} ({r.created_at[:16]})", r.id) for r in runs],
-                           value=None)
+        when = {r.id: datetime.fromisoformat(r.created_at).strftime("%d %b %H:%M UTC") for r in runs}
+        choices = [(f"{names.get(r.pet_id, '?')}: {r.status}, started {when[r.id]}", r.id) for r in runs]
+        return gr.Dropdown(choices, value=choices[-1][1] if choices else None)  # the newest, ready to resume
 
     def list_all_pets(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
@@ -174,7 +176,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         except (NotFound, ValueError) as error:
             raise gr.Error(str(error)) from None
         forget_served_copies(owner, pet_id)
-        return f"🗑 {name} is deleted, with their photos, models, pictures and chats.", False
+        return f"🗑 {name} is deleted, with their photos, models, pictures and chats."
 
     def delete_my_data(sure, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
@@ -185,7 +187,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         except ValueError as error:
             raise gr.Error(str(error)) from None
         forget_served_copies(owner)
-        return "🗑 All your data is deleted: pets, photos, models, pictures, ratings and chats.", False
+        return "🗑 All your data is deleted: pets, photos, models, pictures, ratings and chats."
 
     def push_pet(pet_id, repo, public, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None,
                  oauth: gr.OAuthToken | None = None):
@@ -232,12 +234,15 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     hub_pet.focus(list_pets, inputs=[hub_pet, browser_id], outputs=hub_pet, api_visibility="private")
     doomed_pet.focus(list_all_pets, inputs=browser_id, outputs=doomed_pet, api_visibility="private")
     refresh_doomed = (list_all_pets, browser_id, doomed_pet)
-    delete_pet.click(delete_chosen_pet, inputs=[doomed_pet, sure, browser_id], outputs=[delete_status, sure],
-                     api_name="delete_pet").success(*refresh_doomed, api_visibility="private").then(
-        *refresh_resumable, api_visibility="private")
-    delete_all.click(delete_my_data, inputs=[sure, browser_id], outputs=[delete_status, sure],
-                     api_name="delete_my_data").success(*refresh_doomed, api_visibility="private").then(
-        *refresh_resumable, api_visibility="private")
+    # The tick box is unticked once a delete is done, in an event of its own: an output of an event that
+    # fails gets Gradio's "Error" badge, which would cover the box the message asks to tick.
+    untick = (lambda: False, None, sure)
+    delete_pet.click(delete_chosen_pet, inputs=[doomed_pet, sure, browser_id], outputs=delete_status,
+                     api_name="delete_pet").success(*untick, api_visibility="private").then(
+        *refresh_doomed, api_visibility="private").then(*refresh_resumable, api_visibility="private")
+    delete_all.click(delete_my_data, inputs=[sure, browser_id], outputs=delete_status,
+                     api_name="delete_my_data").success(*untick, api_visibility="private").then(
+        *refresh_doomed, api_visibility="private").then(*refresh_resumable, api_visibility="private")
     return {"list_resumable": refresh_resumable, "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet]),
             "reconnect": (reconnect, [browser_id], outputs)}
 

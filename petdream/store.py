@@ -605,7 +605,7 @@ class Store:
             trash.mkdir()
             _sync_folders(self.data_dir)
         with self._write() as conn:  # a deletion under way in another Store commits (or not) first
-            committed = [row[0] for row in conn.execute("SELECT entry FROM deletions")]
+            committed = {row[0] for row in conn.execute("SELECT entry FROM deletions")}
             for entry in trash.iterdir():
                 nonce, _, relative = entry.name.partition("-")
                 if entry.name in committed:
@@ -626,9 +626,10 @@ class Store:
             self._empty(trash / name)
 
     def _put_pets_back(self) -> None:
-        """At open: a pet whose folder is missing from its owner's, but found under another owner's (a
-        move cut off between its folder and its rows), gets its folder back."""
-        for pet_id, owner in self._conn().execute("SELECT id, owner FROM pets").fetchall():
+        """At open: a browser session's pet whose folder is missing from the session's, but found under
+        another owner's (a move cut off between its folder and its rows), gets its folder back. Only
+        sessions' pets move, so only theirs are looked at."""
+        for pet_id, owner in self._conn().execute("SELECT id, owner FROM pets WHERE owner LIKE 'session:%'").fetchall():
             home = self.paths(owner, pet_id).root
             if home.exists():
                 continue

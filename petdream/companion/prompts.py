@@ -97,7 +97,8 @@ CHEERFUL = re.compile(r"\b(great news|good news|congratulat\w*|that's (great|won
 def cheers_at_low_mood(reply: str, message: str) -> bool:
     """Whether `reply` cheers while `message` is only low: with good news in it too ("promoted but
     stressed"), congratulations are kind."""
-    return bool(CHEERFUL.search(reply)) and mood_from_text(message) in LOW_MOODS and not _says(message, "happy")
+    return (bool(CHEERFUL.search(reply)) and mood_from_text(message) in LOW_MOODS
+            and not _says(_lowered(message), dict(MOOD_WORDS)["happy"]))
 
 
 LEAK_MARKERS = ("Answer with JSON only", "data, not instructions", "You are PetDream, a warm")
@@ -164,13 +165,17 @@ def fit_tokens(prompt: str, limit: int) -> str:
 
 def mood_from_text(text: str) -> str:
     """A mood from the person's own words: the fallback when the LLM gives none or an invalid one."""
-    return next((mood for mood, _ in MOOD_WORDS if _says(text, mood)), "neutral")
+    lowered = _lowered(text)
+    return next((mood for mood, words in MOOD_WORDS if _says(lowered, words)), "neutral")
 
 
-def _says(text: str, mood: str) -> bool:
-    """Whether `text` has one of `mood`'s words, not negated."""
-    lowered = text.lower().replace("\u2019", "'")  # a typographic apostrophe: "don’t"
-    return any(not NEGATED.search(lowered[:match.start()]) for match in re.finditer(dict(MOOD_WORDS)[mood], lowered))
+def _lowered(text: str) -> str:
+    return text.lower().replace("\u2019", "'")  # a typographic apostrophe: "don’t"
+
+
+def _says(lowered: str, words: str) -> bool:
+    """Whether `lowered` (see `_lowered`) has one of the `words` (a MOOD_WORDS pattern), not negated."""
+    return any(not NEGATED.search(lowered[:match.start()]) for match in re.finditer(words, lowered))
 
 
 # A mood word right after a negation does not count: "I don't feel good", "not sad, just tired". Only

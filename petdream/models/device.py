@@ -42,5 +42,6 @@ def release_host_memory() -> None:
     without this a long-running app stays at the peak of its last training; a no-op off glibc."""
     gc.collect()  # the models and optimizer, where reference cycles (hooks, closures) still hold them
     libc = ctypes.util.find_library("c")
-    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):
-        ctypes.CDLL(libc).malloc_trim(0)
+    malloc_trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if malloc_trim is not None:
+        malloc_trim(0)

@@ -92,7 +92,7 @@ def move_offer(service):
         if not browser_pets(browser_id, profile):
             return gr.Row(visible=False)
         try:
-            moved = service.move_to_account(session_owner(browser_id), user_owner(profile.username))
+            moved = service.move_to_account(browser_owner(browser_id, profile), user_owner(profile.username))
         except ValueError as error:
             raise gr.Error(str(error)) from None
         gr.Info(f"Moved to your account ({profile.username}): {', '.join(moved)}.")

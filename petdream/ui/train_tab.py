@@ -157,8 +157,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         owner = owner_of(browser_id, request, profile)
         names = {p.id: p.name for p in service.pets(owner)}
         runs = [r for r in service.store.resumable_runs(owner) if not service.training_is_live(owner, r.id)]
-        when = {r.id: datetime.fromisoformat(r.created_at).strftime("%d %b %H:%M UTC") for r in runs}
-        choices = [(f"{names.get(r.pet_id, '?')}: {r.status}, started {when[r.id]}", r.id) for r in runs]
+        choices = [(f"{names.get(r.pet_id, '?')}: {r.status}, started "
+                    f"{datetime.fromisoformat(r.created_at):%d %b %H:%M} UTC", r.id) for r in runs]
         return gr.Dropdown(choices, value=choices[-1][1] if choices else None)  # the newest, ready to resume
 
     def list_all_pets(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):

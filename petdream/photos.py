@@ -294,6 +294,8 @@ def _reject_duplicate_bytes(name: str, sha256: str, seen: list[_Fingerprint]) ->
     for other in seen:
         if other.sha256 == sha256:
             raise _Rejected(
+                f"{name} was uploaded twice; the first is used. Add a different photo of your pet instead."
+                if name == other.file else
                 f"{name} is an exact copy of {other.file}, which is already used. "
                 f"Add a different photo of your pet instead."
             )
@@ -306,14 +308,15 @@ def _reject_duplicate_look(fingerprint: _Fingerprint, seen: list[_Fingerprint]) 
     """
     name = fingerprint.file
     for other in seen:
+        same = "another file of the same name" if name == other.file else other.file
         if other.pixels_sha256 == fingerprint.pixels_sha256:
             raise _Rejected(
-                f"{name} has exactly the same picture as {other.file}, which is already used. "
+                f"{name} has exactly the same picture as {same}, which is already used. "
                 f"Add a different photo of your pet instead."
             )
         if fingerprint.phash - other.phash <= NEAR_DUPLICATE_BITS:
             raise _Rejected(
-                f"{name} looks nearly the same as {other.file} (a resized or re-saved copy), "
+                f"{name} looks nearly the same as {same} (a resized or re-saved copy), "
                 f"which is already used. Add a photo with another pose, angle or background."
             )
 

@@ -106,6 +106,7 @@ class PetDreamService:
         self.owners = OwnerLocks()
         self._lazy_lock = threading.RLock()
         self._generator = self._companion = self._evaluator = None
+        self.has_replied = False  # the first reply loads the chat model: up to a minute on a CPU
         if settings.forget_sessions_after_days and not host_only:
             self.forget_idle_sessions()
             threading.Thread(target=self._forget_idle_sessions_daily, name="petdream-forget", daemon=True).start()
@@ -348,20 +349,27 @@ class PetDreamService:
                 job.message, job.status = event.reason, "failed"
             elif isinstance(event, Cancelled):
                 store.update_run(owner, job.run_id, status="cancelled", metrics={"step": event.step})
-                job.message, job.status = f"Cancelled at step {event.step}; you can resume it.", "cancelled"
+                job.message = f"Cancelled at step {event.step}: resume it under Unfinished trainings."
+                job.status = "cancelled"
 
     # -- chat and pictures -------------------------------------------------------------------------
 
     def chat(self, owner: str, pet_id: str, message: str, *, person=None, history: list[dict] | None = None,
-             on_token: Callable[[str], None] | None = None):
-        """The companion's Turn for `message`, and a picture of the pet (None on a crisis reply)."""
+             on_token: Callable[[str], None] | None = None, on_drawing: Callable[[], None] | None = None):
+        """The companion's Turn for `message`, and a picture of the pet (None on a crisis reply).
+        on_token gets the reply's text as it is written; on_drawing is called as the picture starts."""
         from petdream.companion import Person
 
         model = self.pet_model(owner, pet_id)
         turn = self.companion.respond(message, pet=model.pet, person=person or Person(), history=history,
                                       on_token=on_token)
+        self.has_replied = True
         self.store.add_chat_turn(owner, "user", message, pet_id=pet_id, mood=turn.mood)
-        picture = self.draw(owner, pet_id, turn.image_prompt, turn.negative_prompt) if turn.draw else None
+        picture = None
+        if turn.draw:
+            if on_drawing is not None:
+                on_drawing()
+            picture = self.draw(owner, pet_id, turn.image_prompt, turn.negative_prompt)
         self.store.add_chat_turn(owner, "assistant", turn.reply, pet_id=pet_id, mood=turn.mood,
                                  image_path=picture.path if picture else None)
         return turn, picture

@@ -133,6 +133,12 @@ def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet)
     assert history[0]["role"] == "user" and texts[0] == "I feel a bit lonely today"
     assert len(texts) >= 2 and texts[1].strip()  # the companion's reply
     assert len(files) == 1 and files[0].endswith(".png")  # the pet's picture, inline
+    # Notices held the reply's place, then the picture's, as they were made; none is left.
+    shown = [[part["text"] for m in update[0] for part in m["content"] if part.get("type") == "text"]
+             for update in chat.outputs()]
+    assert shown[0][-1].startswith("_Thinking...")
+    assert any(len(texts) == 3 and texts[2] == "_Drawing Bruno..._" for texts in shown)
+    assert not [text for text in texts if text.startswith(("_Thinking", "_Drawing"))]
 
     picture = api.predict(alices_pet["id"], "a photo of bruno dog on a beach", 7, ALICE, api_name="/generate")
     assert os.path.getsize(picture) > 0
@@ -158,8 +164,10 @@ def test_another_person_sees_none_of_the_pets_pictures_or_files(served_app, alic
     assert bob.predict("", api_name="/pets") == []  # a script with no key: its own connection's pets
     with pytest.raises(Exception, match="No such pet"):
         bob.predict(alices_pet["id"], "a photo of bruno dog", 1, BOB, api_name="/generate")
+    chat = bob.submit("hello", alices_pet["id"], "", "", "", [], BOB, api_name="/chat")
     with pytest.raises(Exception, match="No such pet"):
-        bob.submit("hello", alices_pet["id"], "", "", "", [], BOB, api_name="/chat").result(timeout=60)
+        chat.result(timeout=60)
+    assert chat.outputs()[-1] == ([], "hello")  # unanswered: the message is back in its box to send again
     with pytest.raises(Exception, match="No such pet"):
         bob.submit(alices_pet["id"], "quick (4 prompts, 1 picture each)", 5, BOB, api_name="/evaluate").result(
             timeout=60)
@@ -183,7 +191,7 @@ def test_a_reloaded_page_follows_and_can_cancel_the_training_still_running(serve
     followed = until_training_shows(reloaded.submit(key, api_name="/follow_training"))
     reloaded.predict(key, api_name="/cancel_training")
     status = followed.result(timeout=120)[0]
-    assert status.startswith("⏹ Cancelled at step ") and status.endswith("; you can resume it.")
+    assert status.startswith("⏹ Cancelled at step ") and status.endswith(": resume it under Unfinished trainings.")
     assert first.result(timeout=120)[0] == status
 
 

@@ -188,6 +188,7 @@ def test_the_report_files_and_the_json_contract(run, tmp_path):
 
     markdown = paths["markdown"].read_text()
     assert "random weights" in markdown and "| 2 | a bruno dog in the snow |" in markdown
+    assert f"{pet.pet.name}'s model ({pet.method}, " in markdown and "2 prompts, 2 images each" in markdown
     assert markdown.count("**overall**") == 2 and " / " in markdown.split("**overall**")[1].split("\n")[0]
     assert Image.open(paths["grid"]).size[1] > 2 * 128 and Image.open(paths["chart"]).format == "PNG"
 

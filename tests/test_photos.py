@@ -304,6 +304,17 @@ def test_exact_copy_is_dropped_naming_the_photo_it_copies():
     assert report.rejected[0].reason.startswith("rex (1).jpg is an exact copy of rex.jpg")
 
 
+def test_a_photo_uploaded_twice_is_named_once_and_said_to_be_twice():
+    data = encode(make_photo(1), "JPEG")
+
+    report = intake([("rex.jpg", data), ("rex.jpg", data)], SMALL)
+    assert [p.file for p in report.accepted] == ["rex.jpg"]
+    assert report.rejected[0].reason.startswith("rex.jpg was uploaded twice; the first is used.")
+    shrunk = encode(make_photo(1).resize((400, 300), Image.Resampling.LANCZOS), "JPEG", quality=60)
+    report = intake([("rex.jpg", data), ("rex.jpg", shrunk)], SMALL)
+    assert report.rejected[0].reason.startswith("rex.jpg looks nearly the same as another file of the same name")
+
+
 def test_same_pixels_in_another_format_is_dropped():
     image = make_photo(1)
 

@@ -141,8 +141,9 @@ class EvaluationReport:
         if self.profile.random_weights:
             lines += [f"> **{self.profile.name} profile: random weights; these numbers mean nothing.**", ""]
         lines += [
-            f"Model `{Path(self.result.model).name}` on `{self.profile.base_model_id}` (profile {self.profile.name}). "
-            f"{len(self.result.prompts)} prompts x {config.images_per_prompt} images (image i with seed i), "
+            f"{self._model_line()} on `{self.profile.base_model_id}` (profile {self.profile.name}). "
+            f"{_count(len(self.result.prompts), 'prompt')}, {_count(config.images_per_prompt, 'image')} each "
+            "(image i with seed i), "
             f"{config.steps} steps, {config.scheduler}, guidance {config.guidance_scale}; "
             f"compared with {self.n_photos} photos. Each cell: pet{base}.",
             "",
@@ -171,6 +172,16 @@ class EvaluationReport:
         if self.warnings:
             lines += ["## Notes", ""] + [f"- {warning}" for warning in self.warnings] + [""]
         return "\n".join(lines)
+
+    def _model_line(self) -> str:
+        """Whose model, how it was trained and when: "Bruno's model (lora, 300 steps, trained 2026-11-26 14:20)"."""
+        model, trained = self.pet, []
+        steps = model.training.get("steps_done") or model.training.get("steps")
+        if steps:
+            trained.append(f"{steps} steps")
+        if model.created_at:
+            trained.append(f"trained {model.created_at[:16].replace('T', ' ')}")  # ISO 8601, to the minute
+        return f"{model.pet.name}'s model ({', '.join([model.method, *trained])})"
 
     def _rows(self, columns: list[tuple[str, float, int]]) -> list[str]:
         """Table rows; a column is (Scores field, scale, decimals)."""
@@ -282,3 +293,7 @@ def _font(size: int):
         return ImageFont.load_default(size=size)  # a scalable font where Pillow has FreeType
     except (ImportError, OSError, TypeError):
         return ImageFont.load_default()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"

@@ -53,8 +53,7 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
         offer, move = move_offer(service)
         loaded = app.load(browser_id_or_new, inputs=browser_id, outputs=browser_id, api_visibility="private").then(
             offer, inputs=browser_id, outputs=[offer_row, offer_text], api_visibility="private")
-        refreshed(loaded).then(*train["reconnect"], api_name="follow_training",
-                               concurrency_limit=None)  # streams until that run ends
+        train["follow_after"](refreshed(loaded))
         refreshed(move_yes.click(move, inputs=browser_id, outputs=offer_row, api_visibility="private"))
         move_no.click(lambda: gr.Row(visible=False), outputs=offer_row, api_visibility="private")
     app.petdream_service = service

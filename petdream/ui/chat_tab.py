@@ -20,6 +20,7 @@ from petdream.store import NotFound
 from petdream.ui.session import owner_of, served_copy, trained_pets
 
 POLL_SECONDS = 0.5
+DRAWING = object()  # from the chat's worker: the reply is written, the picture is being drawn
 CRISIS_TITLE = "🆘 You don't have to face this alone: people who can help, right now"
 
 
@@ -61,7 +62,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         history = list(history or [])
         earlier = [{"role": m["role"], "content": m["content"]} for m in history
                    if isinstance(m.get("content"), str) and not _is_notice(m)]
-        history += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+        # Placeholders (notices) stand in for the reply and the picture until they come: an empty bubble
+        # for half a minute reads as a stuck page.
+        waiting = "Thinking..." + ("" if service.has_replied else " (the first reply loads the chat model: up to a minute)")
+        history += [{"role": "user", "content": text}, _notice(waiting)]
         yield history, pictures, "", ""
 
         tokens: queue.Queue = queue.Queue()
@@ -71,17 +75,27 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
             try:
                 outcome["turn"], outcome["picture"] = service.chat(
                     owner, pet_id, text, person=Person(name or None, age or None, occupation or None),
-                    history=earlier, on_token=tokens.put)
+                    history=earlier, on_token=tokens.put, on_drawing=lambda: tokens.put(DRAWING))
             except Exception as error:  # shown to the person below; the worker must always finish
                 outcome["error"] = error
             finally:
                 tokens.put(None)
 
         threading.Thread(target=work, daemon=True).start()
+        reply_at, streamed = len(history) - 1, False
         while (piece := tokens.get()) is not None:
-            history[-1]["content"] += piece
+            if piece is DRAWING:
+                history.append(_notice(f"Drawing {service.store.pet(owner, pet_id).name}..."))
+            else:
+                history[reply_at] = {"role": "assistant", "content": history[reply_at]["content"] + piece
+                                     if streamed else piece}
+                streamed = True
             yield history, pictures, "", gr.skip()
+        del history[reply_at + 1:]  # the drawing's placeholder
         if "error" in outcome:
+            if not streamed:  # unanswered: the message goes back in its box, to send again
+                del history[reply_at - 1:]
+                yield history, pictures, gr.skip(), text
             error = outcome["error"]
             raise gr.Error(str(error) if isinstance(error, (NotFound, ValueError)) else
                            f"Something went wrong while answering: {error}")

@@ -30,7 +30,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         summary = gr.Markdown(elem_id="intake-summary")
         accepted = gr.Gallery(label="Ready for training", columns=6, height="auto", elem_id="accepted")
         rejected = gr.Dataframe(headers=["file", "why it was not used"], label="Not used", wrap=True,
-                                elem_id="rejected")
+                                column_widths=["25%", "75%"], visible=False, elem_id="rejected")
         with gr.Row():
             name = gr.Textbox(label="Pet name", placeholder="Bruno", elem_id="pet-name")
             class_noun = gr.Dropdown(["dog", "cat", "rabbit", "bird", "hamster"], value="dog", allow_custom_value=True,
@@ -48,11 +48,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                 prior = gr.Radio(["preset", "on", "off"], value="preset", label="Prior preservation")
         with gr.Row():
             train = gr.Button("Train", variant="primary", elem_id="train-button")
-            cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
+            cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="cancel-button")
         status = gr.Markdown(elem_id="train-status")
-        progress = gr.Slider(0, 1, value=0, label="Progress (steps)", interactive=False, elem_id="train-progress")
-        loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, elem_id="loss-plot")
-        samples = gr.Gallery(label="Samples as it learns", columns=4, height="auto", elem_id="samples")
+        # Shown once a training is followed: empty, they look like a training that went nowhere.
+        progress = gr.Slider(0, 1, value=0, label="Progress (steps)", interactive=False, visible=False,
+                             elem_id="train-progress")
+        loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, visible=False, elem_id="loss-plot")
+        samples = gr.Gallery(label="Samples as it learns", columns=4, height="auto", visible=False,
+                             elem_id="samples")
         run_id = gr.State("")
         with gr.Accordion("Hugging Face Hub: keep your pet's model, or bring one back", open=False):
             with gr.Row():
@@ -67,7 +70,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                 pull_class = gr.Textbox(label="Kind of pet (if the repo doesn't say)", elem_id="pull-class")
                 pull = gr.Button("Load from Hub", elem_id="pull-button")
             hub_status = gr.Markdown(elem_id="hub-status")
-        with gr.Accordion("Unfinished trainings", open=False):
+        with gr.Accordion("Unfinished trainings", open=False) as unfinished:
             resumable = gr.Dropdown([], label="Cut off by a restart, cancelled or failed", elem_id="resumable",
                                     allow_custom_value=True)
             resume = gr.Button("Resume", elem_id="resume-button")
@@ -125,12 +128,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                 last = state
                 losses = list(job.losses)  # one copy: the worker appends while this reads
                 first = job.first_step or 1
-                chart = pd.DataFrame({"step": range(first, first + len(losses)), "loss": losses})
-                progress_bar = gr.Slider(maximum=job.total_steps, value=job.step)
+                chart = gr.LinePlot(pd.DataFrame({"step": range(first, first + len(losses)), "loss": losses}),
+                                    visible=True)
+                progress_bar = gr.Slider(maximum=job.total_steps, value=job.step, visible=True)
                 gallery = gr.skip()  # copied and sent only when a new sample arrives, not every step
                 if len(job.samples) != samples_shown:
                     samples_shown = len(job.samples)
-                    gallery = [(served_copy(owner, path), caption) for path, caption in job.samples[-8:]]
+                    gallery = gr.Gallery([(served_copy(owner, path), caption) for path, caption in job.samples[-8:]],
+                                         visible=bool(job.samples))
                 yield run, text, progress_bar, chart, gallery
             if done:
                 return
@@ -146,6 +151,13 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         if job is not None:
             yield from follow(job.owner, job.run_id)
 
+    def buttons_for(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """Train and Cancel as they fit whether this page follows a live training (see `reconnect`)."""
+        owner = owner_of(browser_id, request, profile)
+        browser = browser_owner(browser_id, profile)
+        return buttons(service.live_training(owner) is not None
+                       or (browser is not None and service.live_training(browser) is not None))
+
     def stop(run, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owners = [owner_of(browser_id, request, profile), browser_owner(browser_id, profile)]
         if not run or not any(service.cancel_training(owner, run) for owner in owners if owner):
@@ -159,7 +171,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         runs = [r for r in service.store.resumable_runs(owner) if not service.training_is_live(owner, r.id)]
         choices = [(f"{names.get(r.pet_id, '?')}: {r.status}, started "
                     f"{datetime.fromisoformat(r.created_at):%d %b %H:%M} UTC", r.id) for r in runs]
-        return gr.Dropdown(choices, value=choices[-1][1] if choices else None)  # the newest, ready to resume
+        # The newest, ready to resume; open where there is one, so a cancelled training's Resume is in sight.
+        return gr.Dropdown(choices, value=choices[-1][1] if choices else None), gr.Accordion(open=bool(choices))
 
     def list_all_pets(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
@@ -221,15 +234,27 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                api_visibility="private")
     pull.click(pull_pet, inputs=[pull_repo, pull_name, pull_class, browser_id], outputs=hub_status,
                api_name="load_from_hub")
-    uploads.change(check, inputs=uploads, outputs=[summary, accepted, rejected], api_name="check_photos")
+    uploads.change(check, inputs=uploads, outputs=[summary, accepted, rejected], api_name="check_photos").then(
+        lambda table: gr.Dataframe(visible=len(table) > 0), rejected, rejected,  # no empty "Not used" table
+        api_visibility="private")
     inputs = [uploads, name, class_noun, preset, method, steps, learning_rate, rank, seed, prior, browser_id]
     outputs = [run_id, status, progress, loss, samples]
-    refresh_resumable = (list_resumable, [browser_id], [resumable])  # a run that just stopped is offered at once
-    train.click(start, inputs=inputs, outputs=outputs, api_name="train", concurrency_limit=None).then(
-        *refresh_resumable, api_visibility="private")
+    refresh_resumable = (list_resumable, [browser_id], [resumable, unfinished])  # a run that just stopped is offered at once
+    # One training followed at a time: Train rests while it is, and Cancel only works then. Only the status
+    # line shows progress, and an error: Gradio's "Error" badge on the chart and samples read as a broken training.
+    busy = (lambda: buttons(True), None, [train, cancel])
+    idle = (lambda: buttons(False), None, [train, cancel])
+    # (Gradio 6 runs .then only after a success; .failure makes Train work again after a refusal.)
+    started = train.click(*busy, queue=False, api_visibility="private").then(
+        start, inputs=inputs, outputs=outputs, api_name="train", concurrency_limit=None, show_progress_on=status)
+    started.then(*idle, api_visibility="private").then(*refresh_resumable, api_visibility="private")
+    started.failure(*idle, api_visibility="private")
     cancel.click(stop, inputs=[run_id, browser_id], api_name="cancel_training")
-    resume.click(resume_run, inputs=[resumable, browser_id], outputs=outputs, api_name="resume_training",
-                 concurrency_limit=None).then(*refresh_resumable, api_visibility="private")
+    resumed = resume.click(*busy, queue=False, api_visibility="private").then(
+        resume_run, inputs=[resumable, browser_id], outputs=outputs, api_name="resume_training",
+        concurrency_limit=None, show_progress_on=status)
+    resumed.then(*idle, api_visibility="private").then(*refresh_resumable, api_visibility="private")
+    resumed.failure(*idle, api_visibility="private")
     list_pets = trained_pets(service)
     hub_pet.focus(list_pets, inputs=[hub_pet, browser_id], outputs=hub_pet, api_visibility="private")
     doomed_pet.focus(list_all_pets, inputs=browser_id, outputs=doomed_pet, api_visibility="private")
@@ -243,8 +268,20 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     delete_all.click(delete_my_data, inputs=[sure, browser_id], outputs=delete_status,
                      api_name="delete_my_data").success(*untick, api_visibility="private").then(
         *refresh_doomed, api_visibility="private").then(*refresh_resumable, api_visibility="private")
+
+    def follow_after(event):
+        """`event` (the page's load) followed by following the person's live training, if any."""
+        return event.then(buttons_for, [browser_id], [train, cancel], api_visibility="private").then(
+            reconnect, [browser_id], outputs, api_name="follow_training", concurrency_limit=None,  # streams until it ends
+            show_progress_on=status).then(*idle, api_visibility="private")
+
     return {"list_resumable": refresh_resumable, "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet]),
-            "reconnect": (reconnect, [browser_id], outputs)}
+            "follow_after": follow_after}
+
+
+def buttons(training: bool) -> tuple[gr.Button, gr.Button]:
+    """(Train, Cancel) updates: Train while no training is followed, Cancel while one is."""
+    return gr.Button(interactive=not training), gr.Button(interactive=training)
 
 
 def advanced_overrides(method, steps, learning_rate, rank, seed, prior) -> dict:

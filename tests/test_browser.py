@@ -166,8 +166,9 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
     with stage(page, "5-picture-rated", log):
         assert ratings(app["data_dir"]) == []
         image_id = newest_image(app["data_dir"])
-        # The thumbs of the bubble that holds the picture: the last bot bubble (the picture comes last).
-        chatbot.get_by_role("button", name="Like", exact=True).last.click()
+        # Thumbs only under the picture: rating a picture teaches the pet, a text reply has nothing to teach.
+        expect(chatbot.get_by_role("button", name="Like", exact=True)).to_have_count(1)
+        chatbot.get_by_role("button", name="Like", exact=True).click()
         expect(chatbot.get_by_role("button", name="Liked", exact=True)).to_have_count(1)
         stored = wait_for(lambda: ratings(app["data_dir"]), 20, "the rating to be stored")
         assert stored == [(image_id, 1)], f"ratings stored: {stored}; the chat's picture is image {image_id}"

@@ -16,6 +16,14 @@ from petdream.ui.session import (GRADIO_CACHE_S, browser_id_or_new, move_offer, 
 # reason, and keeps the good photos. (A phone photo is 2-8 MB; intake takes at most 50 photos.)
 MAX_UPLOAD = "100mb"
 
+# Thumbs only under the chat's pictures: a rated picture teaches the pet, a text reply has nothing to teach
+# (Gradio 6's Chatbot shows them under every reply; a text reply's row has no .component-wrap).
+CSS = """
+#chatbot .bot-row:not(:has(.component-wrap)) + .message-buttons button:is([aria-label^="Like"], [aria-label^="Dislike"]) {
+    display: none;
+}
+"""
+
 
 def build_app(settings: Settings, service: PetDreamService | None = None, shared: bool = False) -> gr.Blocks:
     """The whole app. Models load on first use, so the page is up in seconds.

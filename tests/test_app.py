@@ -62,6 +62,11 @@ def train(app, key: str, photos, name: str = "Bruno") -> str:
     return job.result(timeout=300)[0]
 
 
+def handler(app, name: str):
+    """One of `app`'s event handlers, by its API name or (for private ones) its function's name."""
+    return next(f.fn for f in app.fns.values() if name in (f.api_name, f.fn.__name__))
+
+
 def until_training_shows(job, timeout=120):
     """Wait until the /train or /follow_training stream `job` shows a training step; return `job`."""
     deadline = time.monotonic() + timeout
@@ -158,6 +163,27 @@ def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet)
     assert sorted(os.path.basename(f).rsplit(".", 1)[1] for f in report) == ["json", "md"]
 
 
+def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(served_app, alices_pet):
+    api, service, pet, owner = client(served_app), served_app.petdream_service, alices_pet["id"], f"session:{ALICE}"
+    consent, show_kept = handler(served_app, "consent"), handler(served_app, "show_kept")
+    assert show_kept(pet, ALICE, None) == ([], {}, False)  # not kept: a chosen pet's chat starts empty
+    consent(True, ALICE, None)
+    try:
+        api.submit("I got a promotion today", pet, "", "", "", [], ALICE, api_name="/chat").result(timeout=300)
+        picture = service.store.images(owner, pet)[-1]
+        service.rate(owner, picture.id, True)
+        view, pictures, keeps = show_kept(pet, ALICE, None)  # the person comes back and chooses the pet
+        assert keeps is True
+        [asked, replied, drawn] = view.value
+        assert asked["content"][0]["text"] == "I got a promotion today" and replied["content"][0]["text"].strip()
+        assert drawn["role"] == "assistant" and drawn["content"][0]["file"]["path"].endswith(".png")
+        assert pictures == {2: picture.id}  # its thumbs rate that picture
+        assert view.feedback_value == [None, "Like"]  # as the person rated it
+    finally:
+        consent(False, ALICE, None)
+    assert show_kept(pet, ALICE, None) == ([], {}, False) and service.store.chat_turns(owner) == []
+
+
 def test_another_person_sees_none_of_the_pets_pictures_or_files(served_app, alices_pet, data_dir):
     bob = client(served_app)
     assert bob.predict(BOB, api_name="/pets") == []
@@ -193,6 +219,23 @@ def test_a_reloaded_page_follows_and_can_cancel_the_training_still_running(serve
     status = followed.result(timeout=120)[0]
     assert status.startswith("⏹ Cancelled at step ") and status.endswith(": resume it under Unfinished trainings.")
     assert first.result(timeout=120)[0] == status
+    # Unfinished trainings opens with it chosen, saying where it stopped.
+    step = status.removeprefix("⏹ Cancelled at step ").split(":")[0]
+    offered, unfinished = handler(served_app, "list_resumable")(key, None)
+    [(label, run)] = offered.choices
+    assert offered.value == run and unfinished.open is True
+    assert label.startswith(f"Rex: cancelled at step {step} of 2000, started ")
+
+
+def test_pets_of_the_same_name_are_told_apart_in_the_lists():
+    from types import SimpleNamespace
+
+    from petdream.ui.session import pet_choices
+
+    pets = [SimpleNamespace(id="b", name="Bruno", created_at="2026-11-27T08:44:05+00:00"),
+            SimpleNamespace(id="m", name="Milo", created_at="2026-11-27T08:40:00+00:00"),
+            SimpleNamespace(id="a", name="Bruno", created_at="2026-11-26T19:02:00+00:00")]
+    assert pet_choices(pets) == [("Bruno #1 (26 Nov 19:02)", "a"), ("Milo", "m"), ("Bruno #2 (27 Nov 08:44)", "b")]
 
 
 RESTART_SCRIPT = r"""
@@ -515,15 +558,12 @@ def test_signed_in_mid_training_the_page_follows_and_can_cancel_the_training_thi
 
     from petdream.ui.session import move_offer
 
-    def handler(api_name):
-        return next(f.fn for f in served_app.fns.values() if f.api_name == api_name)
-
     key, api, service = "i" * 40, client(served_app), served_app.petdream_service
     tom = gr.OAuthProfile({"name": "Tom", "preferred_username": "tom", "profile": "", "picture": ""})
     long = long_training(api, key, photo_files)
     run = service.live_training(f"session:{key}").run_id
 
-    follow, cancel = handler("follow_training"), handler("cancel_training")
+    follow, cancel = handler(served_app, "follow_training"), handler(served_app, "cancel_training")
     assert next(follow("j" * 40, None, tom), None) is None  # the same account in another browser: not its training
     shown, text, *_ = next(follow(key, None, tom))
     assert shown == run and text.startswith("Training Rex: step ")

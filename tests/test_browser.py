@@ -149,6 +149,7 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
         choose(page, "#chat-pet", "Bruno")
         page.locator("#chat-input").get_by_role("textbox").fill(FEELING)
         page.locator("#send-button").click()
+        expect(page.locator("#send-button")).to_be_disabled()  # one message answered at a time
         chatbot = page.locator("#chatbot")
         expect(chatbot.locator("[data-testid=user]")).to_have_text(FEELING)
         # The reply streams in, then the pet's picture follows it (first message: the chat model loads).
@@ -159,6 +160,7 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
         reply = chatbot.locator("[data-testid=bot] .message-content").first.inner_text().strip()
         assert len(reply) > 10 and not reply.startswith("{"), f"reply: {reply!r}"
         expect(page.locator("#chat-input").get_by_role("textbox")).to_have_value("")
+        expect(page.locator("#send-button")).to_be_enabled()
         if os.environ.get("PETDREAM_README_SCREENSHOT"):
             page.evaluate("window.scrollTo(0, 0)")
             save_readme_screenshot(page, REPO / "docs" / "screenshot.png")
@@ -172,6 +174,11 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
         expect(chatbot.get_by_role("button", name="Liked", exact=True)).to_have_count(1)
         stored = wait_for(lambda: ratings(app["data_dir"]), 20, "the rating to be stored")
         assert stored == [(image_id, 1)], f"ratings stored: {stored}; the chat's picture is image {image_id}"
+        # A new picture of the same scene: the first one's thumb still shows it was liked.
+        page.locator("#new-picture").click()
+        expect(chatbot.locator("[data-testid=bot] img")).to_have_count(2, timeout=CHAT_S * 1000)
+        expect(chatbot.get_by_role("button", name="Liked", exact=True)).to_have_count(1)
+        expect(chatbot.get_by_role("button", name="Like", exact=True)).to_have_count(1)
 
     with stage(page, "6-evaluated", log):
         page.get_by_role("tab", name="Evaluate").click()

@@ -47,7 +47,7 @@ class TrainingJob:
         """One line for the person; `position` is TrainingQueue.position() (trainings ahead)."""
         if self.status == "queued":
             return (f"Waiting: {position} training{'s' * (position != 1)} ahead of {self.pet_name}'s."
-                    if position else "Starting...")
+                    if position else "Starting: reading the photos and loading the models...")
         if self.status == "running":
             if self.loss is None:
                 return f"Preparing {self.pet_name}'s training. {self.message}".strip()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 
@@ -17,6 +18,7 @@ from petdream.companion import Person
 from petdream.companion.safety import DISCLOSURE
 from petdream.service import PetDreamService
 from petdream.store import NotFound
+from petdream.ui.events import while_busy
 from petdream.ui.session import owner_of, served_copy, trained_pets
 
 POLL_SECONDS = 0.5
@@ -29,7 +31,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         gr.Markdown(f"ℹ️ {DISCLOSURE}", elem_id="disclosure")
         with gr.Row():
             pet = gr.Dropdown([], label="Pet", elem_id="chat-pet", scale=2, allow_custom_value=True)
-            keep = gr.Checkbox(label="Keep my conversation (you can switch this off; that deletes it)",
+            keep = gr.Checkbox(label="Keep my conversations (off: nothing is stored; switching it off deletes them)",
                                value=False, elem_id="chat-consent", scale=3)
         with gr.Accordion("About you (optional; used only in this session)", open=False):
             with gr.Row():
@@ -50,6 +52,33 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         pictures = gr.State({})  # chatbot message index -> stored image id, for the thumbs
         last_prompt = gr.State("")
         teaching = gr.State("")  # the run id of the Teach training this page shows
+
+    def shown(owner, pet_id, history, pictures) -> gr.Chatbot:
+        """The chat with each rated picture's thumb as it was rated: a new value alone would clear them."""
+        liked = {image.id: image.liked for image in service.store.images(owner, pet_id)} if pet_id else {}
+        verdicts = {True: "Like", False: "Dislike"}
+        return gr.Chatbot(history, feedback_value=[verdicts.get(liked.get(pictures.get(i)))
+                                                   for i, m in enumerate(history) if m["role"] == "assistant"])
+
+    def show_kept(pet_id, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """(chat, pictures, keep box) on choosing a pet: its kept conversation, if the person keeps them."""
+        owner = owner_of(browser_id, request, profile)
+        keeps = service.store.chat_consent(owner) is not None
+        if not pet_id or not keeps:
+            return [], {}, keeps
+        images = {str(image.path): image.id for image in service.store.images(owner, pet_id)}
+        history, pictures = [], {}
+        for turn in service.store.chat_turns(owner, pet_id):
+            history.append({"role": turn.role, "content": turn.text})
+            if turn.image_path is not None and Path(turn.image_path).is_file():
+                history.append({"role": "assistant", "content": {"path": served_copy(owner, turn.image_path)}})
+                if str(turn.image_path) in images:
+                    pictures[len(history) - 1] = images[str(turn.image_path)]
+        return shown(owner, pet_id, history, pictures), pictures, keeps
+
+    def rated(pet_id, history, pictures, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """After a reply: the chat with its thumbs as rated (the reply's new value cleared them on the page)."""
+        return shown(owner_of(browser_id, request, profile), pet_id, history, pictures)
 
     def respond(text, pet_id, name, age, occupation, history, pictures, browser_id, request: gr.Request,
                 profile: gr.OAuthProfile | None = None):
@@ -110,7 +139,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
             history.append({"role": "assistant", "content": {"path": served_copy(owner, picture.path),
                                                              "alt_text": picture.prompt}})
             pictures = {**pictures, len(history) - 1: picture.image_id}
-        yield history, pictures, turn.image_prompt, gr.skip()
+        yield history, pictures, turn.image_prompt, gr.skip()  # the thumbs are shown again in `rated` (below)
 
     def redraw(pet_id, prompt, history, pictures, browser_id, request: gr.Request,
                profile: gr.OAuthProfile | None = None):
@@ -120,7 +149,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         picture = service.draw(owner, pet_id, prompt)
         history = list(history or []) + [{"role": "assistant", "content": {"path": served_copy(owner, picture.path),
                                                                             "alt_text": picture.prompt}}]
-        return history, {**pictures, len(history) - 1: picture.image_id}
+        pictures = {**pictures, len(history) - 1: picture.image_id}
+        return shown(owner, pet_id, history, pictures), pictures
 
     def rate(pictures, browser_id, liked: gr.LikeData, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
@@ -173,16 +203,22 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
 
     inputs = [message, pet, person_name, age, occupation, chatbot, pictures, browser_id]
     outputs = [chatbot, pictures, last_prompt, message]
-    send.click(respond, inputs=inputs, outputs=outputs, api_name="chat")
-    message.submit(respond, inputs=inputs, outputs=outputs, api_visibility="private")
+    # One message answered at a time: Send and the message box rest until the reply and its picture are in.
+    answering = (lambda: (gr.Button(interactive=False), gr.Textbox(interactive=False)),
+                 lambda: (gr.Button(interactive=True), gr.Textbox(interactive=True)))
+    for sent, api in ((send.click, {"api_name": "chat"}), (message.submit, {"api_visibility": "private"})):
+        while_busy(sent, [send, message], *answering, respond, inputs, outputs, **api).then(
+            rated, [pet, chatbot, pictures, browser_id], chatbot, api_visibility="private")
     again.click(redraw, inputs=[pet, last_prompt, chatbot, pictures, browser_id], outputs=[chatbot, pictures],
                 api_visibility="private")
 
     chatbot.like(rate, inputs=[pictures, browser_id], api_visibility="private")
-    teach.click(teach_liked, inputs=[pet, browser_id], outputs=[note, teaching, stop_teaching],
-                api_name="train_further", concurrency_limit=None)  # it only follows the training, which the training queue runs one at a time
+    while_busy(teach.click, [teach], lambda: gr.Button(interactive=False), lambda: gr.Button(interactive=True),
+               teach_liked, [pet, browser_id], [note, teaching, stop_teaching], api_name="train_further",
+               concurrency_limit=None)  # it only follows the training, which the training queue runs one at a time
     stop_teaching.click(stop_teaching_run, inputs=[teaching, browser_id], api_name="stop_teaching")
-    keep.change(consent, inputs=[keep, browser_id], api_visibility="private")
+    keep.input(consent, inputs=[keep, browser_id], api_visibility="private")  # the person's click, not show_kept's
+    pet.change(show_kept, inputs=[pet, browser_id], outputs=[chatbot, pictures, keep], api_visibility="private")
     list_pets = trained_pets(service)
     tab.select(list_pets, inputs=[pet, browser_id], outputs=pet, api_visibility="private")
     return {"list_pets": (list_pets, [pet, browser_id], [pet])}

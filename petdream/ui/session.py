@@ -16,6 +16,8 @@ import stat
 import tempfile
 import time
 import uuid
+from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import gradio as gr
@@ -160,12 +162,27 @@ def _served_root() -> Path:
     return SERVED_DIR
 
 
+def pet_choices(pets) -> list[tuple[str, str]]:
+    """(label, pet id) for a dropdown. Pets of the same name are told apart by number and when they were
+    made, "Bruno #2 (27 Nov 08:44)": picking the wrong one to delete must not be a guess."""
+    names = Counter(pet.name for pet in pets)
+    seen: Counter = Counter()
+    choices = []
+    for pet in sorted(pets, key=lambda pet: pet.created_at):
+        seen[pet.name] += 1
+        label = pet.name
+        if names[pet.name] > 1:
+            label += f" #{seen[pet.name]} ({datetime.fromisoformat(pet.created_at):%d %b %H:%M})"
+        choices.append((label, pet.id))
+    return choices
+
+
 def trained_pets(service):
     """A handler listing the asker's trained pets for a dropdown, keeping the current choice."""
 
     def list_pets(current, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
-        choices = [(p.name, p.id) for p in service.pets(owner, trained_only=True)]
+        choices = pet_choices(service.pets(owner, trained_only=True))
         ids = [pet_id for _, pet_id in choices]
         return gr.Dropdown(choices, value=current if current in ids else (ids[-1] if ids else None))
 

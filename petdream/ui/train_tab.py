@@ -13,8 +13,9 @@ from petdream.photos import MAX_PHOTOS, NotEnoughPhotosError
 from petdream.service import PetDreamService
 from petdream.store import NotFound
 from petdream.hub import HubError, MissingPetInfo
-from petdream.ui.session import (browser_owner, forget_served_copies, oauth_enabled, owner_of, served_copy,
-                                 trained_pets)
+from petdream.ui.events import while_busy
+from petdream.ui.session import (browser_owner, forget_served_copies, oauth_enabled, owner_of, pet_choices,
+                                 served_copy, trained_pets)
 
 POLL_SECONDS = 0.5
 
@@ -28,7 +29,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         uploads = gr.File(label="Photos", file_count="multiple", file_types=["image", ".heic", ".heif"],
                           elem_id="photos")
         summary = gr.Markdown(elem_id="intake-summary")
-        accepted = gr.Gallery(label="Ready for training", columns=6, height="auto", elem_id="accepted")
+        accepted = gr.Gallery(label="Usable photos", columns=6, height="auto", elem_id="accepted")
         rejected = gr.Dataframe(headers=["file", "why it was not used"], label="Not used", wrap=True,
                                 column_widths=["25%", "75%"], visible=False, elem_id="rejected")
         with gr.Row():
@@ -51,7 +52,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="cancel-button")
         status = gr.Markdown(elem_id="train-status")
         # Shown once a training is followed: empty, they look like a training that went nowhere.
-        progress = gr.Slider(0, 1, value=0, label="Progress (steps)", interactive=False, visible=False,
+        progress = gr.Slider(0, 1, value=0, label="Progress (steps)", interactive=False, visible=False, buttons=[],
                              elem_id="train-progress")
         loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, visible=False, elem_id="loss-plot")
         samples = gr.Gallery(label="Samples as it learns", columns=4, height="auto", visible=False,
@@ -169,14 +170,15 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         owner = owner_of(browser_id, request, profile)
         names = {p.id: p.name for p in service.pets(owner)}
         runs = [r for r in service.store.resumable_runs(owner) if not service.training_is_live(owner, r.id)]
-        choices = [(f"{names.get(r.pet_id, '?')}: {r.status}, started "
-                    f"{datetime.fromisoformat(r.created_at):%d %b %H:%M} UTC", r.id) for r in runs]
+        choices = [(f"{names.get(r.pet_id, '?')}: {r.status} at step {r.metrics.get('step', 0)} of "
+                    f"{r.config['steps']}, started {datetime.fromisoformat(r.created_at):%d %b %H:%M} UTC", r.id)
+                   for r in runs]
         # The newest, ready to resume; open where there is one, so a cancelled training's Resume is in sight.
         return gr.Dropdown(choices, value=choices[-1][1] if choices else None), gr.Accordion(open=bool(choices))
 
     def list_all_pets(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
-        return gr.Dropdown([(p.name, p.id) for p in service.pets(owner)], value=None)
+        return gr.Dropdown(pet_choices(service.pets(owner)), value=None)
 
     def delete_chosen_pet(pet_id, sure, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
@@ -242,19 +244,13 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     refresh_resumable = (list_resumable, [browser_id], [resumable, unfinished])  # a run that just stopped is offered at once
     # One training followed at a time: Train rests while it is, and Cancel only works then. Only the status
     # line shows progress, and an error: Gradio's "Error" badge on the chart and samples read as a broken training.
-    busy = (lambda: buttons(True), None, [train, cancel])
-    idle = (lambda: buttons(False), None, [train, cancel])
-    # (Gradio 6 runs .then only after a success; .failure makes Train work again after a refusal.)
-    started = train.click(*busy, queue=False, api_visibility="private").then(
-        start, inputs=inputs, outputs=outputs, api_name="train", concurrency_limit=None, show_progress_on=status)
-    started.then(*idle, api_visibility="private").then(*refresh_resumable, api_visibility="private")
-    started.failure(*idle, api_visibility="private")
+    busy, idle = (lambda: buttons(True)), (lambda: buttons(False))
+    while_busy(train.click, [train, cancel], busy, idle, start, inputs, outputs, api_name="train",
+               concurrency_limit=None, show_progress_on=status).then(*refresh_resumable, api_visibility="private")
     cancel.click(stop, inputs=[run_id, browser_id], api_name="cancel_training")
-    resumed = resume.click(*busy, queue=False, api_visibility="private").then(
-        resume_run, inputs=[resumable, browser_id], outputs=outputs, api_name="resume_training",
-        concurrency_limit=None, show_progress_on=status)
-    resumed.then(*idle, api_visibility="private").then(*refresh_resumable, api_visibility="private")
-    resumed.failure(*idle, api_visibility="private")
+    while_busy(resume.click, [train, cancel], busy, idle, resume_run, [resumable, browser_id], outputs,
+               api_name="resume_training", concurrency_limit=None, show_progress_on=status).then(
+        *refresh_resumable, api_visibility="private")
     list_pets = trained_pets(service)
     hub_pet.focus(list_pets, inputs=[hub_pet, browser_id], outputs=hub_pet, api_visibility="private")
     doomed_pet.focus(list_all_pets, inputs=browser_id, outputs=doomed_pet, api_visibility="private")
@@ -273,7 +269,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         """`event` (the page's load) followed by following the person's live training, if any."""
         return event.then(buttons_for, [browser_id], [train, cancel], api_visibility="private").then(
             reconnect, [browser_id], outputs, api_name="follow_training", concurrency_limit=None,  # streams until it ends
-            show_progress_on=status).then(*idle, api_visibility="private")
+            show_progress_on=status).then(idle, None, [train, cancel], api_visibility="private")
 
     return {"list_resumable": refresh_resumable, "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet]),
             "follow_after": follow_after}

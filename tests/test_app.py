@@ -184,6 +184,24 @@ def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(s
     assert show_kept(pet, ALICE, None) == ([], {}, False) and service.store.chat_turns(owner) == []
 
 
+def test_training_another_pet_of_the_same_name_says_how_it_is_listed(served_app, alices_pet, photo_files,
+                                                                      monkeypatch):
+    import gradio as gr
+
+    told = []
+    monkeypatch.setattr(gr, "Info", told.append)
+    service, owner = served_app.petdream_service, f"session:{ALICE}"
+    run, *_ = next(handler(served_app, "train")(photo_files, "Bruno", "dog", "tiny", None, 2000, 0, 0, 0, "off",
+                                                ALICE, None))
+    job = service.training(owner, run)
+    service.cancel_training(owner, run)
+    while not job.done:
+        time.sleep(0.1)
+    service.delete_pet(owner, service.store.run(owner, run).pet_id)
+    assert told == ["You already have a pet named Bruno: this trains another, listed as Bruno #2. To teach the "
+                    "first one more, use Teach on the Chat tab."]
+
+
 def test_another_person_sees_none_of_the_pets_pictures_or_files(served_app, alices_pet, data_dir):
     bob = client(served_app)
     assert bob.predict(BOB, api_name="/pets") == []

@@ -361,7 +361,8 @@ class DreamBoothTrainer:
         unet, vae, text_encoder, tokenizer, noise_scheduler = parts
         class_latents = None
         if config.prior_preservation:
-            yield Note(f"Preparing {config.num_class_images} class images of \"{self.class_prompt}\" (cached for reuse).")
+            yield Note(f"Preparing {config.num_class_images} pictures of \"{self.class_prompt}\" (kept for next time): "
+                       f"they keep the model knowing what any {self.pet.class_noun} looks like, not only {self.pet.name}.")
             with accelerator.main_process_first():  # one process fills the cache, the others read it
                 class_photos = self._class_images(parts)
         _cast(vae, weight_dtype)

@@ -37,7 +37,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             class_noun = gr.Dropdown(["dog", "cat", "rabbit", "bird", "hamster"], value="dog", allow_custom_value=True,
                                      label="Kind of pet", elem_id="class-noun")
             preset = gr.Radio(presets, value=presets[0], label="Preset", elem_id="preset",
-                              info="quick: a LoRA in minutes on a GPU; paper: the paper's full fine-tune"
+                              info="quick: a small add-on to the model (LoRA), minutes on a GPU; paper: the "
+                                   "DreamBooth paper's recipe, the whole model retrained"
                                    + ("; tiny: seconds on this CPU" if tiny else ""))
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
@@ -103,6 +104,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             job = service.start_training(owner, name or "", class_noun or "", list(paths or []), preset, **overrides)
         except (NotEnoughPhotosError, ValueError) as error:
             raise gr.Error(str(error)) from None
+        namesakes = sum(pet.name == job.pet_name for pet in service.pets(owner))
+        if namesakes > 1:
+            gr.Info(f"You already have a pet named {job.pet_name}: this trains another, listed as {job.pet_name} "
+                    f"#{namesakes}. To teach the first one more, use Teach on the Chat tab.")
         yield from follow(owner, job.run_id)
 
     def resume_run(chosen, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):

@@ -375,8 +375,9 @@ class PetDreamService:
         return turn, picture
 
     def draw(self, owner: str, pet_id: str, prompt: str, negative_prompt: str | None = None,
-             seed: int | None = None) -> ChatPicture:
-        """One picture of the pet, kept in its images folder and recorded for rating."""
+             seed: int | None = None, in_chat: bool = False) -> ChatPicture:
+        """One picture of the pet, kept in its images folder and recorded for rating; `in_chat`: drawn
+        into the chat on its own (New picture), so a kept conversation keeps it too."""
         with self.owners.work(owner):
             model = self.pet_model(owner, pet_id)
             result = self.generator.generate(prompt, pet=model, negative_prompt=negative_prompt, seed=seed)
@@ -389,6 +390,8 @@ class PetDreamService:
             except Exception:  # no record, no file: nothing would ever delete it
                 path.unlink(missing_ok=True)
                 raise
+        if in_chat:
+            self.store.add_chat_turn(owner, "assistant", "", pet_id=pet_id, image_path=path)
         return ChatPicture(image.id, path, prompt, result.seed)
 
     def rate(self, owner: str, image_id: int, liked: bool | None) -> None:

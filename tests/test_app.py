@@ -163,25 +163,37 @@ def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet)
     assert sorted(os.path.basename(f).rsplit(".", 1)[1] for f in report) == ["json", "md"]
 
 
-def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(served_app, alices_pet):
+def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(served_app, alices_pet, monkeypatch):
+    def empty(shown_on_choosing):
+        view, pictures, keeps = shown_on_choosing
+        return view.value == [] and view.feedback_value == [] and pictures == {} and keeps is False
+
     api, service, pet, owner = client(served_app), served_app.petdream_service, alices_pet["id"], f"session:{ALICE}"
     consent, show_kept = handler(served_app, "consent"), handler(served_app, "show_kept")
-    assert show_kept(pet, ALICE, None) == ([], {}, False)  # not kept: a chosen pet's chat starts empty
+    assert empty(show_kept(pet, ALICE, None))  # not kept: a chosen pet's chat starts empty
     consent(True, ALICE, None)
+    heard, chat = [], service.chat  # what the companion is told of the conversation so far
+    monkeypatch.setattr(service, "chat", lambda *args, **kwargs: heard.append(kwargs["history"]) or chat(*args, **kwargs))
     try:
-        api.submit("I got a promotion today", pet, "", "", "", [], ALICE, api_name="/chat").result(timeout=300)
+        first = api.submit("I got a promotion today", pet, "", "", "", [], ALICE, api_name="/chat")
+        first.result(timeout=300)
+        said = [m for m in first.outputs()[-1][0] if all(part["type"] == "text" for part in m["content"])]
+        api.submit("thank you", pet, "", "", "", said, ALICE, api_name="/chat").result(timeout=300)
+        assert heard[0] == [] and [turn["role"] for turn in heard[1]] == ["user", "assistant"]
+        assert heard[1][0]["content"] == "I got a promotion today" and heard[1][1]["content"].strip()
         picture = service.store.images(owner, pet)[-1]
         service.rate(owner, picture.id, True)
         view, pictures, keeps = show_kept(pet, ALICE, None)  # the person comes back and chooses the pet
         assert keeps is True
-        [asked, replied, drawn] = view.value
+        [asked, replied, drawn, *_] = view.value
         assert asked["content"][0]["text"] == "I got a promotion today" and replied["content"][0]["text"].strip()
         assert drawn["role"] == "assistant" and drawn["content"][0]["file"]["path"].endswith(".png")
-        assert pictures == {2: picture.id}  # its thumbs rate that picture
-        assert view.feedback_value == [None, "Like"]  # as the person rated it
+        assert view.value[-1]["content"][0]["file"]["path"].endswith(".png")  # the second reply's picture
+        assert pictures == {2: pictures[2], len(view.value) - 1: picture.id}  # the thumbs rate those pictures
+        assert view.feedback_value == [None, None, None, "Like"]  # as the person rated them
     finally:
         consent(False, ALICE, None)
-    assert show_kept(pet, ALICE, None) == ([], {}, False) and service.store.chat_turns(owner) == []
+    assert empty(show_kept(pet, ALICE, None)) and service.store.chat_turns(owner) == []
 
 
 def test_training_another_pet_of_the_same_name_says_how_it_is_listed(served_app, alices_pet, photo_files,
@@ -250,10 +262,13 @@ def test_pets_of_the_same_name_are_told_apart_in_the_lists():
 
     from petdream.ui.session import pet_choices
 
-    pets = [SimpleNamespace(id="b", name="Bruno", created_at="2026-11-27T08:44:05+00:00"),
-            SimpleNamespace(id="m", name="Milo", created_at="2026-11-27T08:40:00+00:00"),
-            SimpleNamespace(id="a", name="Bruno", created_at="2026-11-26T19:02:00+00:00")]
-    assert pet_choices(pets) == [("Bruno #1 (26 Nov 19:02)", "a"), ("Milo", "m"), ("Bruno #2 (27 Nov 08:44)", "b")]
+    pets = [SimpleNamespace(id="b", name="Bruno", created_at="2026-11-27T08:44:05+00:00", model_dir="b/model"),
+            SimpleNamespace(id="m", name="Milo", created_at="2026-11-27T08:40:00+00:00", model_dir="m/model"),
+            SimpleNamespace(id="a", name="Bruno", created_at="2026-11-26T19:02:00+00:00", model_dir=None)]
+    assert pet_choices(pets) == [("Bruno #1 (26 Nov 19:02 UTC)", "a"), ("Milo", "m"),
+                                 ("Bruno #2 (27 Nov 08:44 UTC)", "b")]
+    # The first Bruno never finished training: the lists of trained pets still call the second one #2.
+    assert pet_choices(pets, trained_only=True) == [("Milo", "m"), ("Bruno #2 (27 Nov 08:44 UTC)", "b")]
 
 
 RESTART_SCRIPT = r"""

@@ -149,8 +149,9 @@ class DreamBoothTrainer:
             self._check_init_model()
             device = _training_device(self.device_setting)
             lock = yield from self._wait_for_device(device)
-            if lock is None:  # cancelled while it waited
-                yield Cancelled(0, self.checkpoints.latest())
+            if lock is None:  # cancelled while it waited: where it stands is its newest checkpoint
+                latest = self.checkpoints.latest()
+                yield Cancelled(int(latest.name.removeprefix("step-")) if latest else 0, latest)
                 return
             with lock:
                 self._check_output_folder(resume)  # again: a run it waited for may have written to this folder

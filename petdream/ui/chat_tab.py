@@ -22,6 +22,7 @@ from petdream.ui.events import while_busy
 from petdream.ui.session import owner_of, served_copy, trained_pets
 
 POLL_SECONDS = 0.5
+KEPT_TURNS_SHOWN = 100  # of a kept conversation, the newest shown again when its pet is chosen
 DRAWING = object()  # from the chat's worker: the reply is written, the picture is being drawn
 CRISIS_TITLE = "🆘 You don't have to face this alone: people who can help, right now"
 
@@ -65,11 +66,12 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         owner = owner_of(browser_id, request, profile)
         keeps = service.store.chat_consent(owner) is not None
         if not pet_id or not keeps:
-            return [], {}, keeps
+            return shown(owner, None, [], {}), {}, keeps
         images = {str(image.path): image.id for image in service.store.images(owner, pet_id)}
         history, pictures = [], {}
-        for turn in service.store.chat_turns(owner, pet_id):
-            history.append({"role": turn.role, "content": turn.text})
+        for turn in service.store.chat_turns(owner, pet_id)[-KEPT_TURNS_SHOWN:]:
+            if turn.text:  # a New picture's turn has only its picture
+                history.append({"role": turn.role, "content": turn.text})
             if turn.image_path is not None and Path(turn.image_path).is_file():
                 history.append({"role": "assistant", "content": {"path": served_copy(owner, turn.image_path)}})
                 if str(turn.image_path) in images:
@@ -89,8 +91,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         if not text or not text.strip():
             raise gr.Error("Write a message first: say how you feel or what's on your mind.")
         history = list(history or [])
-        earlier = [{"role": m["role"], "content": m["content"]} for m in history
-                   if isinstance(m.get("content"), str) and not _is_notice(m)]
+        earlier = [{"role": m["role"], "content": _text(m)} for m in history if _text(m) and not _is_notice(m)]
         # Placeholders (notices) stand in for the reply and the picture until they come: an empty bubble
         # for half a minute reads as a stuck page.
         waiting = "Thinking..." + ("" if service.has_replied else " (the first reply loads the chat model: up to a minute)")
@@ -124,7 +125,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         if "error" in outcome:
             if not streamed:  # unanswered: the message goes back in its box, to send again
                 del history[reply_at - 1:]
-                yield history, pictures, gr.skip(), text
+            yield history, pictures, gr.skip(), gr.skip() if streamed else text
             error = outcome["error"]
             raise gr.Error(str(error) if isinstance(error, (NotFound, ValueError)) else
                            f"Something went wrong while answering: {error}")
@@ -146,7 +147,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         owner = owner_of(browser_id, request, profile)
         if not pet_id or not prompt:
             raise gr.Error("Send a message first; then a new picture of the same scene can be drawn.")
-        picture = service.draw(owner, pet_id, prompt)
+        picture = service.draw(owner, pet_id, prompt, in_chat=True)
         history = list(history or []) + [{"role": "assistant", "content": {"path": served_copy(owner, picture.path),
                                                                             "alt_text": picture.prompt}}]
         pictures = {**pictures, len(history) - 1: picture.image_id}
@@ -203,11 +204,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
 
     inputs = [message, pet, person_name, age, occupation, chatbot, pictures, browser_id]
     outputs = [chatbot, pictures, last_prompt, message]
-    # One message answered at a time: Send and the message box rest until the reply and its picture are in.
-    answering = (lambda: (gr.Button(interactive=False), gr.Textbox(interactive=False)),
-                 lambda: (gr.Button(interactive=True), gr.Textbox(interactive=True)))
+    # One message answered at a time: Send and the message box rest until the reply and its picture are in
+    # (New picture and the pet choice too: either would change the chat the reply is being added to.)
+    answering = (lambda: (gr.Button(interactive=False), gr.Textbox(interactive=False), gr.Button(interactive=False),
+                          gr.Dropdown(interactive=False)),
+                 lambda: (gr.Button(interactive=True), gr.Textbox(interactive=True), gr.Button(interactive=True),
+                          gr.Dropdown(interactive=True)))
     for sent, api in ((send.click, {"api_name": "chat"}), (message.submit, {"api_visibility": "private"})):
-        while_busy(sent, [send, message], *answering, respond, inputs, outputs, **api).then(
+        while_busy(sent, [send, message, again, pet], *answering, respond, inputs, outputs, **api).then(
             rated, [pet, chatbot, pictures, browser_id], chatbot, api_visibility="private")
     again.click(redraw, inputs=[pet, last_prompt, chatbot, pictures, browser_id], outputs=[chatbot, pictures],
                 api_visibility="private")
@@ -229,7 +233,18 @@ def _notice(text: str) -> dict:
     return {"role": "assistant", "content": f"_{text}_"}
 
 
+def _text(message: dict) -> str | None:
+    """A chat message's text; None for a picture. Gradio 6 hands handlers each message's content as a list
+    of parts ({"type": "text", "text": ...}); the messages a handler makes itself hold a plain string."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(part.get("type") == "text" for part in content):
+        return "".join(part["text"] for part in content)
+    return None
+
+
 def _is_notice(message: dict) -> bool:
     """Notices are not the companion's words: the LLM does not see them as its own replies."""
-    content = message.get("content")
-    return message.get("role") == "assistant" and content.startswith("_") and content.endswith("_")
+    text = _text(message)
+    return message.get("role") == "assistant" and bool(text) and text.startswith("_") and text.endswith("_")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Callable
 
 
-def while_busy(trigger, controls: list, busy: Callable, idle: Callable, fn: Callable, inputs, outputs, **event_args):
-    """`trigger(fn, inputs, outputs, **event_args)`, with `controls` set to `busy()` before it runs and back
-    to `idle()` once it ends, failed or not (Gradio 6 runs `.then` only after a success, so `.failure` too).
-    A button that rests while its work runs says "wait"; one that silently ignores a click does not."""
+def while_busy(trigger, controls: list, busy: Callable, idle: Callable, fn: Callable, inputs, outputs,
+               failed: Callable | None = None, **event_args):
+    """`trigger(fn, inputs, outputs, **event_args)`, with `controls` set to `busy()` before it runs and to
+    `idle()` once it ends, or `failed()` (default: `idle()`) after a failure (Gradio 6 runs `.then` only
+    after a success). A button that rests while its work runs says "wait"; one that ignores a click does not."""
     work = trigger(busy, None, controls, queue=False, api_visibility="private").then(fn, inputs, outputs, **event_args)
     work.then(idle, None, controls, api_visibility="private")
-    work.failure(idle, None, controls, api_visibility="private")
+    work.failure(failed or idle, None, controls, api_visibility="private")
     return work

@@ -162,9 +162,10 @@ def _served_root() -> Path:
     return SERVED_DIR
 
 
-def pet_choices(pets) -> list[tuple[str, str]]:
-    """(label, pet id) for a dropdown. Pets of the same name are told apart by number and when they were
-    made, "Bruno #2 (27 Nov 08:44)": picking the wrong one to delete must not be a guess."""
+def pet_choices(pets, trained_only: bool = False) -> list[tuple[str, str]]:
+    """(label, pet id) for a dropdown of all `pets` of one owner (the trained ones only with `trained_only`).
+    Pets of the same name are told apart by number and when they were made, "Bruno #2 (27 Nov 08:44 UTC)",
+    numbered among all of them so every list names a pet alike: picking one to delete must not be a guess."""
     names = Counter(pet.name for pet in pets)
     seen: Counter = Counter()
     choices = []
@@ -172,8 +173,9 @@ def pet_choices(pets) -> list[tuple[str, str]]:
         seen[pet.name] += 1
         label = pet.name
         if names[pet.name] > 1:
-            label += f" #{seen[pet.name]} ({datetime.fromisoformat(pet.created_at):%d %b %H:%M})"
-        choices.append((label, pet.id))
+            label += f" #{seen[pet.name]} ({datetime.fromisoformat(pet.created_at):%d %b %H:%M} UTC)"
+        if pet.model_dir is not None or not trained_only:
+            choices.append((label, pet.id))
     return choices
 
 
@@ -182,7 +184,7 @@ def trained_pets(service):
 
     def list_pets(current, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
-        choices = pet_choices(service.pets(owner, trained_only=True))
+        choices = pet_choices(service.pets(owner), trained_only=True)
         ids = [pet_id for _, pet_id in choices]
         return gr.Dropdown(choices, value=current if current in ids else (ids[-1] if ids else None))
 

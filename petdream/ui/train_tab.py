@@ -22,7 +22,7 @@ POLL_SECONDS = 0.5
 
 def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) -> dict:
     presets = ["tiny", "quick", "paper"] if tiny else ["quick", "paper"]
-    with gr.Tab("My pet", id="pet"):
+    with gr.Tab("My pet", id="pet") as tab:
         gr.Markdown(
             f"Upload 3 to {MAX_PHOTOS} photos of your pet: different places, angles and light, the pet clearly "
             "visible. Each photo is checked and cropped to a square around the pet.")
@@ -52,12 +52,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             train = gr.Button("Train", variant="primary", elem_id="train-button")
             cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="cancel-button")
         status = gr.Markdown(elem_id="train-status")
-        # Shown once a training is followed: empty, they look like a training that went nowhere.
-        progress = gr.Slider(0, 1, value=0, label="Progress (steps)", interactive=False, visible=False, buttons=[],
-                             elem_id="train-progress")
-        loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, visible=False, elem_id="loss-plot")
-        samples = gr.Gallery(label="Samples as it learns", columns=4, height="auto", visible=False,
-                             elem_id="samples")
+        with gr.Column(visible=False) as live:  # shown once a training is followed: empty, it looks like one that failed
+            progress = gr.Slider(0, 1, value=0, label="Progress (steps)", interactive=False, buttons=[],
+                                 elem_id="train-progress")
+            loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, elem_id="loss-plot")
+            samples = gr.Gallery(label="Samples as it learns", columns=4, height="auto", elem_id="samples")
         run_id = gr.State("")
         with gr.Accordion("Hugging Face Hub: keep your pet's model, or bring one back", open=False):
             with gr.Row():
@@ -134,14 +133,12 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                 last = state
                 losses = list(job.losses)  # one copy: the worker appends while this reads
                 first = job.first_step or 1
-                chart = gr.LinePlot(pd.DataFrame({"step": range(first, first + len(losses)), "loss": losses}),
-                                    visible=True)
-                progress_bar = gr.Slider(maximum=job.total_steps, value=job.step, visible=True)
+                chart = pd.DataFrame({"step": range(first, first + len(losses)), "loss": losses})
+                progress_bar = gr.Slider(maximum=job.total_steps, value=job.step)
                 gallery = gr.skip()  # copied and sent only when a new sample arrives, not every step
                 if len(job.samples) != samples_shown:
                     samples_shown = len(job.samples)
-                    gallery = gr.Gallery([(served_copy(owner, path), caption) for path, caption in job.samples[-8:]],
-                                         visible=bool(job.samples))
+                    gallery = [(served_copy(owner, path), caption) for path, caption in job.samples[-8:]]
                 yield run, text, progress_bar, chart, gallery
             if done:
                 return
@@ -157,12 +154,13 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         if job is not None:
             yield from follow(job.owner, job.run_id)
 
-    def buttons_for(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        """Train and Cancel as they fit whether this page follows a live training (see `reconnect`)."""
+    def controls_for(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """The controls as they fit whether the person has a live training (the one `reconnect` follows)."""
         owner = owner_of(browser_id, request, profile)
         browser = browser_owner(browser_id, profile)
-        return buttons(service.live_training(owner) is not None
-                       or (browser is not None and service.live_training(browser) is not None))
+        training = (service.live_training(owner) is not None
+                    or (browser is not None and service.live_training(browser) is not None))
+        return controls(training, shown=True if training else None)
 
     def stop(run, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owners = [owner_of(browser_id, request, profile), browser_owner(browser_id, profile)]
@@ -247,15 +245,17 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     inputs = [uploads, name, class_noun, preset, method, steps, learning_rate, rank, seed, prior, browser_id]
     outputs = [run_id, status, progress, loss, samples]
     refresh_resumable = (list_resumable, [browser_id], [resumable, unfinished])  # a run that just stopped is offered at once
-    # One training followed at a time: Train rests while it is, and Cancel only works then. Only the status
-    # line shows progress, and an error: Gradio's "Error" badge on the chart and samples read as a broken training.
-    busy, idle = (lambda: buttons(True)), (lambda: buttons(False))
-    while_busy(train.click, [train, cancel], busy, idle, start, inputs, outputs, api_name="train",
-               concurrency_limit=None, show_progress_on=status).then(*refresh_resumable, api_visibility="private")
+    # One training followed at a time: Train and Resume rest while it is, and Cancel only works then. Only the
+    # status line shows progress, and an error: Gradio's "Error" badge on the chart read as a broken training.
+    busy = (lambda: controls(True, shown=True))
+    idle, refused = (lambda: controls(False)), (lambda: controls(False, shown=False))
+    for clicked, fn, fn_inputs, api_name in ((train.click, start, inputs, "train"),
+                                             (resume.click, resume_run, [resumable, browser_id], "resume_training")):
+        while_busy(clicked, [train, cancel, resume, live], busy, idle, fn, fn_inputs, outputs, failed=refused,
+                   api_name=api_name, concurrency_limit=None, show_progress_on=status).then(
+            *refresh_resumable, api_visibility="private")
     cancel.click(stop, inputs=[run_id, browser_id], api_name="cancel_training")
-    while_busy(resume.click, [train, cancel], busy, idle, resume_run, [resumable, browser_id], outputs,
-               api_name="resume_training", concurrency_limit=None, show_progress_on=status).then(
-        *refresh_resumable, api_visibility="private")
+    tab.select(*refresh_resumable, api_visibility="private")  # a Teach run stopped on the Chat tab, say
     list_pets = trained_pets(service)
     hub_pet.focus(list_pets, inputs=[hub_pet, browser_id], outputs=hub_pet, api_visibility="private")
     doomed_pet.focus(list_all_pets, inputs=browser_id, outputs=doomed_pet, api_visibility="private")
@@ -271,18 +271,25 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         *refresh_doomed, api_visibility="private").then(*refresh_resumable, api_visibility="private")
 
     def follow_after(event):
-        """`event` (the page's load) followed by following the person's live training, if any."""
-        return event.then(buttons_for, [browser_id], [train, cancel], api_visibility="private").then(
+        """`event` (the page's load) followed by following the person's live training, if any; then the
+        controls as they fit then (a Train clicked meanwhile may have started another)."""
+        following = event.then(controls_for, [browser_id], [train, cancel, resume, live], api_visibility="private").then(
             reconnect, [browser_id], outputs, api_name="follow_training", concurrency_limit=None,  # streams until it ends
-            show_progress_on=status).then(idle, None, [train, cancel], api_visibility="private")
+            show_progress_on=status)
+        for after in (following.then, following.failure):
+            after(controls_for, [browser_id], [train, cancel, resume, live], api_visibility="private").then(
+                *refresh_resumable, api_visibility="private")
+        return following
 
     return {"list_resumable": refresh_resumable, "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet]),
             "follow_after": follow_after}
 
 
-def buttons(training: bool) -> tuple[gr.Button, gr.Button]:
-    """(Train, Cancel) updates: Train while no training is followed, Cancel while one is."""
-    return gr.Button(interactive=not training), gr.Button(interactive=training)
+def controls(training: bool, shown: bool | None = None) -> tuple:
+    """(Train, Cancel, Resume, progress column) updates: Train and Resume while no training is followed,
+    Cancel while one is; the progress column shown or hidden as `shown` says, or left as it is (None)."""
+    column = gr.skip() if shown is None else gr.Column(visible=shown)
+    return gr.Button(interactive=not training), gr.Button(interactive=training), gr.Button(interactive=not training), column
 
 
 def advanced_overrides(method, steps, learning_rate, rank, seed, prior) -> dict:

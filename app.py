@@ -21,10 +21,10 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request is noise
     settings = Settings.from_args(args)
 
-    from petdream.ui import CSS, MAX_UPLOAD, build_app
+    from petdream.ui import LAUNCH_OPTIONS, build_app
 
     build_app(settings, shared=args.share).launch(server_name=settings.host, server_port=settings.port, share=args.share,
-                                                  max_file_size=MAX_UPLOAD, css=CSS)
+                                                  **LAUNCH_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -186,8 +186,9 @@ class PetHub:
             return self._account
         if not self._token:
             raise HubError(
-                "No Hugging Face token, and pushing needs one with write access. Sign in with Hugging Face "
-                "(in the app), set the HF_TOKEN environment variable (a Space secret), or run `hf auth login`; "
+                "No Hugging Face token, and pushing needs one with write access. On a Space with Hugging Face "
+                "sign-in, sign in (the button at the top); elsewhere set the HF_TOKEN environment variable or run "
+                "`hf auth login` where PetDream runs; "
                 f"make a token at {self.endpoint}/settings/tokens."
             )
         info = self._call("check your token", lambda: self._api.whoami(token=self._token))

@@ -27,13 +27,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served_app(tiny, data_dir):
-    from petdream.ui import MAX_UPLOAD, build_app
+    from petdream.ui import LAUNCH_OPTIONS, build_app
 
     settings = Settings.from_env({}, data_dir=data_dir, profile="tiny", device="cpu")
     app = build_app(settings)
     port = free_port()
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                       max_file_size=MAX_UPLOAD)  # as app.py launches it
+                       **LAUNCH_OPTIONS)  # as app.py launches it
     app.url = f"http://127.0.0.1:{port}/"
     yield app
     app.close()
@@ -98,6 +98,7 @@ def test_page_is_served_with_the_tiny_banner(served_app):
     assert page.status_code == 200 and "PetDream" in page.text
     config = httpx.get(served_app.url + "config", timeout=30).json()
     assert config["title"] == "PetDream" and config["analytics_enabled"] is False
+    assert config["run_history"] is False  # no copy of anyone's chats in the browser, kept or not
     texts = " ".join(str(c.get("props", {}).get("value", "")) for c in config["components"])
     assert "random weights" in texts and "profile **tiny**" in texts
 
@@ -255,6 +256,19 @@ def test_a_reloaded_page_follows_and_can_cancel_the_training_still_running(serve
     [(label, run)] = offered.choices
     assert offered.value == run and unfinished.open is True
     assert label.startswith(f"Rex: cancelled at step {step} of 2000, started ")
+
+
+def test_a_browser_finds_its_pets_again_after_a_restart(served_app, data_dir, tmp_path):
+    """Its owner key sits encrypted in its local storage; the key to read it back is the data dir's, not the
+    process's (Gradio's default), so a restarted app still knows the browser."""
+    import gradio as gr
+
+    from petdream.ui.session import browser_state_secret
+
+    [state] = [block for block in served_app.blocks.values() if isinstance(block, gr.BrowserState)]
+    # What a restart over the same data dir reads (another data dir has a key of its own).
+    assert state.secret == browser_state_secret(data_dir) != browser_state_secret(tmp_path)
+    assert len(state.secret) >= 32 and (data_dir / "browser-state.secret").stat().st_mode & 0o777 == 0o600
 
 
 def test_pets_of_the_same_name_are_told_apart_in_the_lists():

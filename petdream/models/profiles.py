@@ -47,7 +47,7 @@ def resolve_profile(settings: Settings, build_models: bool = True) -> Profile:
 
     build_models=False leaves the tiny models for later (`ensure_models`): the app shows its page
     first and builds them on first use."""
-    name, reason = settings.profile, "chosen in the settings"
+    name, reason = settings.profile, "chosen with --profile or PETDREAM_PROFILE"
     if name == "auto":
         name, reason = _pick_automatically(settings)
         logger.info("profile auto -> %s: %s", name, reason)
@@ -66,7 +66,7 @@ def resolve_profile(settings: Settings, build_models: bool = True) -> Profile:
     )
 
 
-def tiny_profile(data_dir: Path, reason: str = "chosen in the settings", build: bool = True) -> Profile:
+def tiny_profile(data_dir: Path, reason: str = "chosen with --profile or PETDREAM_PROFILE", build: bool = True) -> Profile:
     from petdream.models.tiny import RESOLUTION, TINY_VERSION, ensure_tiny_models, tiny_models_dir
 
     folder = ensure_tiny_models(data_dir) if build else tiny_models_dir(data_dir)

@@ -8,8 +8,8 @@ from petdream.models import TINY_WARNING, resolve_profile
 from petdream.service import PetDreamService
 from petdream.settings import Settings
 from petdream.ui import api, chat_tab, evaluate_tab, train_tab
-from petdream.ui.session import (GRADIO_CACHE_S, browser_id_or_new, move_offer, oauth_enabled,
-                                 only_the_host_can_reach)
+from petdream.ui.session import (GRADIO_CACHE_S, browser_id_or_new, browser_state_secret, move_offer,
+                                 oauth_enabled, only_the_host_can_reach)
 
 # Per file, Gradio's cap. Above intake's own limit (photos.MAX_FILE_BYTES, 30 MB) on purpose: Gradio
 # refuses a whole upload for one file over its cap, while intake refuses that one file, with its
@@ -23,6 +23,9 @@ CSS = """
     display: none;
 }
 """
+# What `launch()` needs besides where to listen. run_history off: Gradio 6 would otherwise keep every call,
+# chat messages and "About you" included, in the browser, whatever the person chose under Keep.
+LAUNCH_OPTIONS = {"max_file_size": MAX_UPLOAD, "css": CSS, "run_history": False}
 
 
 def build_app(settings: Settings, service: PetDreamService | None = None, shared: bool = False) -> gr.Blocks:
@@ -40,7 +43,8 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
                 gr.LoginButton()
         if profile.random_weights:
             gr.Markdown(f"⚠️ **Demo mode.** {TINY_WARNING}", elem_id="tiny-banner")
-        browser_id = gr.BrowserState("", storage_key="petdream-browser-id")
+        browser_id = gr.BrowserState("", storage_key="petdream-browser-id",
+                                     secret=browser_state_secret(service.data_dir))
         with gr.Row(visible=False, elem_id="move-offer") as offer_row:
             offer_text = gr.Markdown(elem_id="move-offer-text")
             move_yes = gr.Button("Move them to my account", variant="primary", scale=0, elem_id="move-yes")

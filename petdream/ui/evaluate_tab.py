@@ -60,7 +60,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             raise gr.Error(str(error)) from None
 
     run.click(evaluate, inputs=[pet, size, steps, browser_id], outputs=[status, metrics, grid, chart, report],
-              api_name="evaluate")
+              api_name="evaluate", show_progress_on=status)  # a refusal marks the status line, not every panel
     list_pets = trained_pets(service)
     tab.select(list_pets, inputs=[pet, browser_id], outputs=pet, api_visibility="private")
     return {"list_pets": (list_pets, [pet, browser_id], [pet])}

@@ -36,6 +36,22 @@ GRADIO_CACHE_S = 86400
 _next_sweep = 0.0
 
 
+def browser_state_secret(data_dir: Path) -> str:
+    """The key that encrypts each browser's owner key in its local storage, kept in the data dir (mode 0600).
+    Gradio's default is a new key every start: after a restart no browser could read its key back, and
+    every person's pets, chats and unfinished trainings would vanish from their page."""
+    path = Path(data_dir) / "browser-state.secret"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_urlsafe(32))
+        file.flush()
+        os.fsync(file.fileno())
+    return path.read_text().strip()
+
+
 def oauth_enabled() -> bool:
     """True on a Space with Hugging Face login switched on (it sets OAUTH_CLIENT_ID)."""
     return bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))

@@ -235,6 +235,16 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
             expect(page.locator(part)).to_be_hidden()
         expect(page.locator("#train-button")).to_be_enabled()  # ready for the photos to be fixed
 
+    with stage(page, "chat-refused-without-a-pet", app["log"]):
+        page.get_by_role("tab", name="Chat").click()
+        page.locator("#chat-input").get_by_role("textbox").fill("hello")
+        page.locator("#send-button").click()
+        expect(page.get_by_text("Choose a pet first").first).to_be_visible()
+        expect(page.locator("#chatbot .error")).to_have_count(0)  # the chat itself did not break
+        expect(page.locator("#chat-input").get_by_role("textbox")).to_have_value("hello")
+        expect(page.locator("#send-button")).to_be_enabled()
+        page.get_by_role("tab", name="My pet").click()
+
     with stage(page, "delete-refused-until-ticked", app["log"]):
         page.get_by_text("Delete", exact=True).click()
         page.locator("#delete-all-button").click()

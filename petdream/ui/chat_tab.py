@@ -211,7 +211,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
                  lambda: (gr.Button(interactive=True), gr.Textbox(interactive=True), gr.Button(interactive=True),
                           gr.Dropdown(interactive=True)))
     for sent, api in ((send.click, {"api_name": "chat"}), (message.submit, {"api_visibility": "private"})):
-        while_busy(sent, [send, message, again, pet], *answering, respond, inputs, outputs, **api).then(
+        while_busy(sent, [send, message, again, pet], *answering, respond, inputs, outputs,
+                   show_progress_on=message, **api).then(  # a refusal marks the box, not the whole chat "Error"
             rated, [pet, chatbot, pictures, browser_id], chatbot, api_visibility="private")
     again.click(redraw, inputs=[pet, last_prompt, chatbot, pictures, browser_id], outputs=[chatbot, pictures],
                 api_visibility="private")

@@ -57,6 +57,11 @@ class Checkpoints:
         """Where the checkpoint of `step` is (once written)."""
         return self.folder / f"step-{step:06d}"
 
+    @staticmethod
+    def step_of(path: Path) -> int:
+        """The step a checkpoint folder (see `path`) holds."""
+        return int(path.name.removeprefix("step-"))
+
     def latest(self) -> Path | None:
         """The newest complete checkpoint; a half-written one never has a final name."""
         done = sorted(p for p in self.folder.glob("step-*") if (p / STATE_FILE).is_file())

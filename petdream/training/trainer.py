@@ -151,7 +151,7 @@ class DreamBoothTrainer:
             lock = yield from self._wait_for_device(device)
             if lock is None:  # cancelled while it waited: where it stands is its newest checkpoint
                 latest = self.checkpoints.latest()
-                yield Cancelled(int(latest.name.removeprefix("step-")) if latest else 0, latest)
+                yield Cancelled(self.checkpoints.step_of(latest) if latest else 0, latest)
                 return
             with lock:
                 self._check_output_folder(resume)  # again: a run it waited for may have written to this folder

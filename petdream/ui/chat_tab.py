@@ -54,9 +54,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         last_prompt = gr.State("")
         teaching = gr.State("")  # the run id of the Teach training this page shows
 
-    def shown(owner, pet_id, history, pictures) -> gr.Chatbot:
-        """The chat with each rated picture's thumb as it was rated: a new value alone would clear them."""
-        liked = {image.id: image.liked for image in service.store.images(owner, pet_id)} if pet_id else {}
+    def shown(history, pictures, images) -> gr.Chatbot:
+        """The chat with each rated picture's thumb as it was rated (`images`: the pet's, from the store):
+        a new value alone would clear them."""
+        liked = {image.id: image.liked for image in images}
         verdicts = {True: "Like", False: "Dislike"}
         return gr.Chatbot(history, feedback_value=[verdicts.get(liked.get(pictures.get(i)))
                                                    for i, m in enumerate(history) if m["role"] == "assistant"])
@@ -66,21 +67,22 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         owner = owner_of(browser_id, request, profile)
         keeps = service.store.chat_consent(owner) is not None
         if not pet_id or not keeps:
-            return shown(owner, None, [], {}), {}, keeps
-        images = {str(image.path): image.id for image in service.store.images(owner, pet_id)}
+            return shown([], {}, []), {}, keeps
+        images = service.store.images(owner, pet_id)
+        image_ids = {str(image.path): image.id for image in images}
         history, pictures = [], {}
         for turn in service.store.chat_turns(owner, pet_id)[-KEPT_TURNS_SHOWN:]:
             if turn.text:  # a New picture's turn has only its picture
                 history.append({"role": turn.role, "content": turn.text})
             if turn.image_path is not None and Path(turn.image_path).is_file():
-                history.append({"role": "assistant", "content": {"path": served_copy(owner, turn.image_path)}})
-                if str(turn.image_path) in images:
-                    pictures[len(history) - 1] = images[str(turn.image_path)]
-        return shown(owner, pet_id, history, pictures), pictures, keeps
+                history.append(_picture(owner, turn.image_path))
+                if str(turn.image_path) in image_ids:
+                    pictures[len(history) - 1] = image_ids[str(turn.image_path)]
+        return shown(history, pictures, images), pictures, keeps
 
     def rated(pet_id, history, pictures, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """After a reply: the chat with its thumbs as rated (the reply's new value cleared them on the page)."""
-        return shown(owner_of(browser_id, request, profile), pet_id, history, pictures)
+        return shown(history, pictures, service.store.images(owner_of(browser_id, request, profile), pet_id))
 
     def respond(text, pet_id, name, age, occupation, history, pictures, browser_id, request: gr.Request,
                 profile: gr.OAuthProfile | None = None):
@@ -137,8 +139,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
             if notice != DISCLOSURE:  # the disclosure is always on screen above the chat
                 history.append(_notice(notice))
         if picture is not None:
-            history.append({"role": "assistant", "content": {"path": served_copy(owner, picture.path),
-                                                             "alt_text": picture.prompt}})
+            history.append(_picture(owner, picture.path, picture.prompt))
             pictures = {**pictures, len(history) - 1: picture.image_id}
         yield history, pictures, turn.image_prompt, gr.skip()  # the thumbs are shown again in `rated` (below)
 
@@ -148,10 +149,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         if not pet_id or not prompt:
             raise gr.Error("Send a message first; then a new picture of the same scene can be drawn.")
         picture = service.draw(owner, pet_id, prompt, in_chat=True)
-        history = list(history or []) + [{"role": "assistant", "content": {"path": served_copy(owner, picture.path),
-                                                                            "alt_text": picture.prompt}}]
+        history = list(history or []) + [_picture(owner, picture.path, picture.prompt)]
         pictures = {**pictures, len(history) - 1: picture.image_id}
-        return shown(owner, pet_id, history, pictures), pictures
+        return shown(history, pictures, service.store.images(owner, pet_id)), pictures
 
     def rate(pictures, browser_id, liked: gr.LikeData, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
@@ -227,6 +227,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
     list_pets = trained_pets(service)
     tab.select(list_pets, inputs=[pet, browser_id], outputs=pet, api_visibility="private")
     return {"list_pets": (list_pets, [pet, browser_id], [pet])}
+
+
+def _picture(owner: str, path, prompt: str | None = None) -> dict:
+    """A picture of `owner`'s pet as a chat message (a copy for Gradio to serve; see `served_copy`)."""
+    return {"role": "assistant", "content": {"path": served_copy(owner, path), "alt_text": prompt}}
 
 
 def _notice(text: str) -> dict:

@@ -45,11 +45,12 @@ def browser_state_secret(data_dir: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return path.read_text().strip()
+    secret = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_urlsafe(32))
+        file.write(secret)
         file.flush()
         os.fsync(file.fileno())
-    return path.read_text().strip()
+    return secret
 
 
 def oauth_enabled() -> bool:

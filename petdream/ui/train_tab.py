@@ -144,22 +144,24 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                 return
             time.sleep(POLL_SECONDS)
 
-    def reconnect(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        """After a reload (or in another tab): follow the person's training that is still waiting or running,
-        or, just signed in, the one this browser started before."""
+    def live_training(browser_id, request: gr.Request, profile: gr.OAuthProfile | None):
+        """The person's training that is still waiting or running, or, just signed in, the one this browser
+        started before (None if neither)."""
         job = service.live_training(owner_of(browser_id, request, profile))
         browser = browser_owner(browser_id, profile)
         if job is None and browser is not None:
             job = service.live_training(browser)
+        return job
+
+    def reconnect(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """After a reload (or in another tab): follow the person's live training."""
+        job = live_training(browser_id, request, profile)
         if job is not None:
             yield from follow(job.owner, job.run_id)
 
     def controls_for(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """The controls as they fit whether the person has a live training (the one `reconnect` follows)."""
-        owner = owner_of(browser_id, request, profile)
-        browser = browser_owner(browser_id, profile)
-        training = (service.live_training(owner) is not None
-                    or (browser is not None and service.live_training(browser) is not None))
+        training = live_training(browser_id, request, profile) is not None
         return controls(training, shown=True if training else None)
 
     def stop(run, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
@@ -247,11 +249,12 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     refresh_resumable = (list_resumable, [browser_id], [resumable, unfinished])  # a run that just stopped is offered at once
     # One training followed at a time: Train and Resume rest while it is, and Cancel only works then. Only the
     # status line shows progress, and an error: Gradio's "Error" badge on the chart read as a broken training.
-    busy = (lambda: controls(True, shown=True))
-    idle, refused = (lambda: controls(False)), (lambda: controls(False, shown=False))
+    busy, idle = (lambda: controls(True, shown=True)), (lambda: controls(False))
+    refused = (lambda: controls(False, shown=False))
+    training_controls = [train, cancel, resume, live]
     for clicked, fn, fn_inputs, api_name in ((train.click, start, inputs, "train"),
                                              (resume.click, resume_run, [resumable, browser_id], "resume_training")):
-        while_busy(clicked, [train, cancel, resume, live], busy, idle, fn, fn_inputs, outputs, failed=refused,
+        while_busy(clicked, training_controls, busy, idle, fn, fn_inputs, outputs, failed=refused,
                    api_name=api_name, concurrency_limit=None, show_progress_on=status).then(
             *refresh_resumable, api_visibility="private")
     cancel.click(stop, inputs=[run_id, browser_id], api_name="cancel_training")
@@ -273,11 +276,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     def follow_after(event):
         """`event` (the page's load) followed by following the person's live training, if any; then the
         controls as they fit then (a Train clicked meanwhile may have started another)."""
-        following = event.then(controls_for, [browser_id], [train, cancel, resume, live], api_visibility="private").then(
+        following = event.then(controls_for, [browser_id], training_controls, api_visibility="private").then(
             reconnect, [browser_id], outputs, api_name="follow_training", concurrency_limit=None,  # streams until it ends
             show_progress_on=status)
         for after in (following.then, following.failure):
-            after(controls_for, [browser_id], [train, cancel, resume, live], api_visibility="private").then(
+            after(controls_for, [browser_id], training_controls, api_visibility="private").then(
                 *refresh_resumable, api_visibility="private")
         return following
 

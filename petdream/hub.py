@@ -27,6 +27,8 @@ import logging
 import os
 import re
 import shutil
+import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,14 +438,10 @@ class PetHub:
                 retryable = status in RETRY_STATUS or (status is None and _is_network_error(error))
                 if not retryable:
                     raise HubError(self._explain(action, repo_id, status, error, size), status=status) from None
-                if attempt == self.retry.tries:
-                    problem = f"HTTP {status}" if status else self._redact(_short(error))
-                    raise HubError(
-                        f"The Hub at {self.endpoint} did not answer properly {self.retry.tries} times in a row "
-                        f"({problem}) while PetDream tried to {_ACTIONS.get(action, action)}"
-                        f"{f' {repo_id}' if repo_id else ''}. It may be down or your connection may be; "
-                        "nothing is lost, try again in a few minutes.", status=status,
-                    ) from None
+                # A name that does not resolve means no connection or a mistyped endpoint: one more try, not 14 s.
+                tries = min(2, self.retry.tries) if _in_chain(error, socket.gaierror) else self.retry.tries
+                if attempt >= tries:
+                    raise HubError(self._gave_up(action, repo_id, status, error, tries), status=status) from None
                 wait = self.retry.delay(attempt, retry_after)
                 logger.warning("the Hub failed to %s (%s); try %d of %d in %.0f s", _ACTIONS.get(action, action),
                                f"HTTP {status}" if status else type(error).__name__, attempt + 1,
@@ -490,12 +488,22 @@ class PetHub:
         if status is not None:
             return (f"The Hub refused to {_ACTIONS.get(action, action)} {repo} (HTTP {status}): {server}. "
                     "Check the repo id and your token, then try again.")
-        if isinstance(error, _Incomplete) or _is_network_error(error):
-            return f"Could not reach the Hub at {self.endpoint} ({server}). Check your connection and --endpoint."
         if isinstance(error, ValueError):  # huggingface_hub's own checks, e.g. invalid card metadata
             return f"Could not {_ACTIONS.get(action, action)} {repo}: {server}"
         return (f"Could not {_ACTIONS.get(action, action)} {repo} on {self.endpoint} ({type(error).__name__}: "
                 f"{server}). Check the endpoint (--endpoint or HF_ENDPOINT) points at a Hugging Face Hub.")
+
+    def _gave_up(self, action: str, repo_id: str | None, status: int | None, error: Exception, tries: int) -> str:
+        """The message once every try failed in a way that may pass (a busy Hub, no connection)."""
+        doing = f"{_ACTIONS.get(action, action)}{f' {repo_id}' if repo_id else ''}"
+        if status is not None:
+            return (f"The Hub at {self.endpoint} did not answer properly {tries} times in a row (HTTP {status}) "
+                    f"while PetDream tried to {doing}. It may be down or busy; nothing is lost, try again in a "
+                    "few minutes.")
+        endpoint_hint = "" if self.endpoint == DEFAULT_ENDPOINT else " and the endpoint (--endpoint or HF_ENDPOINT)"
+        return (f"Could not reach the Hub at {self.endpoint} to {doing} ({tries} tries): "
+                f"{self._redact(_unreachable(error))}. Nothing is lost: check your internet connection"
+                f"{endpoint_hint}, then try again.")
 
     def _redact(self, text: str) -> str:
         """The text with the token cut out, wherever a server or library echoed it."""
@@ -961,6 +969,21 @@ def _is_network_error(error: BaseException) -> bool:
         except (ImportError, AttributeError):
             pass
     return _in_chain(error, transport)
+
+
+def _unreachable(error: BaseException) -> str:
+    """Why a network error kept PetDream from the Hub, in words (the libraries say "[Errno -2] ...")."""
+    if _in_chain(error, _Incomplete):
+        return f"the download stopped early: {_short(next(e for e in _chain(error) if isinstance(e, _Incomplete)))}"
+    if _in_chain(error, socket.gaierror):
+        return "its address could not be looked up, so this machine seems to be offline or the address is mistyped"
+    if _in_chain(error, ConnectionRefusedError):
+        return "nothing answers at that address (connection refused)"
+    if _in_chain(error, ssl.SSLError):
+        return f"the secure connection failed ({_short(error)})"
+    if any("timeout" in type(e).__name__.lower() for e in _chain(error)):
+        return "it did not answer in time"
+    return f"the connection failed ({_short(error)})"
 
 
 def _capital(text: str) -> str:

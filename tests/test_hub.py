@@ -65,6 +65,8 @@ def hub_environment(monkeypatch, tmp_path):
         return connect(sock, address)
 
     def resolve_loopback_only(host, *args, **kwargs):
+        if host.endswith(".invalid"):  # never resolves (RFC 6761): answered as a resolver would
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         if host not in local:
             attempts.append(host)
             raise socket.gaierror(f"test guard: no look-ups of {host} (only the fake Hub)")
@@ -410,9 +412,26 @@ def test_an_unreachable_hub_is_retried_then_explained(tiny, tmp_path, sleeps):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     hub = PetHub(TOKEN, endpoint=f"http://127.0.0.1:{port}", retry=Retry(tries=3, sleep=sleeps))
-    with pytest.raises(HubError, match=f"The Hub at http://127.0.0.1:{port} did not answer properly 3 times"):
+    with pytest.raises(HubError) as failure:
         hub.push(make_lora_pet(tmp_path / "bruno", tiny))
     assert sleeps == [2, 4]
+    assert str(failure.value).startswith(
+        f"Could not reach the Hub at http://127.0.0.1:{port} to check your token (3 tries): nothing "
+        "answers at that address (connection refused). Nothing is lost: check your internet connection and the "
+        "endpoint (--endpoint or HF_ENDPOINT), then try again. Your pet model at")
+
+
+def test_a_hub_whose_name_does_not_resolve_is_tried_twice_and_called_offline(tmp_path, sleeps):
+    """No connection at all (or a mistyped address) is not worth 14 s of retries, nor "[Errno -2] ..." as
+    the explanation. `.invalid` never resolves (RFC 6761), online or not."""
+    hub = PetHub(endpoint="http://hub.petdream.invalid", retry=Retry(tries=4, sleep=sleeps))
+    with pytest.raises(HubError) as failure:
+        hub.pull("sam/petdream-bruno", tmp_path / "bruno")
+    assert sleeps == [2]
+    message = str(failure.value)
+    assert message.startswith("Could not reach the Hub at http://hub.petdream.invalid to download sam/petdream-bruno "
+                              "(2 tries): its address could not be looked up, so this machine seems to be offline")
+    assert "Errno" not in message and not (tmp_path / "bruno").exists()
 
 
 @pytest.mark.parametrize("method, path, status, phrases", [

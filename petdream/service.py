@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -36,6 +36,21 @@ logger = logging.getLogger(__name__)
 FURTHER_TRAINING_STEPS = 100  # a short run from the current weights with the liked pictures added
 BUSY = "A picture, an evaluation or a Hub transfer of yours is under way"  # why a delete or a move waits
 FORGET_EVERY_S = 24 * 3600  # how often idle browser sessions are looked for again (a Space may run for weeks)
+
+
+def pet_labels(pets: list[PetRecord]) -> dict[str, str]:
+    """What each of one owner's `pets` is called on screen, by pet id: its name, or, where pets share a name,
+    the name with a number and when it was made, "Bruno #2 (27 Nov 08:44 UTC)", numbered among all of the
+    owner's pets, so every list and every message names a pet alike: picking one to delete must not be a guess."""
+    names = Counter(pet.name for pet in pets)
+    seen: Counter = Counter()
+    labels = {}
+    for pet in sorted(pets, key=lambda pet: pet.created_at):
+        seen[pet.name] += 1
+        labels[pet.id] = pet.name
+        if names[pet.name] > 1:
+            labels[pet.id] += f" #{seen[pet.name]} ({datetime.fromisoformat(pet.created_at):%d %b %H:%M} UTC)"
+    return labels
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,10 @@ class PetDreamService:
     def pets(self, owner: str, trained_only: bool = False) -> list[PetRecord]:
         return [p for p in self.store.pets(owner) if p.model_dir is not None or not trained_only]
 
+    def pet_label(self, owner: str, pet_id: str) -> str:
+        """What `owner`'s pet is called on screen (see `pet_labels`): its name, unless another of theirs shares it."""
+        return pet_labels(self.store.pets(owner))[pet_id]
+
     def delete_pet(self, owner: str, pet_id: str) -> str:
         """Delete the pet with its photos, models, pictures, trainings and chats about it; returns its
         name. Refused while one of its trainings waits or runs: cancel that first."""
@@ -233,7 +252,8 @@ class PetDreamService:
             model = self.pet_model(owner, pet_id)
             liked = self.store.liked_images(owner, pet_id)
             if not liked:
-                raise ValueError(f"No liked pictures of {record.name} yet: rate pictures in the chat with a thumbs up.")
+                raise ValueError(f"No liked pictures of {self.pet_label(owner, pet_id)} yet: rate pictures in the chat "
+                                 "with a thumbs up.")
             config = TrainingConfig.from_dict({**model.training, "steps": FURTHER_TRAINING_STEPS})
             run = self.store.add_run(owner, pet_id, config.to_dict(), init_model_dir=model.path)
             photos = self.store.paths(owner, pet_id).run_photos(run.id)
@@ -247,7 +267,7 @@ class PetDreamService:
         with self.owners.work(owner):
             run = self.store.run(owner, run_id)
             record = self.store.pet(owner, run.pet_id)
-            cannot = f"{record.name}'s training cannot be resumed now"
+            cannot = f"{self.pet_label(owner, record.id)}'s training cannot be resumed now"
             if self.training_is_live(owner, run_id):  # already back in line, or running
                 raise ValueError(f"{cannot}: {self.training(owner, run_id).summary(self.trainings.position(run_id))}")
             if not run.resumable:
@@ -283,7 +303,9 @@ class PetDreamService:
 
     def _queue(self, owner: str, record: PetRecord, run_id: str, config: TrainingConfig, resume: bool,
                init_model: PetModel | None = None) -> TrainingJob:
-        job = TrainingJob(run_id=run_id, owner=owner, pet_name=record.name, total_steps=config.steps)
+        # Named as the lists name it: with two Brunos, the status line and Teach's messages say which one trains.
+        job = TrainingJob(run_id=run_id, owner=owner, pet_name=self.pet_label(owner, record.id),
+                          total_steps=config.steps)
         self.trainings.submit(job, lambda job: self._train(job, record, config, resume, init_model))
         return job
 
@@ -342,7 +364,7 @@ class PetDreamService:
                 store.finish_run(owner, job.run_id, event.model.path, metrics={
                     "steps": event.model.training.get("steps_done"), "seconds": round(event.seconds, 1),
                     "final_loss": event.final_loss})
-                job.message, job.status = f"{record.name} is ready: chat with them on the Chat tab.", "finished"
+                job.message, job.status = f"{job.pet_name} is ready: chat with them on the Chat tab.", "finished"
             elif isinstance(event, Failed):
                 store.update_run(owner, job.run_id, status="failed", error=event.reason,
                                  metrics={"resumable": event.resumable})
@@ -371,7 +393,7 @@ class PetDreamService:
                 on_drawing()
             picture = self.draw(owner, pet_id, turn.image_prompt, turn.negative_prompt)
         self.store.add_chat_turn(owner, "assistant", turn.reply, pet_id=pet_id, mood=turn.mood,
-                                 image_path=picture.path if picture else None)
+                                 image_path=picture.path if picture else None, crisis=turn.safety.is_crisis)
         return turn, picture
 
     def draw(self, owner: str, pet_id: str, prompt: str, negative_prompt: str | None = None,

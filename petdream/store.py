@@ -132,6 +132,13 @@ MIGRATIONS = [
     """
     CREATE TABLE deletions (entry TEXT PRIMARY KEY, created_at TEXT NOT NULL);
     """,
+    # Whether a kept reply is the crisis message, which the chat sets apart under its title, kept or live.
+    # Replies kept before this was recorded are found by how the crisis message began and ended then.
+    """
+    ALTER TABLE chat_turns ADD COLUMN crisis INTEGER NOT NULL DEFAULT 0 CHECK (crisis IN (0, 1));
+    UPDATE chat_turns SET crisis = 1 WHERE role = 'assistant'
+        AND text LIKE 'I''m really glad you told me.%I''m still here with you while you reach out.';
+    """,
 ]
 
 
@@ -273,6 +280,7 @@ class ChatTurn:
     mood: str | None
     image_path: Path | None
     created_at: str
+    crisis: bool  # the companion's crisis reply (with its helplines), not an ordinary one
 
 
 @dataclass(frozen=True)
@@ -406,8 +414,9 @@ class Store:
             values[name] = self._from_db(values[name])
         for name in values.keys() & {"config", "metrics"}:
             values[name] = json.loads(values[name])
-        if values.get("liked") is not None:
-            values["liked"] = bool(values["liked"])
+        for name in values.keys() & {"liked", "crisis"}:
+            if values[name] is not None:
+                values[name] = bool(values[name])
         return cls(**values)
 
     def paths(self, owner: str, pet_id: str) -> PetPaths:
@@ -728,8 +737,10 @@ class Store:
     # chat
 
     def add_chat_turn(self, owner: str, role: str, text: str, *, pet_id: str | None = None,
-                      mood: str | None = None, image_path: str | Path | None = None) -> ChatTurn | None:
-        """Keep one chat message, only if `owner` consented; otherwise keep nothing and return None."""
+                      mood: str | None = None, image_path: str | Path | None = None,
+                      crisis: bool = False) -> ChatTurn | None:
+        """Keep one chat message, only if `owner` consented; otherwise keep nothing and return None.
+        crisis: the message is the companion's crisis reply."""
         if role not in CHAT_ROLES:
             raise ValueError(f"role must be one of {', '.join(CHAT_ROLES)}; got {role!r}")
         with self._write() as conn:  # consent is read in the same transaction as the insert
@@ -738,9 +749,10 @@ class Store:
                 return None
             if pet_id is not None:
                 self.pet(owner, pet_id)
-            turn_id = conn.execute("INSERT INTO chat_turns (owner, pet_id, role, text, mood, image_path, created_at) "
-                                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                   (owner, pet_id, role, text, mood, self._to_db(image_path), utc_now())).lastrowid
+            turn_id = conn.execute("INSERT INTO chat_turns (owner, pet_id, role, text, mood, image_path, created_at, "
+                                   "crisis) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                   (owner, pet_id, role, text, mood, self._to_db(image_path), utc_now(),
+                                    int(crisis))).lastrowid
         return self._row(ChatTurn, self._conn().execute("SELECT * FROM chat_turns WHERE id = ?", (turn_id,)).fetchone())
 
     def chat_turns(self, owner: str, pet_id: str | None = None) -> list[ChatTurn]:

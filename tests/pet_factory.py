@@ -60,3 +60,12 @@ def _write(folder: Path, profile: Profile, method: str, pet: Pet) -> PetModel:
     )
     model.write_metadata()
     return PetModel.load(folder)
+
+
+def add_trained_pet(store, owner: str, profile: Profile, *, name: str, class_noun="dog", seed=1):
+    """A trained pet of `owner` in `store`, the newest of theirs, made without training: its model is
+    `make_lora_pet`'s, in the pet's own folder (so deleting the pet deletes it)."""
+    record = store.add_pet(owner, name, class_noun, name.lower())
+    model = make_lora_pet(store.paths(owner, record.id).runs / "made-by-tests", profile, name=name,
+                          trigger=name.lower(), class_noun=class_noun, seed=seed)
+    return store.update_pet(owner, record.id, model_dir=model.path)

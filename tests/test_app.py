@@ -6,10 +6,12 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from pet_factory import add_trained_pet
 from photo_factory import make_photo
 
 from conftest import REPO
@@ -65,6 +67,12 @@ def train(app, key: str, photos, name: str = "Bruno") -> str:
 def handler(app, name: str):
     """One of `app`'s event handlers, by its API name or (for private ones) its function's name."""
     return next(f.fn for f in app.fns.values() if name in (f.api_name, f.fn.__name__))
+
+
+def listed_as(service, owner: str, pet_id: str, number: int) -> str:
+    """How the lists call `owner`'s pet `pet_id`, the `number`th of theirs with its name."""
+    pet = service.store.pet(owner, pet_id)
+    return f"{pet.name} #{number} ({datetime.fromisoformat(pet.created_at):%d %b %H:%M} UTC)"
 
 
 def until_training_shows(job, timeout=120):
@@ -197,22 +205,92 @@ def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(s
     assert empty(show_kept(pet, ALICE, None)) and service.store.chat_turns(owner) == []
 
 
-def test_training_another_pet_of_the_same_name_says_how_it_is_listed(served_app, alices_pet, photo_files,
-                                                                      monkeypatch):
+def test_a_namesakes_training_says_which_pet_it_is_and_keeps_its_photos_unless_it_finishes(served_app, alices_pet,
+                                                                                          photo_files, monkeypatch):
     import gradio as gr
 
     told = []
     monkeypatch.setattr(gr, "Info", told.append)
     service, owner = served_app.petdream_service, f"session:{ALICE}"
-    run, *_ = next(handler(served_app, "train")(photo_files, "Bruno", "dog", "tiny", None, 2000, 0, 0, 0, "off",
-                                                ALICE, None))
-    job = service.training(owner, run)
-    service.cancel_training(owner, run)
-    while not job.done:
-        time.sleep(0.1)
-    service.delete_pet(owner, service.store.run(owner, run).pet_id)
-    assert told == ["You already have a pet named Bruno: this trains another, listed as Bruno #2. To teach the "
-                    "first one more, use Teach on the Chat tab."]
+    following = handler(served_app, "train")(photo_files, "Bruno", "dog", "tiny", None, 2000, 0, 0, 0, "off", ALICE,
+                                             None)
+    run, status, *_ = next(following)
+    second = service.store.run(owner, run).pet_id
+    label = listed_as(service, owner, second, 2)
+    while not status.startswith("Training "):
+        _, status, *_ = next(following)
+    try:
+        assert status.startswith(f"Training {label}: step ")  # the status line says which Bruno trains
+        assert told == [f"You already have a pet named Bruno: this trains another, listed as {label}. To teach the "
+                        "first one more, use Teach on the Chat tab."]
+    finally:
+        service.cancel_training(owner, run)
+        for _, status, *_ in following:  # to its end
+            pass
+    assert status.startswith("⏹ Cancelled at step ")
+    offered, _ = handler(served_app, "list_resumable")(ALICE, None)
+    assert [choice for choice, offered_run in offered.choices if offered_run == run][0].startswith(
+        f"{label}: cancelled at step ")
+    # Not finished: the photos and the name stay where they are, to train again or resume.
+    trained = {"photos": [str(path) for path in photo_files], "name": "Bruno"}
+    ready_for_next_pet = handler(served_app, "ready_for_next_pet")
+    assert ready_for_next_pet(run, trained, trained["photos"], "Bruno", status, ALICE, None) == (gr.skip(),) * 3
+    service.delete_pet(owner, second)
+
+
+def test_a_finished_training_clears_its_photos_and_name_for_the_next_pet(served_app, alices_pet, photo_files,
+                                                                        tmp_path):
+    import gradio as gr
+
+    service, owner = served_app.petdream_service, f"session:{ALICE}"
+    [run] = [run for run in service.store.runs(owner, alices_pet["id"]) if run.init_model_dir is None]
+    ready_for_next_pet = handler(served_app, "ready_for_next_pet")
+    trained = {"photos": [str(path) for path in photo_files], "name": "Bruno"}  # what Train sent
+    finished = "✅ Bruno is ready: chat with them on the Chat tab."
+    assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", finished, ALICE, None) == (
+        None, "", f"{finished}\n\nReady for your next pet: Bruno's photos and name are cleared above.")
+    # A photo added and a name typed while it trained are the next pet's: they stay.
+    added = str(tmp_path / "next-pet.jpg")
+    assert ready_for_next_pet(run.id, trained, [*trained["photos"], added], "Milo", finished, ALICE, None) == (
+        [added], gr.skip(), f"{finished}\n\nReady for your next pet: Bruno's photos are cleared above; the photos "
+                            "added while it trained stay.")
+    assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", "", BOB, None) == (gr.skip(),) * 3
+
+
+def test_the_chat_chooses_the_pet_last_chatted_with_in_this_browser_while_it_is_still_there(served_app, alices_pet,
+                                                                                           tiny):
+    key, service = "m" * 40, served_app.petdream_service
+    owner = f"session:{key}"
+    older, newer = (add_trained_pet(service.store, owner, tiny, name=name) for name in ("Nala", "Milo"))
+    chat_pets = handler(served_app, "list_chat_pets")  # on the page's load, with the pet this browser remembers
+    try:
+        assert chat_pets(None, key, "", None).value == newer.id  # never chatted here: the newest
+        assert chat_pets(None, key, older.id, None).value == older.id  # the page opened again
+        assert chat_pets(newer.id, key, older.id, None).value == newer.id  # a pet chosen on the page stays chosen
+        assert chat_pets(None, key, alices_pet["id"], None).value == newer.id  # someone else's pet: never
+        service.delete_pet(owner, older.id)
+        assert chat_pets(None, key, older.id, None).value == newer.id  # deleted since
+    finally:
+        service.forget_owner(owner)
+
+
+def test_a_kept_crisis_reply_is_set_apart_under_its_title_as_it_was_live(served_app, alices_pet):
+    from petdream.companion.safety import CRISIS_MESSAGE
+    from petdream.ui.chat_tab import CRISIS_TITLE
+
+    api, pet = client(served_app), alices_pet["id"]
+    consent, show_kept = handler(served_app, "consent"), handler(served_app, "show_kept")
+    consent(True, ALICE, None)
+    try:
+        chat = api.submit("I want to end my life", pet, "", "", "", [], ALICE, api_name="/chat")
+        chat.result(timeout=300)
+        [live] = [message for message in chat.outputs()[-1][0] if message["role"] == "assistant"]
+        view, *_ = show_kept(pet, ALICE, None)  # the person comes back and chooses the pet
+        [kept] = [message for message in view.value if message["role"] == "assistant"]
+    finally:
+        consent(False, ALICE, None)
+    assert live["metadata"]["title"] == kept["metadata"]["title"] == CRISIS_TITLE
+    assert live["content"][0]["text"] == kept["content"][0]["text"] == CRISIS_MESSAGE
 
 
 def test_another_person_sees_none_of_the_pets_pictures_or_files(served_app, alices_pet, data_dir):
@@ -265,9 +343,11 @@ def test_a_browser_finds_its_pets_again_after_a_restart(served_app, data_dir, tm
 
     from petdream.ui.session import browser_state_secret
 
-    [state] = [block for block in served_app.blocks.values() if isinstance(block, gr.BrowserState)]
-    # What a restart over the same data dir reads (another data dir has a key of its own).
-    assert state.secret == browser_state_secret(data_dir) != browser_state_secret(tmp_path)
+    states = {block.storage_key: block for block in served_app.blocks.values() if isinstance(block, gr.BrowserState)}
+    assert sorted(states) == ["petdream-browser-id", "petdream-chat-pet"]  # its owner key, the pet last chatted with
+    for state in states.values():
+        # What a restart over the same data dir reads (another data dir has a key of its own).
+        assert state.secret == browser_state_secret(data_dir) != browser_state_secret(tmp_path)
     assert len(state.secret) >= 32 and (data_dir / "browser-state.secret").stat().st_mode & 0o777 == 0o600
 
 
@@ -453,22 +533,28 @@ def test_a_cancelled_teach_run_resumes_after_a_later_one_learned_more_liked_pict
     assert 0 < len(resumed.losses) < resumed.total_steps  # it went on from its checkpoint
 
 
-def test_teaching_from_the_chat_can_be_stopped_there_and_is_offered_for_resuming(served_app, alices_pet):
+def test_teaching_from_the_chat_can_be_stopped_there_and_is_offered_for_resuming(served_app, alices_pet, tiny):
+    """With another Bruno about, the messages say which one is taught, as the lists call it."""
     service, owner, pet = served_app.petdream_service, f"session:{ALICE}", alices_pet["id"]
     picture = service.draw(owner, pet, "a photo of bruno dog in a garden", seed=31)
     service.rate(owner, picture.image_id, True)
     api = client(served_app)
+    namesake = add_trained_pet(service.store, owner, tiny, name="Bruno")
+    label = listed_as(service, owner, pet, 1)
 
-    teach = api.submit(pet, ALICE, api_name="/train_further")
-    deadline = time.monotonic() + 120
-    while not any("Teaching Bruno with the pictures you liked. Training Bruno: step" in str(update)
-                  for update in teach.outputs()):
-        assert time.monotonic() < deadline and not teach.done(), teach.outputs()
-        time.sleep(0.2)
-    api.predict(ALICE, api_name="/stop_teaching")
-    teach.result(timeout=120)
+    try:
+        teach = api.submit(pet, ALICE, api_name="/train_further")
+        deadline = time.monotonic() + 120
+        while not any(f"Teaching {label} with the pictures you liked. Training {label}: step" in str(update)
+                      for update in teach.outputs()):
+            assert time.monotonic() < deadline and not teach.done(), teach.outputs()
+            time.sleep(0.2)
+        api.predict(ALICE, api_name="/stop_teaching")
+        teach.result(timeout=120)
+    finally:
+        service.delete_pet(owner, namesake.id)
     note = [update for update in teach.outputs() if isinstance(update, str)][-1]  # the last shown
-    assert note.startswith("⏹ Stopped teaching Bruno at step ")
+    assert note.startswith(f"⏹ Stopped teaching {label} at step ")
     assert note.endswith(": resume it under Unfinished trainings on the My pet tab.")
     [run] = [r for r in service.store.resumable_runs(owner) if r.init_model_dir is not None]
     assert run.status == "cancelled" and 0 < run.metrics["step"] < run.config["steps"]

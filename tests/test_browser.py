@@ -16,14 +16,18 @@ from pathlib import Path
 import pytest
 from browser import (ARTIFACTS, VIEWPORT, data_dir_sharing_models, launched_chromium, missing_browser,
                      save_readme_screenshot, screenshot, served_app, stage)
+from pet_factory import add_trained_pet
 
 from conftest import REPO
+from petdream.store import Store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))]
 
 STEPS = 20
 TRAINED = "✅ Bruno is ready: chat with them on the Chat tab."
+READY_FOR_NEXT = "Ready for your next pet: Bruno's photos and name are cleared above."
+HELPLINE = "Text HOME to 741741 to reach the Crisis Text Line."  # a line of the crisis reply
 FEELING = "I feel a bit lonely today"
 # Gradio re-renders asynchronously; these bound each wait on the tiny profile on 2 busy cores.
 PAGE_S, INTAKE_S, TRAIN_S, CHAT_S, EVAL_S = 60, 60, 180, 240, 240
@@ -96,8 +100,10 @@ def newest_image(data_dir: Path) -> int:
         return db.execute("SELECT max(id) FROM images").fetchone()[0]
 
 
-def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
+def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, tiny):
     from playwright.sync_api import expect
+
+    from petdream.ui.chat_tab import CRISIS_TITLE
 
     log = app["log"]
     photos = sorted((dreambench / "dog").glob("*.jpg"))
@@ -132,14 +138,25 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
         page.locator("#train-button").click()
         expect(page.locator("#cancel-button")).to_be_enabled()  # while it trains (loading the model alone takes seconds)
         expect(page.locator("#train-button")).to_be_disabled()
-        expect(page.locator("#train-status")).to_have_text(TRAINED, timeout=TRAIN_S * 1000)
+        expect(page.locator("#train-status")).to_contain_text(TRAINED, timeout=TRAIN_S * 1000)
         expect(page.locator("#train-button")).to_be_enabled()
+        # Ready for the next pet: Bruno's photos and name have left the fields, and the status line says so.
+        expect(page.locator("#train-status")).to_contain_text(READY_FOR_NEXT)
+        expect(page.locator("#photos")).not_to_contain_text(photos[0].name)
+        expect(page.locator("#accepted img")).to_have_count(0)
+        expect(page.locator("#pet-name").get_by_role("textbox")).to_have_value("")
         expect(page.locator("#cancel-button")).to_be_disabled()
         # It trained the steps asked for, and showed its loss and samples on the way.
         expect(page.locator("#train-progress input[type=range]")).to_have_attribute("max", str(STEPS))
         expect(page.locator("#train-progress input[type=range]")).to_have_value(str(STEPS))
         expect(page.locator("#samples img").first).to_be_visible()
         expect(page.locator("#loss-plot canvas, #loss-plot svg").first).to_be_visible()
+
+    with stage(page, "3b-next-pets-photos", log):
+        # The next pet's photos are theirs alone, not added to Bruno's.
+        page.locator("#photos input[type=file]").set_input_files(sorted((dreambench / "cat").glob("*.jpg"))[:3])
+        expect(page.locator("#intake-summary")).to_contain_text("3 photos ready for training", timeout=INTAKE_S * 1000)
+        expect(page.locator("#accepted img")).to_have_count(3)
 
     with stage(page, "4-chat-answered", log):
         page.get_by_role("tab", name="Chat").click()
@@ -185,7 +202,9 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
         expect(page.locator("#eval-pet input[role=combobox]")).to_have_value("Bruno", timeout=PAGE_S * 1000)
         choose(page, "#eval-pet", "Bruno")
         page.locator("#evaluate-button").click()
+        expect(page.locator("#evaluate-button")).to_be_disabled()  # one evaluation at a time
         expect(page.locator("#eval-status")).to_contain_text("✅ Done", timeout=EVAL_S * 1000)
+        expect(page.locator("#evaluate-button")).to_be_enabled()
         metrics = page.locator("#eval-metrics")
         expect(metrics.locator("table").first).to_be_visible()
         for column in ("CLIPScore", "SSIM best", "DINO", "CLIP-I", "CLIP-T"):
@@ -198,6 +217,29 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench):
         expect(page.locator("#eval-chart img")).to_be_visible()
         expect(page.locator("#eval-report")).to_contain_text(".md")
         expect(page.locator("#eval-report")).to_contain_text(".json")
+
+    with stage(page, "7-crisis-kept", log):
+        page.get_by_role("tab", name="Chat").click()
+        page.locator("#chat-consent input[type=checkbox]").check()
+        page.locator("#chat-input").get_by_role("textbox").fill("I want to end my life")
+        page.locator("#send-button").click()
+        expect(chatbot.get_by_text(CRISIS_TITLE)).to_be_visible(timeout=CHAT_S * 1000)  # set apart,
+        expect(chatbot.get_by_text(HELPLINE)).to_be_visible()  # with its resources in sight
+        expect(page.locator("#send-button")).to_be_enabled()
+
+    with stage(page, "8-reloaded", log):
+        # A pet newer than Bruno (made here without training): on the next visit the chat still opens on
+        # Bruno, the pet this browser last chatted with, and shows the kept crisis reply as it was.
+        with Store(app["data_dir"]) as store:
+            owner = store._conn().execute("SELECT owner FROM pets WHERE name = 'Bruno'").fetchone()[0]
+            add_trained_pet(store, owner, tiny, name="Mia", class_noun="cat")
+        page.reload()
+        expect(page.locator("#tiny-banner")).to_be_visible(timeout=PAGE_S * 1000)
+        page.get_by_role("tab", name="Chat").click()
+        expect(page.locator("#chat-pet input[role=combobox]")).to_have_value("Bruno", timeout=PAGE_S * 1000)
+        expect(chatbot.locator("[data-testid=user]")).to_have_text("I want to end my life")
+        expect(chatbot.get_by_text(CRISIS_TITLE)).to_be_visible()
+        expect(chatbot.get_by_text(HELPLINE)).to_be_visible()
 
     assert page.errors == [], f"errors in the page's JavaScript: {page.errors}"
 
@@ -234,6 +276,8 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
         for part in ("#train-progress", "#loss-plot", "#samples"):
             expect(page.locator(part)).to_be_hidden()
         expect(page.locator("#train-button")).to_be_enabled()  # ready for the photos to be fixed
+        expect(page.locator("#accepted img")).to_have_count(2)  # the good photos stay
+        expect(page.locator("#pet-name").get_by_role("textbox")).to_have_value("Bruno")
 
     with stage(page, "chat-refused-without-a-pet", app["log"]):
         page.get_by_role("tab", name="Chat").click()
@@ -243,6 +287,13 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
         expect(page.locator("#chatbot .error")).to_have_count(0)  # the chat itself did not break
         expect(page.locator("#chat-input").get_by_role("textbox")).to_have_value("hello")
         expect(page.locator("#send-button")).to_be_enabled()
+        page.get_by_role("tab", name="My pet").click()
+
+    with stage(page, "evaluate-refused-without-a-pet", app["log"]):
+        page.get_by_role("tab", name="Evaluate").click()
+        page.locator("#evaluate-button").click()
+        expect(page.get_by_text("Choose a trained pet first").first).to_be_visible()
+        expect(page.locator("#evaluate-button")).to_be_enabled()  # back at once, to try again
         page.get_by_role("tab", name="My pet").click()
 
     with stage(page, "delete-refused-until-ticked", app["log"]):

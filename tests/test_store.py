@@ -397,6 +397,26 @@ def test_chats_are_kept_only_with_consent_and_revoking_deletes_them(store):
     assert store.add_chat_turn(ALICE, "user", "still there?") is None and store.chat_turns(ALICE) == []
 
 
+def test_a_kept_crisis_reply_is_known_as_one_also_when_kept_before_that_was_recorded(tmp_path):
+    """The chat sets a crisis reply apart under its title, shown again as it was live: the store says which
+    reply was one, for replies kept before it recorded that too (by the crisis message's wording)."""
+    from petdream.companion.safety import CRISIS_MESSAGE
+
+    at = "2026-01-01T00:00:00.000+00:00"
+    with contextlib.closing(sqlite3.connect(tmp_path / DB_FILE)) as db, db:  # as schema 3 left it
+        for script in MIGRATIONS[:3]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version = 3")
+        db.execute("INSERT INTO owners (key, created_at, chat_consent_at) VALUES (?, ?, ?)", (ALICE, at, at))
+        for role, text in (("user", "I want to end it all"), ("assistant", CRISIS_MESSAGE), ("assistant", "I'm here.")):
+            db.execute("INSERT INTO chat_turns (owner, role, text, created_at) VALUES (?, ?, ?, ?)",
+                       (ALICE, role, text, at))
+    with Store(tmp_path) as store:
+        assert [turn.crisis for turn in store.chat_turns(ALICE)] == [False, True, False]
+        assert store.add_chat_turn(ALICE, "assistant", CRISIS_MESSAGE, crisis=True).crisis is True
+        assert store.add_chat_turn(ALICE, "assistant", "I'm glad you wrote.").crisis is False
+
+
 # --- images and feedback --------------------------------------------------------------------------
 
 def test_rating_an_image_again_replaces_the_rating(store):

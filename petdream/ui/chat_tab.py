@@ -19,7 +19,7 @@ from petdream.companion.safety import DISCLOSURE
 from petdream.service import PetDreamService
 from petdream.store import NotFound
 from petdream.ui.events import while_busy
-from petdream.ui.session import owner_of, served_copy, trained_pets
+from petdream.ui.session import browser_state_secret, owner_of, pet_choices, pet_dropdown, served_copy
 
 POLL_SECONDS = 0.5
 KEPT_TURNS_SHOWN = 100  # of a kept conversation, the newest shown again when its pet is chosen
@@ -53,6 +53,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         pictures = gr.State({})  # chatbot message index -> stored image id, for the thumbs
         last_prompt = gr.State("")
         teaching = gr.State("")  # the run id of the Teach training this page shows
+        # The pet this browser last chatted with, chosen again when the page is next opened (the newest pet
+        # otherwise). Kept in the browser, as its owner key is: the server keeps nothing of an unkept chat.
+        chatted = gr.BrowserState("", storage_key="petdream-chat-pet", secret=browser_state_secret(service.data_dir))
 
     def shown(history, pictures, images) -> gr.Chatbot:
         """The chat with each rated picture's thumb as it was rated (`images`: the pet's, from the store):
@@ -73,7 +76,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         history, pictures = [], {}
         for turn in service.store.chat_turns(owner, pet_id)[-KEPT_TURNS_SHOWN:]:
             if turn.text:  # a New picture's turn has only its picture
-                history.append({"role": turn.role, "content": turn.text})
+                history.append(_reply(turn.text, turn.crisis) if turn.role == "assistant" else
+                               {"role": "user", "content": turn.text})
             if turn.image_path is not None and Path(turn.image_path).is_file():
                 history.append(_picture(owner, turn.image_path))
                 if str(turn.image_path) in image_ids:
@@ -132,9 +136,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
             raise gr.Error(str(error) if isinstance(error, (NotFound, ValueError)) else
                            f"Something went wrong while answering: {error}")
         turn, picture = outcome["turn"], outcome["picture"]
-        history[-1] = {"role": "assistant", "content": turn.reply}
-        if turn.safety.is_crisis:
-            history[-1]["metadata"] = {"title": CRISIS_TITLE}
+        history[-1] = _reply(turn.reply, turn.safety.is_crisis)
         for notice in turn.notices:
             if notice != DISCLOSURE:  # the disclosure is always on screen above the chat
                 history.append(_notice(notice))
@@ -202,6 +204,12 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
     def consent(keep, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         service.store.set_chat_consent(owner_of(browser_id, request, profile), bool(keep))
 
+    def list_chat_pets(current, browser_id, chatted, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """The person's trained pets: the chosen one stays; with none chosen yet (the page just opened), the
+        one last chatted with in this browser, if it is still theirs; else the newest."""
+        owner = owner_of(browser_id, request, profile)
+        return pet_dropdown(pet_choices(service.pets(owner), trained_only=True), current, chatted)
+
     inputs = [message, pet, person_name, age, occupation, chatbot, pictures, browser_id]
     outputs = [chatbot, pictures, last_prompt, message]
     # One message answered at a time: Send and the message box rest until the reply and its picture are in
@@ -211,9 +219,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
                  lambda: (gr.Button(interactive=True), gr.Textbox(interactive=True), gr.Button(interactive=True),
                           gr.Dropdown(interactive=True)))
     for sent, api in ((send.click, {"api_name": "chat"}), (message.submit, {"api_visibility": "private"})):
-        while_busy(sent, [send, message, again, pet], *answering, respond, inputs, outputs,
-                   show_progress_on=message, **api).then(  # a refusal marks the box, not the whole chat "Error"
-            rated, [pet, chatbot, pictures, browser_id], chatbot, api_visibility="private")
+        answered = while_busy(sent, [send, message, again, pet], *answering, respond, inputs, outputs,
+                              show_progress_on=message, **api)  # a refusal marks the box, not the whole chat "Error"
+        answered.then(rated, [pet, chatbot, pictures, browser_id], chatbot, api_visibility="private")
+        answered.then(lambda pet_id: pet_id, pet, chatted, api_visibility="private")
     again.click(redraw, inputs=[pet, last_prompt, chatbot, pictures, browser_id], outputs=[chatbot, pictures],
                 api_visibility="private")
 
@@ -224,9 +233,16 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
     stop_teaching.click(stop_teaching_run, inputs=[teaching, browser_id], api_name="stop_teaching")
     keep.input(consent, inputs=[keep, browser_id], api_visibility="private")  # the person's click, not show_kept's
     pet.change(show_kept, inputs=[pet, browser_id], outputs=[chatbot, pictures, keep], api_visibility="private")
-    list_pets = trained_pets(service)
-    tab.select(list_pets, inputs=[pet, browser_id], outputs=pet, api_visibility="private")
-    return {"list_pets": (list_pets, [pet, browser_id], [pet])}
+    tab.select(list_chat_pets, inputs=[pet, browser_id, chatted], outputs=pet, api_visibility="private")
+    return {"list_pets": (list_chat_pets, [pet, browser_id, chatted], [pet])}
+
+
+def _reply(text: str, crisis: bool) -> dict:
+    """The companion's reply as a chat message; a crisis reply set apart under its title, live or kept."""
+    message = {"role": "assistant", "content": text}
+    if crisis:
+        message["metadata"] = {"title": CRISIS_TITLE}
+    return message
 
 
 def _picture(owner: str, path, prompt: str | None = None) -> dict:

@@ -7,6 +7,7 @@ import gradio as gr
 from petdream.evaluation import EvaluationConfig, Failed, Finished, Note, Progress, load_prompts
 from petdream.service import PetDreamService
 from petdream.store import NotFound
+from petdream.ui.events import while_busy
 from petdream.ui.session import owner_of, served_copy, trained_pets
 
 QUICK_PROMPTS = 4
@@ -59,8 +60,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         except NotFound as error:
             raise gr.Error(str(error)) from None
 
-    run.click(evaluate, inputs=[pet, size, steps, browser_id], outputs=[status, metrics, grid, chart, report],
-              api_name="evaluate", show_progress_on=status)  # a refusal marks the status line, not every panel
+    # Evaluate rests while its evaluation runs (minutes on a GPU): a second click would queue a second one.
+    while_busy(run.click, [run], lambda: gr.Button(interactive=False), lambda: gr.Button(interactive=True), evaluate,
+               [pet, size, steps, browser_id], [status, metrics, grid, chart, report], api_name="evaluate",
+               show_progress_on=status)  # a refusal marks the status line, not every panel
     list_pets = trained_pets(service)
     tab.select(list_pets, inputs=[pet, browser_id], outputs=pet, api_visibility="private")
     return {"list_pets": (list_pets, [pet, browser_id], [pet])}

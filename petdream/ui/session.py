@@ -16,12 +16,11 @@ import stat
 import tempfile
 import time
 import uuid
-from collections import Counter
-from datetime import datetime
 from pathlib import Path
 
 import gradio as gr
 
+from petdream.service import pet_labels
 from petdream.store import new_session_id, owner_digest, session_owner, user_owner
 
 _PROCESS_SECRET = secrets.token_bytes(32)
@@ -180,20 +179,17 @@ def _served_root() -> Path:
 
 
 def pet_choices(pets, trained_only: bool = False) -> list[tuple[str, str]]:
-    """(label, pet id) for a dropdown of all `pets` of one owner (the trained ones only with `trained_only`).
-    Pets of the same name are told apart by number and when they were made, "Bruno #2 (27 Nov 08:44 UTC)",
-    numbered among all of them so every list names a pet alike: picking one to delete must not be a guess."""
-    names = Counter(pet.name for pet in pets)
-    seen: Counter = Counter()
-    choices = []
-    for pet in sorted(pets, key=lambda pet: pet.created_at):
-        seen[pet.name] += 1
-        label = pet.name
-        if names[pet.name] > 1:
-            label += f" #{seen[pet.name]} ({datetime.fromisoformat(pet.created_at):%d %b %H:%M} UTC)"
-        if pet.model_dir is not None or not trained_only:
-            choices.append((label, pet.id))
-    return choices
+    """(label, pet id) for a dropdown of all `pets` of one owner, oldest first (the trained ones only with
+    `trained_only`), each labelled as `pet_labels` names it: "Bruno #2 (27 Nov 08:44 UTC)" where names are shared."""
+    labels = pet_labels(pets)
+    return [(labels[pet.id], pet.id) for pet in sorted(pets, key=lambda pet: pet.created_at)
+            if pet.model_dir is not None or not trained_only]
+
+
+def pet_dropdown(choices: list[tuple[str, str]], *wanted: str | None) -> gr.Dropdown:
+    """A dropdown of pet `choices` set to the first of the `wanted` pet ids that is among them, else the newest."""
+    ids = [pet_id for _, pet_id in choices]
+    return gr.Dropdown(choices, value=next((pet_id for pet_id in wanted if pet_id in ids), ids[-1] if ids else None))
 
 
 def trained_pets(service):
@@ -201,8 +197,6 @@ def trained_pets(service):
 
     def list_pets(current, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
-        choices = pet_choices(service.pets(owner), trained_only=True)
-        ids = [pet_id for _, pet_id in choices]
-        return gr.Dropdown(choices, value=current if current in ids else (ids[-1] if ids else None))
+        return pet_dropdown(pet_choices(service.pets(owner), trained_only=True), current)
 
     return list_pets

@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from petdream.photos import MAX_PHOTOS, NotEnoughPhotosError
-from petdream.service import PetDreamService
+from petdream.service import PetDreamService, pet_labels
 from petdream.store import NotFound
 from petdream.hub import HubError, MissingPetInfo
 from petdream.ui.events import while_busy
@@ -58,6 +58,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, elem_id="loss-plot")
             samples = gr.Gallery(label="Samples as it learns", columns=4, height="auto", elem_id="samples")
         run_id = gr.State("")
+        trained = gr.State(None)  # {"photos", "name"} as Train sent them: taken out of the fields once it finishes
         with gr.Accordion("Hugging Face Hub: keep your pet's model, or bring one back", open=False):
             with gr.Row():
                 hub_pet = gr.Dropdown([], label="Pet to push", allow_custom_value=True, elem_id="hub-pet")
@@ -103,11 +104,26 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             job = service.start_training(owner, name or "", class_noun or "", list(paths or []), preset, **overrides)
         except (NotEnoughPhotosError, ValueError) as error:
             raise gr.Error(str(error)) from None
-        namesakes = sum(pet.name == job.pet_name for pet in service.pets(owner))
-        if namesakes > 1:
-            gr.Info(f"You already have a pet named {job.pet_name}: this trains another, listed as {job.pet_name} "
-                    f"#{namesakes}. To teach the first one more, use Teach on the Chat tab.")
+        pet = service.store.pet(owner, service.store.run(owner, job.run_id).pet_id)
+        if job.pet_name != pet.name:  # told apart from another pet of theirs with this name
+            gr.Info(f"You already have a pet named {pet.name}: this trains another, listed as {job.pet_name}. "
+                    "To teach the first one more, use Teach on the Chat tab.")
         yield from follow(owner, job.run_id)
+
+    def ready_for_next_pet(run, trained, paths, pet_name, status, browser_id, request: gr.Request,
+                           profile: gr.OAuthProfile | None = None):
+        """(photos, name, status) once Train's training has ended: if it finished, the photos it trained on
+        are taken out of the uploader (any added since stay, for the next pet) and its name out of the name
+        field (unless it was changed since), and the status line says so; otherwise all stays as it is, so
+        a failed or cancelled training can be trained again or resumed with nothing to upload again."""
+        job = service.training(owner_of(browser_id, request, profile), run) if run and trained else None
+        if job is None or job.status != "finished":
+            return gr.skip(), gr.skip(), gr.skip()
+        kept = [path for path in paths or [] if path not in trained["photos"]]
+        name_cleared = pet_name == trained["name"]
+        line = (f"Ready for your next pet: {job.pet_name}'s {'photos and name are' if name_cleared else 'photos are'} "
+                f"cleared above{'; the photos added while it trained stay' if kept else ''}.")
+        return kept or None, "" if name_cleared else gr.skip(), f"{status}\n\n{line}"
 
     def resume_run(chosen, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
@@ -173,7 +189,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
 
     def list_resumable(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
-        names = {p.id: p.name for p in service.pets(owner)}
+        names = pet_labels(service.pets(owner))
         runs = [r for r in service.store.resumable_runs(owner) if not service.training_is_live(owner, r.id)]
         choices = [(f"{names.get(r.pet_id, '?')}: {r.status} at step {r.metrics.get('step', 0)} of "
                     f"{r.config['steps']}, started {datetime.fromisoformat(r.created_at):%d %b %H:%M} UTC", r.id)
@@ -252,11 +268,22 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     busy, idle = (lambda: controls(True, shown=True)), (lambda: controls(False))
     refused = (lambda: controls(False, shown=False))
     training_controls = [train, cancel, resume, live]
-    for clicked, fn, fn_inputs, api_name in ((train.click, start, inputs, "train"),
-                                             (resume.click, resume_run, [resumable, browser_id], "resume_training")):
-        while_busy(clicked, training_controls, busy, idle, fn, fn_inputs, outputs, failed=refused,
-                   api_name=api_name, concurrency_limit=None, show_progress_on=status).then(
-            *refresh_resumable, api_visibility="private")
+
+    def following(clicked, fn, fn_inputs, api_name):
+        """`clicked` runs `fn`, which follows a training to its end, with the controls resting meanwhile."""
+        work = while_busy(clicked, training_controls, busy, idle, fn, fn_inputs, outputs, failed=refused,
+                          api_name=api_name, concurrency_limit=None, show_progress_on=status)
+        work.then(*refresh_resumable, api_visibility="private")
+        return work
+
+    trained_pet = following(train.click, start, inputs, "train")
+    following(resume.click, resume_run, [resumable, browser_id], "resume_training")
+    # A finished training's photos and name leave the fields, or the next pet's photos would join its photos.
+    # What Train sent is noted as it is clicked: photos added while it trains are the next pet's, and stay.
+    train.click(lambda paths, pet_name: {"photos": list(paths or []), "name": pet_name}, [uploads, name], trained,
+                queue=False, api_visibility="private")
+    trained_pet.then(ready_for_next_pet, [run_id, trained, uploads, name, status, browser_id], [uploads, name, status],
+                     api_visibility="private")
     cancel.click(stop, inputs=[run_id, browser_id], api_name="cancel_training")
     tab.select(*refresh_resumable, api_visibility="private")  # a Teach run stopped on the Chat tab, say
     list_pets = trained_pets(service)

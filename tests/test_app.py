@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from pet_factory import add_trained_pet
 from photo_factory import make_photo
 
@@ -168,8 +169,10 @@ def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet)
     status, metrics, grid, chart, report = evaluation.outputs()[-1]
     assert status.startswith("✅ Done") and "CLIPScore" in status
     assert "| CLIPScore" in metrics or "CLIPScore" in metrics.split("\n## ")[1]
-    assert os.path.getsize(grid) > 0 and os.path.getsize(chart) > 0
-    assert sorted(os.path.basename(f).rsplit(".", 1)[1] for f in report) == ["json", "md"]
+    assert os.path.getsize(chart) > 0
+    assert sorted(os.path.basename(f) for f in report) == ["grid.png", "report.json", "report.md"]
+    with Image.open(grid) as shown, Image.open(next(f for f in report if f.endswith("grid.png"))) as full:
+        assert shown.format == "WEBP" and shown.size == full.size  # the page gets the grid small, the files in full
 
 
 def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(served_app, alices_pet, monkeypatch):

@@ -201,6 +201,7 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         page.get_by_role("tab", name="Evaluate").click()
         expect(page.locator("#eval-pet input[role=combobox]")).to_have_value("Bruno", timeout=PAGE_S * 1000)
         choose(page, "#eval-pet", "Bruno")
+        expect(page.locator("#eval-size")).to_contain_text("quick draws 8, full 216")  # how long, before choosing
         page.locator("#evaluate-button").click()
         expect(page.locator("#evaluate-button")).to_be_disabled()  # one evaluation at a time
         expect(page.locator("#eval-status")).to_contain_text("✅ Done", timeout=EVAL_S * 1000)
@@ -217,6 +218,7 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         expect(page.locator("#eval-chart img")).to_be_visible()
         expect(page.locator("#eval-report")).to_contain_text(".md")
         expect(page.locator("#eval-report")).to_contain_text(".json")
+        expect(page.locator("#eval-report")).to_contain_text("grid .png")  # in full; the page shows it as WebP
 
     with stage(page, "7-crisis-kept", log):
         page.get_by_role("tab", name="Chat").click()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gradio as gr
+from PIL import Image
 
 from petdream.evaluation import EvaluationConfig, Failed, Finished, Note, Progress, load_prompts
 from petdream.service import PetDreamService
@@ -23,13 +24,17 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             pet = gr.Dropdown([], label="Pet", elem_id="eval-pet", allow_custom_value=True)
             size = gr.Radio([f"quick ({QUICK_PROMPTS} prompts, 1 picture each)", "full (every prompt, 4 pictures)"],
                             value=f"quick ({QUICK_PROMPTS} prompts, 1 picture each)", label="How thorough",
-                            elem_id="eval-size")
+                            info=f"Each picture is drawn twice, by your pet's model and by the base model: quick "
+                                 f"draws {2 * QUICK_PROMPTS}, full {2 * 4 * len(load_prompts())} (the DreamBench "
+                                 "protocol; several minutes on a GPU).", elem_id="eval-size")
             steps = gr.Slider(5, 50, value=10 if tiny else 25, step=1, label="Sampling steps")
         run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-button")
         status = gr.Markdown(elem_id="eval-status")
         metrics = gr.Markdown(elem_id="eval-metrics")
         with gr.Row():
-            grid = gr.Image(label="A row per prompt: your pet's model, then the base model", elem_id="eval-grid")
+            # Shown as WebP: the full protocol's grid.png is ~15 MB (it is among the report's files).
+            grid = gr.Image(label="A row per prompt: your pet's model, then the base model", format="webp",
+                            elem_id="eval-grid")
             chart = gr.Image(label="Subject fidelity against prompt fidelity", elem_id="eval-chart")
         report = gr.File(label="Report", file_count="multiple", elem_id="eval-report")
 
@@ -54,9 +59,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                     raise gr.Error(event.reason)
                 elif isinstance(event, Finished):
                     paths = service.save_report(owner, pet_id, event.report)
-                    files = [served_copy(owner, paths["markdown"]), served_copy(owner, paths["json"])]
+                    files = [served_copy(owner, paths[part]) for part in ("markdown", "json", "grid")]
+                    with Image.open(paths["grid"]) as grid_png:
+                        shown_grid = grid_png.convert("RGB")  # Gradio sends it in the component's format
                     yield (f"✅ Done in {event.seconds:.0f} s. {event.report.summary()}", event.report.to_markdown(),
-                           served_copy(owner, paths["grid"]), served_copy(owner, paths["chart"]), files)
+                           shown_grid, served_copy(owner, paths["chart"]), files)
         except NotFound as error:
             raise gr.Error(str(error)) from None
 

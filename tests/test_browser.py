@@ -8,6 +8,7 @@ picture of the Chat tab (install fonts-noto-color-emoji first so the emoji rende
 
 import contextlib
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -306,3 +307,37 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
         expect(sure.locator("input[type=checkbox]")).to_be_visible()
         expect(sure.locator(".error")).to_have_count(0)  # Gradio's "Error" badge would cover the box to tick
     assert page.errors == [], f"errors in the page's JavaScript: {page.errors}"
+
+
+def test_a_cancelled_training_waits_under_unfinished_and_leaves_it_once_resumed(page, app, dreambench):
+    from playwright.sync_api import expect
+
+    photos = sorted((dreambench / "dog").glob("*.jpg"))
+    status, unfinished = page.locator("#train-status"), page.locator("#resumable input[role=combobox]")
+
+    with stage(page, "unfinished-cancelled", app["log"]):
+        page.get_by_text("Advanced", exact=True).click()
+        page.locator("#photos input[type=file]").set_input_files(photos)
+        expect(page.locator("#intake-summary")).to_contain_text("5 photos ready", timeout=INTAKE_S * 1000)
+        page.locator("#pet-name").get_by_role("textbox").fill("Rex")
+        steps = page.get_by_label("Steps (0: the preset's)")
+        for _ in range(2):  # typed again if Gradio reset it (see the walkthrough above)
+            steps.fill("5000")
+            steps.press("Tab")
+            page.wait_for_timeout(300)
+            if steps.input_value() == "5000":
+                break
+        page.locator("#train-button").click()
+        expect(status).to_contain_text("Training Rex: step", timeout=TRAIN_S * 1000)
+        page.locator("#cancel-button").click()
+        expect(status).to_contain_text("⏹ Cancelled at step", timeout=TRAIN_S * 1000)
+        expect(unfinished).to_have_value(re.compile(r"^Rex: cancelled at step \d+ of 5000"))
+
+    with stage(page, "unfinished-resumed", app["log"]):
+        page.locator("#resume-button").click()
+        expect(status).to_contain_text("Training Rex: step", timeout=TRAIN_S * 1000)
+        expect(unfinished).to_have_value("")  # running again: no longer offered for resuming
+        expect(page.locator("#resume-button")).to_be_disabled()
+        page.locator("#cancel-button").click()
+        expect(status).to_contain_text("⏹ Cancelled at step", timeout=TRAIN_S * 1000)
+        expect(unfinished).to_have_value(re.compile(r"^Rex: cancelled at step \d+ of 5000"))

@@ -271,6 +271,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
 
     def following(clicked, fn, fn_inputs, api_name):
         """`clicked` runs `fn`, which follows a training to its end, with the controls resting meanwhile."""
+        # run_id is emptied at the click, so following any run changes it, the run just cancelled too: a
+        # resumed run then leaves Unfinished as it starts (run_id.change below), not once it ends.
+        clicked(lambda: "", outputs=run_id, queue=False, api_visibility="private")
         work = while_busy(clicked, training_controls, busy, idle, fn, fn_inputs, outputs, failed=refused,
                           api_name=api_name, concurrency_limit=None, show_progress_on=status)
         work.then(*refresh_resumable, api_visibility="private")
@@ -285,6 +288,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     trained_pet.then(ready_for_next_pet, [run_id, trained, uploads, name, status, browser_id], [uploads, name, status],
                      api_visibility="private")
     cancel.click(stop, inputs=[run_id, browser_id], api_name="cancel_training")
+    run_id.change(*refresh_resumable, api_visibility="private")  # a run being followed is no longer unfinished
     tab.select(*refresh_resumable, api_visibility="private")  # a Teach run stopped on the Chat tab, say
     list_pets = trained_pets(service)
     hub_pet.focus(list_pets, inputs=[hub_pet, browser_id], outputs=hub_pet, api_visibility="private")

@@ -638,6 +638,36 @@ def test_copies_of_pictures_handed_to_gradio_leave_the_server(served_app, photo_
     assert age <= 86400 and frequency <= age
 
 
+def test_gradios_cache_is_private_and_what_a_killed_app_left_there_goes_a_day_on(served_app, tmp_path, monkeypatch):
+    """Gradio's own sweep (`delete_cache`) knows only the files its process made: a killed app's copies of
+    photos and pictures would stay for good, in /tmp/gradio, which every user of the machine can read."""
+    from petdream.ui import session
+
+    assert served_app.GRADIO_CACHE == os.environ["GRADIO_TEMP_DIR"] == str(session.GRADIO_CACHE_DIR)
+    assert session.GRADIO_CACHE_DIR.stat().st_mode & 0o077 == 0
+
+    cache = tmp_path / "gradio-cache"  # as a killed app left it, the next app starting over it
+    monkeypatch.setattr(session, "GRADIO_CACHE_DIR", cache)
+    monkeypatch.delenv("GRADIO_TEMP_DIR")
+    left = cache / "3f2a9c" / "bruno.png"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"a photo")
+    session.use_own_gradio_cache()
+    assert os.environ["GRADIO_TEMP_DIR"] == str(cache) and left.is_file()  # made less than a day ago: kept
+    monkeypatch.setattr(session, "GRADIO_CACHE_S", -60)  # now it is a day old
+    monkeypatch.setattr(session, "_next_sweep", 0.0)  # the sweep runs as pictures are shown
+    session.served_copy("session:" + "k" * 40, REPO / "README.md")
+    assert not left.exists() and not left.parent.exists() and cache.is_dir()
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "theirs"))  # a folder the person chose is theirs
+    kept = tmp_path / "theirs" / "x" / "y.png"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"y")
+    session.use_own_gradio_cache()
+    session.forget_old_served_copies()
+    assert kept.is_file() and os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "theirs")
+
+
 def test_the_app_forgets_browser_sessions_unused_for_the_set_number_of_days(tiny, tmp_path):
     import sqlite3
 

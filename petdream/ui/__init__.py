@@ -9,7 +9,7 @@ from petdream.service import PetDreamService
 from petdream.settings import Settings
 from petdream.ui import api, chat_tab, evaluate_tab, train_tab
 from petdream.ui.session import (GRADIO_CACHE_S, browser_id_or_new, browser_state_secret, move_offer,
-                                 oauth_enabled, only_the_host_can_reach)
+                                 oauth_enabled, only_the_host_can_reach, use_own_gradio_cache)
 
 # Per file, Gradio's cap. Above intake's own limit (photos.MAX_FILE_BYTES, 30 MB) on purpose: Gradio
 # refuses a whole upload for one file over its cap, while intake refuses that one file, with its
@@ -34,6 +34,7 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
     service = service or PetDreamService(settings, resolve_profile(settings, build_models=False),
                                          host_only=only_the_host_can_reach(settings, shared))
     profile = service.profile
+    use_own_gradio_cache()
     # delete_cache: Gradio's copies of uploads and of pictures shown (a deleted pet's too) go after a day
     with gr.Blocks(title="PetDream", delete_cache=(GRADIO_CACHE_S // 24, GRADIO_CACHE_S)) as app:
         with gr.Row():

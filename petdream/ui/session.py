@@ -8,6 +8,7 @@ session hash, keyed with this process's secret, stands in for it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -32,6 +33,10 @@ _PROCESS_SECRET = secrets.token_bytes(32)
 SERVED_DIR = Path(tempfile.gettempdir()) / f"petdream-served-{getattr(os, 'getuid', lambda: 'user')()}"
 SERVED_COPY_S = 3600
 GRADIO_CACHE_S = 86400
+# Gradio's cache, unless GRADIO_TEMP_DIR names another: private to this user (Gradio's /tmp/gradio is readable
+# by all), and swept of what is GRADIO_CACHE_S old, since `delete_cache` knows only its own process's files:
+# an app killed with kill -9 would leave its copies of photos and pictures there for good.
+GRADIO_CACHE_DIR = Path(tempfile.gettempdir()) / f"petdream-gradio-{getattr(os, 'getuid', lambda: 'user')()}"
 _next_sweep = 0.0
 
 
@@ -147,7 +152,7 @@ def forget_served_copies(owner: str, pet_id: str | None = None) -> None:
 
 def forget_old_served_copies() -> None:
     """Remove the served copies made more than SERVED_COPY_S ago (Gradio has its own by then), and the
-    folders left empty."""
+    folders left empty; and, in PetDream's own Gradio cache, what is GRADIO_CACHE_S old."""
     cutoff = time.time() - SERVED_COPY_S
     for folder in sorted(_served_root().glob("*/*/*"), reverse=True):
         try:
@@ -157,6 +162,32 @@ def forget_old_served_copies() -> None:
             folder.parent.parent.rmdir()
         except OSError:  # not empty, or removed meanwhile
             pass
+    if Path(os.environ.get("GRADIO_TEMP_DIR", "")) == GRADIO_CACHE_DIR:
+        _forget_old_files(GRADIO_CACHE_DIR, time.time() - GRADIO_CACHE_S)
+
+
+def use_own_gradio_cache() -> None:
+    """Give Gradio GRADIO_CACHE_DIR for its cache, unless GRADIO_TEMP_DIR is set, and sweep it of what a
+    day-old or killed app left. Call before the Blocks is made: Gradio reads the folder then."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return
+    os.environ["GRADIO_TEMP_DIR"] = str(_private_dir(GRADIO_CACHE_DIR))
+    _forget_old_files(GRADIO_CACHE_DIR, time.time() - GRADIO_CACHE_S)
+
+
+def _forget_old_files(root: Path, cutoff: float) -> None:
+    """Remove the files below `root` that were made before `cutoff` (a time.time()), and folders left empty.
+    Made is st_ctime, as Gradio's own sweep reads it: a copy keeps the mtime of the photo it was copied from."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            try:
+                if (Path(folder) / name).lstat().st_ctime < cutoff:
+                    (Path(folder) / name).unlink()
+            except OSError:  # removed meanwhile
+                pass
+        if folder != str(root):
+            with contextlib.suppress(OSError):  # only if it is empty now
+                os.rmdir(folder)
 
 
 def _pet_of(path: str | Path) -> str:
@@ -169,13 +200,17 @@ def _pet_of(path: str | Path) -> str:
 
 
 def _served_root() -> Path:
-    """SERVED_DIR, made private to this user; refused if it is a link or someone else's (on a shared
-    machine another user could point it at a folder whose contents the sweep would then delete)."""
-    SERVED_DIR.mkdir(mode=0o700, exist_ok=True)
-    status = SERVED_DIR.lstat()
+    return _private_dir(SERVED_DIR)
+
+
+def _private_dir(folder: Path) -> Path:
+    """`folder` under the temp dir, made private to this user; refused if it is a link or someone else's (on a
+    shared machine another user could point it at a folder whose contents a sweep would then delete)."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    status = folder.lstat()
     if stat.S_ISLNK(status.st_mode) or (hasattr(os, "getuid") and status.st_uid != os.getuid()):
-        raise RuntimeError(f"{SERVED_DIR} is a link or belongs to another user: remove it, then restart PetDream.")
-    return SERVED_DIR
+        raise RuntimeError(f"{folder} is a link or belongs to another user: remove it, then restart PetDream.")
+    return folder
 
 
 def pet_choices(pets, trained_only: bool = False) -> list[tuple[str, str]]:

@@ -376,12 +376,19 @@ class PetDreamService:
 
     # -- chat and pictures -------------------------------------------------------------------------
 
-    def chat(self, owner: str, pet_id: str, message: str, *, person=None, history: list[dict] | None = None,
+    def chat(self, owner: str, pet_id: str | None, message: str, *, person=None, history: list[dict] | None = None,
              on_token: Callable[[str], None] | None = None, on_drawing: Callable[[], None] | None = None):
         """The companion's Turn for `message`, and a picture of the pet (None on a crisis reply).
-        on_token gets the reply's text as it is written; on_drawing is called as the picture starts."""
-        from petdream.companion import Person
+        on_token gets the reply's text as it is written; on_drawing is called as the picture starts.
+        Without a pet (`pet_id` None) only a crisis is answered, with its helplines, and nothing is kept
+        (there is no pet to keep it under); any other message raises ValueError: choose a pet first."""
+        from petdream.companion import Person, answer_without_pet
 
+        if pet_id is None:
+            turn = answer_without_pet(message, person or Person())
+            if turn is None:
+                raise ValueError("Choose a pet first (train one on the My pet tab).")
+            return turn, None
         model = self.pet_model(owner, pet_id)
         turn = self.companion.respond(message, pet=model.pet, person=person or Person(), history=history,
                                       on_token=on_token)

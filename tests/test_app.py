@@ -177,12 +177,12 @@ def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet)
 
 def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(served_app, alices_pet, monkeypatch):
     def empty(shown_on_choosing):
-        view, pictures, keeps = shown_on_choosing
-        return view.value == [] and view.feedback_value == [] and pictures == {} and keeps is False
+        view, pictures, scene, keeps = shown_on_choosing
+        return view.value == [] and view.feedback_value == [] and pictures == {} and scene == "" and keeps is False
 
     api, service, pet, owner = client(served_app), served_app.petdream_service, alices_pet["id"], f"session:{ALICE}"
     consent, show_kept = handler(served_app, "consent"), handler(served_app, "show_kept")
-    assert empty(show_kept(pet, ALICE, None))  # not kept: a chosen pet's chat starts empty
+    assert empty(show_kept(pet, [], ALICE, None))  # not kept: a chosen pet's chat starts empty
     consent(True, ALICE, None)
     heard, chat = [], service.chat  # what the companion is told of the conversation so far
     monkeypatch.setattr(service, "chat", lambda *args, **kwargs: heard.append(kwargs["history"]) or chat(*args, **kwargs))
@@ -195,17 +195,21 @@ def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(s
         assert heard[1][0]["content"] == "I got a promotion today" and heard[1][1]["content"].strip()
         picture = service.store.images(owner, pet)[-1]
         service.rate(owner, picture.id, True)
-        view, pictures, keeps = show_kept(pet, ALICE, None)  # the person comes back and chooses the pet
-        assert keeps is True
+        view, pictures, scene, keeps = show_kept(pet, [], ALICE, None)  # the person comes back and chooses the pet
+        assert keeps is True and scene == picture.prompt  # New picture draws the last picture's scene again
         [asked, replied, drawn, *_] = view.value
         assert asked["content"][0]["text"] == "I got a promotion today" and replied["content"][0]["text"].strip()
         assert drawn["role"] == "assistant" and drawn["content"][0]["file"]["path"].endswith(".png")
         assert view.value[-1]["content"][0]["file"]["path"].endswith(".png")  # the second reply's picture
         assert pictures == {2: pictures[2], len(view.value) - 1: picture.id}  # the thumbs rate those pictures
         assert view.feedback_value == [None, None, None, "Like"]  # as the person rated them
+        assert handler(served_app, "forget_shown")(pet, ALICE, None) == ({}, "")  # the chat's trash button
+        assert service.store.chat_turns(owner, pet) == [] and picture.path.is_file()  # the picture is the pet's
+        view, pictures, scene, keeps = show_kept(pet, [], ALICE, None)
+        assert view.value == [] and pictures == {} and scene == "" and keeps is True  # still keeping what comes
     finally:
         consent(False, ALICE, None)
-    assert empty(show_kept(pet, ALICE, None)) and service.store.chat_turns(owner) == []
+    assert empty(show_kept(pet, [], ALICE, None)) and service.store.chat_turns(owner) == []
 
 
 def test_a_namesakes_training_says_which_pet_it_is_and_keeps_its_photos_unless_it_finishes(served_app, alices_pet,
@@ -234,11 +238,30 @@ def test_a_namesakes_training_says_which_pet_it_is_and_keeps_its_photos_unless_i
     offered, _ = handler(served_app, "list_resumable")(ALICE, None)
     assert [choice for choice, offered_run in offered.choices if offered_run == run][0].startswith(
         f"{label}: cancelled at step ")
-    # Not finished: the photos and the name stay where they are, to train again or resume.
+    # Not finished: the photos and the name stay where they are, to train again or resume, and the status line
+    # says whose they are (another pet's added to them would train one pet on both).
     trained = {"photos": [str(path) for path in photo_files], "name": "Bruno"}
     ready_for_next_pet = handler(served_app, "ready_for_next_pet")
-    assert ready_for_next_pet(run, trained, trained["photos"], "Bruno", status, ALICE, None) == (gr.skip(),) * 3
+    assert ready_for_next_pet(run, trained, trained["photos"], "Bruno", status, ALICE, None) == (
+        gr.skip(), gr.skip(), f"{status}\n\nThe photos above are {label}'s: remove them (×) before adding another pet's.")
     service.delete_pet(owner, second)
+
+    # A namesake of a pet whose training never finished: Teach cannot help it, Resume can.
+    key = "n" * 40
+    first = service.store.add_pet(f"session:{key}", "Rex", "dog", "rex")
+    told.clear()
+    following = handler(served_app, "train")(photo_files, "Rex", "dog", "tiny", None, 2000, 0, 0, 0, "off", key, None)
+    run, *_ = next(following)
+    try:
+        rex_2 = listed_as(service, f"session:{key}", service.store.run(f"session:{key}", run).pet_id, 2)
+        assert told == [f"You already have a pet named Rex: this trains another, listed as {rex_2}. To go on with "
+                        "the first one's training instead, cancel this one and resume that one under Unfinished "
+                        "trainings."] and first.model_dir is None
+    finally:
+        service.cancel_training(f"session:{key}", run)
+        for _ in following:
+            pass
+        service.forget_owner(f"session:{key}")
 
 
 def test_a_finished_training_clears_its_photos_and_name_for_the_next_pet(served_app, alices_pet, photo_files,
@@ -288,12 +311,20 @@ def test_a_kept_crisis_reply_is_set_apart_under_its_title_as_it_was_live(served_
         chat = api.submit("I want to end my life", pet, "", "", "", [], ALICE, api_name="/chat")
         chat.result(timeout=300)
         [live] = [message for message in chat.outputs()[-1][0] if message["role"] == "assistant"]
-        view, *_ = show_kept(pet, ALICE, None)  # the person comes back and chooses the pet
+        view, *_ = show_kept(pet, [], ALICE, None)  # the person comes back and chooses the pet
         [kept] = [message for message in view.value if message["role"] == "assistant"]
+        # No pet chosen yet (a new visitor, or one whose first pet still trains): a crisis is answered even so.
+        alone = api.submit("I want to end my life", "", "", "", "", [], "z" * 40, api_name="/chat")
+        alone.result(timeout=60)
+        [unpetted] = [message for message in alone.outputs()[-1][0] if message["role"] == "assistant"]
+        with pytest.raises(Exception, match="Choose a pet first"):  # anything else waits for a pet
+            api.predict("I had a nice day", "", "", "", "", [], "z" * 40, api_name="/chat")
     finally:
         consent(False, ALICE, None)
-    assert live["metadata"]["title"] == kept["metadata"]["title"] == CRISIS_TITLE
-    assert live["content"][0]["text"] == kept["content"][0]["text"] == CRISIS_MESSAGE
+    assert live["content"][0]["text"] == kept["content"][0]["text"] == unpetted["content"][0]["text"]
+    assert live["content"][0]["text"].startswith(f"**{CRISIS_TITLE}**\n\nI'm really glad you told me.")
+    assert "call or text 988" in kept["content"][0]["text"] and "](https://findahelpline.com)" in kept["content"][0]["text"]
+    assert CRISIS_MESSAGE.splitlines()[0] in unpetted["content"][0]["text"]
 
 
 def test_another_person_sees_none_of_the_pets_pictures_or_files(served_app, alices_pet, data_dir):

@@ -238,6 +238,7 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
             add_trained_pet(store, owner, tiny, name="Mia", class_noun="cat")
         page.reload()
         expect(page.locator("#tiny-banner")).to_be_visible(timeout=PAGE_S * 1000)
+        page.wait_for_timeout(3000)  # the page's load has chosen the chat's pet before Chat is opened
         page.get_by_role("tab", name="Chat").click()
         expect(page.locator("#chat-pet input[role=combobox]")).to_have_value("Bruno", timeout=PAGE_S * 1000)
         expect(chatbot.locator("[data-testid=user]")).to_have_text("I want to end my life")
@@ -290,6 +291,15 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
         expect(page.locator("#chatbot .error")).to_have_count(0)  # the chat itself did not break
         expect(page.locator("#chat-input").get_by_role("textbox")).to_have_value("hello")
         expect(page.locator("#send-button")).to_be_enabled()
+        page.locator("#new-picture").click()  # refused too, marking the button: the chat stays in sight
+        expect(page.get_by_text("Send a message first").first).to_be_visible()
+        expect(page.locator("#chatbot .error")).to_have_count(0)
+        expect(page.locator("#new-picture")).to_be_enabled()
+        # A crisis does not wait for a pet: it is answered, with the helplines.
+        page.locator("#chat-input").get_by_role("textbox").fill("I want to end my life")
+        page.locator("#send-button").click()
+        expect(page.locator("#chatbot").get_by_text(HELPLINE)).to_be_visible()
+        expect(page.locator("#chatbot").get_by_role("link", name="findahelpline.com").first).to_be_visible()
         page.get_by_role("tab", name="My pet").click()
 
     with stage(page, "evaluate-refused-without-a-pet", app["log"]):

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import REPO
-from petdream.companion import Companion, FallbackChatBackend, Person, RemoteChatBackend
+from petdream.companion import Companion, FallbackChatBackend, Person, RemoteChatBackend, answer_without_pet
 from petdream.companion.agent import BACKEND_TROUBLE, SAFE_REPLY, parse_answer
 from petdream.companion.backends import BackendUnavailable
 from petdream.companion.prompts import EXAMPLES, MAX_PROMPT_TOKENS, MOODS, image_prompt
@@ -439,3 +439,12 @@ def test_streaming_stops_before_an_unsafe_sentence_shows():
     turn = Companion(ScriptedBackend(answer)).respond("I feel awful", pet=BRUNO, on_token=pieces.append)
     assert "".join(pieces) == "I'm sorry you feel this way."
     assert turn.reply == SAFE_REPLY
+
+
+def test_a_crisis_is_answered_before_there_is_a_pet_and_nothing_else_is():
+    """Someone with no pet yet (a first visit, a pet still training) who writes a crisis gets the helplines;
+    no chat model is needed for it. Anything else waits for a pet (None)."""
+    turn = answer_without_pet("I want to end my life")
+    assert turn.reply == CRISIS_MESSAGE and turn.safety.is_crisis and turn.draw is False
+    assert answer_without_pet("I'm fine", Person(occupation="I want to kill myself")).reply == CRISIS_MESSAGE
+    assert answer_without_pet("I had a lovely walk today") is None

@@ -190,6 +190,10 @@ def test_the_report_files_and_the_json_contract(run, tmp_path):
     assert "random weights" in markdown and "| 2 | a bruno dog in the snow |" in markdown
     assert f"{pet.pet.name}'s model ({pet.method}, " in markdown and "2 prompts, 2 images each" in markdown
     assert markdown.count("**overall**") == 2 and " / " in markdown.split("**overall**")[1].split("\n")[0]
+    _, clip_score, ssim_best, ssim_mean = (cell.split(" (")[0] for cell in
+                                           markdown.split("**overall**")[1].split("\n")[0].split(" | ")[:4])
+    # The status line's figures are the table's, on its scale (SSIM x 100, as in the paper's Table I).
+    assert f"CLIPScore {clip_score}, SSIM x 100 best {ssim_best}, mean {ssim_mean}" in report.summary()
     assert Image.open(paths["grid"]).size[1] > 2 * 128 and Image.open(paths["chart"]).format == "PNG"
 
 

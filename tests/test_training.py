@@ -212,12 +212,19 @@ def test_class_images_are_generated_once_per_base_model_and_class(tiny, photos, 
     folder = class_images_folder(data_dir, tiny.base_model_id, None, "dog", 128, FAST["class_image_steps"])
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
     assert len(stamps) >= 3
-    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "two", num_class_images=3))
+    def notes(events):
+        return [event.text for event in events if isinstance(event, Note) and "a photo of dog" in event.text]
+
+    reused = notes(run_all(make_trainer(tiny, photos, data_dir, tmp_path / "two", num_class_images=3)))
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == stamps
+    assert reused == ['Reusing the 3 pictures of "a photo of dog" made before: they keep the model knowing what '
+                      'any dog looks like, not only Bruno.']  # not "Preparing": nothing is drawn
     # Drawn in more sampling steps, they are other pictures: not taken from this cache
-    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "three", num_class_images=3, class_image_steps=3))
+    drawn = notes(run_all(make_trainer(tiny, photos, data_dir, tmp_path / "three", num_class_images=3,
+                                       class_image_steps=3)))
     assert len(list(folder.parent.glob("dog-128px-3steps/*.png"))) == 3
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == stamps
+    assert drawn[0].startswith('Preparing 3 pictures of "a photo of dog" (kept for next time): ')
 
 
 def test_the_final_sample_is_what_plain_diffusers_draws_with_the_saved_lora(tiny, photos, data_dir, tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from petdream.companion.agent import Companion, Person, Turn
+from petdream.companion.agent import Companion, Person, Turn, answer_without_pet
 from petdream.companion.backends import (
     BackendUnavailable,
     FallbackChatBackend,
@@ -11,7 +11,7 @@ from petdream.companion.backends import (
     embedded_model_dir,
 )
 
-__all__ = ["Companion", "Person", "Turn", "BackendUnavailable", "FallbackChatBackend", "LocalChatBackend",
+__all__ = ["Companion", "Person", "Turn", "answer_without_pet", "BackendUnavailable", "FallbackChatBackend", "LocalChatBackend",
            "RemoteChatBackend", "embedded_model_dir", "backend_for"]
 
 

@@ -124,12 +124,22 @@ class Companion:
         return answer
 
 
-def _screen_everything(message: str, pet: Pet, person: Person) -> SafetyAssessment:
+def answer_without_pet(message: str, person: Person = Person()) -> Turn | None:
+    """The crisis reply to `message` from someone with no pet to chat with yet (help does not wait for a
+    pet, nor for a chat model to load); None when it is not a crisis: that message waits for a pet."""
+    safety = _screen_everything(message, None, person)
+    if not safety.is_crisis:
+        return None
+    logger.warning("crisis screen: reasons=%s (message not recorded; no pet yet)", ",".join(safety.reasons))
+    return Turn(CRISIS_MESSAGE, "", "", prompts.mood_from_text(message), safety, draw=False)
+
+
+def _screen_everything(message: str, pet: Pet | None, person: Person) -> SafetyAssessment:
     """The message decides, but a crisis typed into a profile field counts too."""
     assessment = screen_message(message)
     if assessment.is_crisis:
         return assessment
-    fields = " . ".join(v for v in (person.name, person.occupation, pet.name) if v)
+    fields = " . ".join(v for v in (person.name, person.occupation, pet and pet.name) if v)
     from_fields = screen_message(fields) if fields else None
     return from_fields if from_fields is not None and from_fields.is_crisis else assessment
 

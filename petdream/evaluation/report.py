@@ -101,15 +101,16 @@ class EvaluationReport:
         """One line of the overall numbers; "pet / base model" with a baseline."""
         pet, base = self.result, self.baseline
 
-        def pair(name: str, digits: int) -> str:
-            value = f"{getattr(pet.overall, name):.{digits}f}"
-            return value if base is None else f"{value} / {getattr(base.overall, name):.{digits}f}"
+        def pair(name: str, digits: int, scale: float = 1) -> str:
+            value = f"{scale * getattr(pet.overall, name):.{digits}f}"
+            return value if base is None else f"{value} / {scale * getattr(base.overall, name):.{digits}f}"
 
         fid = "n/a" if pet.fid is None else f"{pet.fid:.1f}"
         if base is not None and base.fid is not None:
             fid += f" / {base.fid:.1f}"
         return (f"overall{' (pet / base model)' if base else ''}: CLIPScore {pair('clip_score', 2)}, "
-                f"SSIM best {pair('ssim_best', 3)}, SSIM mean {pair('ssim_mean', 3)}, DINO {pair('dino', 3)}, "
+                f"SSIM x 100 best {pair('ssim_best', 2, 100)}, mean {pair('ssim_mean', 2, 100)} (as in Table I), "
+                f"DINO {pair('dino', 3)}, "
                 f"CLIP-I {pair('clip_i', 3)}, CLIP-T {pair('clip_t', 3)}, FID {fid}")
 
     # -- files -----------------------------------------------------------------------------

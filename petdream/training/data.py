@@ -92,7 +92,7 @@ def ensure_class_images(pipeline, folder: Path, prompt: str, count: int, resolut
     several runs equals one filled at once.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{i:04d}.png" for i in range(count)]
+    paths = _class_image_paths(folder, count)
     missing = [i for i, path in enumerate(paths) if not path.is_file()]
     for start in range(0, len(missing), batch_size):
         chunk = missing[start : start + batch_size]
@@ -104,3 +104,12 @@ def ensure_class_images(pipeline, folder: Path, prompt: str, count: int, resolut
             image.save(staging, format="PNG")
             os.replace(staging, paths[i])  # a killed run never leaves half an image in the cache
     return [Image.open(path).convert("RGB") for path in paths]
+
+
+def missing_class_images(folder: Path, count: int) -> int:
+    """How many of the `count` class images `ensure_class_images` would have to draw in `folder`."""
+    return sum(not path.is_file() for path in _class_image_paths(folder, count))
+
+
+def _class_image_paths(folder: Path, count: int) -> list[Path]:
+    return [folder / f"{i:04d}.png" for i in range(count)]

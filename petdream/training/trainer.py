@@ -44,6 +44,7 @@ from petdream.training.data import (
     encode_images,
     encode_prompt,
     ensure_class_images,
+    missing_class_images,
     tokenize,
 )
 from petdream.training.events import (
@@ -362,10 +363,16 @@ class DreamBoothTrainer:
         unet, vae, text_encoder, tokenizer, noise_scheduler = parts
         class_latents = None
         if config.prior_preservation:
-            yield Note(f"Preparing {config.num_class_images} pictures of \"{self.class_prompt}\" (kept for next time): "
-                       f"they keep the model knowing what any {self.pet.class_noun} looks like, not only {self.pet.name}.")
+            count, folder = config.num_class_images, self._class_images_folder()
+            missing = missing_class_images(folder, count)
+            pictures = f"pictures of \"{self.class_prompt}\""
+            yield Note((f"Preparing {missing} {pictures} (kept for next time)" if missing == count else
+                        f"Preparing {missing} more {pictures}, reusing {count - missing} made before" if missing else
+                        f"Reusing the {count} {pictures} made before") +
+                       f": they keep the model knowing what any {self.pet.class_noun} looks like, not only "
+                       f"{self.pet.name}.")
             with accelerator.main_process_first():  # one process fills the cache, the others read it
-                class_photos = self._class_images(parts)
+                class_photos = self._class_images(parts, folder)
         _cast(vae, weight_dtype)
         instance_latents = encode_images(vae, [p.image for p in self.photos])
         if config.prior_preservation:
@@ -431,11 +438,13 @@ class DreamBoothTrainer:
         noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         return pipeline.unet, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, noise_scheduler
 
-    def _class_images(self, parts):
+    def _class_images_folder(self) -> Path:
+        return class_images_folder(self.data_dir, self.profile.base_model_id, self.profile.base_model_revision,
+                                   self.pet.class_noun, self.resolution, self.config.class_image_steps)
+
+    def _class_images(self, parts, folder: Path):
         unet, vae, text_encoder, tokenizer, noise_scheduler = parts
         pipeline = _pipeline_over(unet, vae, text_encoder, tokenizer, noise_scheduler)
-        folder = class_images_folder(self.data_dir, self.profile.base_model_id, self.profile.base_model_revision,
-                                     self.pet.class_noun, self.resolution, self.config.class_image_steps)
         cuda = unet.device.type == "cuda"
         # Batches keep a GPU busy; on the CPU one image at a time keeps memory low and costs no speed.
         with quiet_libraries(), torch.autocast("cuda", torch.float16, enabled=cuda):

@@ -46,13 +46,15 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
             gr.Markdown(f"⚠️ **Demo mode.** {TINY_WARNING}", elem_id="tiny-banner")
         browser_id = gr.BrowserState("", storage_key="petdream-browser-id",
                                      secret=browser_state_secret(service.data_dir))
+        # Kept in the browser, as its owner key is: the server keeps nothing of a chat not kept.
+        chatted_pet = gr.BrowserState("", storage_key="petdream-chat-pet", secret=browser_state_secret(service.data_dir))
         with gr.Row(visible=False, elem_id="move-offer") as offer_row:
             offer_text = gr.Markdown(elem_id="move-offer-text")
             move_yes = gr.Button("Move them to my account", variant="primary", scale=0, elem_id="move-yes")
             move_no = gr.Button("Not now", scale=0, elem_id="move-no")
         with gr.Tabs():
             train = train_tab.render(service, browser_id, tiny=profile.random_weights)
-            chat = chat_tab.render(service, browser_id)
+            chat = chat_tab.render(service, browser_id, chatted_pet)
             evaluation = evaluate_tab.render(service, browser_id, tiny=profile.random_weights)
         api.register(service)
 

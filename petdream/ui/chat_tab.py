@@ -19,15 +19,18 @@ from petdream.companion.safety import DISCLOSURE
 from petdream.service import PetDreamService
 from petdream.store import NotFound
 from petdream.ui.events import while_busy
-from petdream.ui.session import browser_state_secret, owner_of, pet_choices, pet_dropdown, served_copy
+from petdream.ui.session import owner_of, pet_choices, pet_dropdown, served_copy
 
 POLL_SECONDS = 0.5
 KEPT_TURNS_SHOWN = 100  # of a kept conversation, the newest shown again when its pet is chosen
 DRAWING = object()  # from the chat's worker: the reply is written, the picture is being drawn
 CRISIS_TITLE = "🆘 You don't have to face this alone: people who can help, right now"
+HELPLINE_DIRECTORY = "https://findahelpline.com"
 
 
-def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
+def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.BrowserState) -> dict:
+    """chatted: the pet id this browser last chatted with, chosen again when the page is next opened (the
+    newest pet otherwise); made outside the tabs, so it is read as the page loads, not when Chat is opened."""
     with gr.Tab("Chat", id="chat") as tab:
         gr.Markdown(f"ℹ️ {DISCLOSURE}", elem_id="disclosure")
         with gr.Row():
@@ -40,7 +43,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
                 age = gr.Textbox(label="Age", elem_id="person-age")
                 occupation = gr.Textbox(label="Occupation", elem_id="person-occupation")
         # One bubble per message: each picture gets thumbs of its own (grouped, they would rate the reply).
-        chatbot = gr.Chatbot(label="PetDream", height=520, elem_id="chatbot", group_consecutive_messages=False)
+        # No "share" button: it posts the conversation to a public Hugging Face discussion.
+        chatbot = gr.Chatbot(label="PetDream", height=520, elem_id="chatbot", group_consecutive_messages=False,
+                             buttons=["copy", "copy_all"])
         with gr.Row():
             message = gr.Textbox(label="How are you feeling?", placeholder="Tell me about your day...", scale=5,
                                  elem_id="chat-input")
@@ -53,9 +58,6 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         pictures = gr.State({})  # chatbot message index -> stored image id, for the thumbs
         last_prompt = gr.State("")
         teaching = gr.State("")  # the run id of the Teach training this page shows
-        # The pet this browser last chatted with, chosen again when the page is next opened (the newest pet
-        # otherwise). Kept in the browser, as its owner key is: the server keeps nothing of an unkept chat.
-        chatted = gr.BrowserState("", storage_key="petdream-chat-pet", secret=browser_state_secret(service.data_dir))
 
     def shown(history, pictures, images) -> gr.Chatbot:
         """The chat with each rated picture's thumb as it was rated (`images`: the pet's, from the store):
@@ -65,24 +67,29 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         return gr.Chatbot(history, feedback_value=[verdicts.get(liked.get(pictures.get(i)))
                                                    for i, m in enumerate(history) if m["role"] == "assistant"])
 
-    def show_kept(pet_id, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        """(chat, pictures, keep box) on choosing a pet: its kept conversation, if the person keeps them."""
+    def show_kept(pet_id, history, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """(chat, pictures, last scene, keep box) on choosing a pet: its kept conversation, if the person keeps
+        them, with its last picture's scene for New picture (another pet's would draw that pet's trigger)."""
         owner = owner_of(browser_id, request, profile)
         keeps = service.store.chat_consent(owner) is not None
+        if not keeps and any(not _is_notice(m) for m in history or []):
+            gr.Info("The conversation with the other pet is gone: it was not kept (tick Keep my conversations "
+                    "to keep them).")
         if not pet_id or not keeps:
-            return shown([], {}, []), {}, keeps
+            return shown([], {}, []), {}, "", keeps
         images = service.store.images(owner, pet_id)
-        image_ids = {str(image.path): image.id for image in images}
-        history, pictures = [], {}
+        by_path = {str(image.path): image for image in images}
+        history, pictures, scene = [], {}, ""
         for turn in service.store.chat_turns(owner, pet_id)[-KEPT_TURNS_SHOWN:]:
             if turn.text:  # a New picture's turn has only its picture
                 history.append(_reply(turn.text, turn.crisis) if turn.role == "assistant" else
                                {"role": "user", "content": turn.text})
             if turn.image_path is not None and Path(turn.image_path).is_file():
                 history.append(_picture(owner, turn.image_path))
-                if str(turn.image_path) in image_ids:
-                    pictures[len(history) - 1] = image_ids[str(turn.image_path)]
-        return shown(history, pictures, images), pictures, keeps
+                if str(turn.image_path) in by_path:
+                    pictures[len(history) - 1] = by_path[str(turn.image_path)].id
+                    scene = by_path[str(turn.image_path)].prompt
+        return shown(history, pictures, images), pictures, scene, keeps
 
     def rated(pet_id, history, pictures, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """After a reply: the chat with its thumbs as rated (the reply's new value cleared them on the page)."""
@@ -92,11 +99,18 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
                 profile: gr.OAuthProfile | None = None):
         """Stream the companion's reply into the chat, then add the pet's picture."""
         owner = owner_of(browser_id, request, profile)
-        if not pet_id:
-            raise gr.Error("Choose a pet first (train one on the My pet tab).")
         if not text or not text.strip():
             raise gr.Error("Write a message first: say how you feel or what's on your mind.")
         history = list(history or [])
+        person = Person(name or None, age or None, occupation or None)
+        if not pet_id:  # a crisis is answered even so; anything else waits for a pet
+            try:
+                turn, _ = service.chat(owner, None, text, person=person)
+            except ValueError as error:
+                raise gr.Error(str(error)) from None
+            history += [{"role": "user", "content": text}, _reply(turn.reply, crisis=True)]
+            yield history, pictures, "", ""
+            return
         earlier = [{"role": m["role"], "content": _text(m)} for m in history if _text(m) and not _is_notice(m)]
         # Placeholders (notices) stand in for the reply and the picture until they come: an empty bubble
         # for half a minute reads as a stuck page.
@@ -110,8 +124,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         def work():
             try:
                 outcome["turn"], outcome["picture"] = service.chat(
-                    owner, pet_id, text, person=Person(name or None, age or None, occupation or None),
-                    history=earlier, on_token=tokens.put, on_drawing=lambda: tokens.put(DRAWING))
+                    owner, pet_id, text, person=person, history=earlier, on_token=tokens.put,
+                    on_drawing=lambda: tokens.put(DRAWING))
             except Exception as error:  # shown to the person below; the worker must always finish
                 outcome["error"] = error
             finally:
@@ -154,6 +168,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
         history = list(history or []) + [_picture(owner, picture.path, picture.prompt)]
         pictures = {**pictures, len(history) - 1: picture.image_id}
         return shown(history, pictures, service.store.images(owner, pet_id)), pictures
+
+    def forget_shown(pet_id, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """The chat's trash button: a kept conversation goes from the store too, not only off the screen."""
+        owner = owner_of(browser_id, request, profile)
+        if pet_id and service.store.forget_chat(owner, pet_id):
+            gr.Info(f"Your kept conversation with {service.pet_label(owner, pet_id)} is deleted; the pictures "
+                    "stay among the pet's pictures.")
+        return {}, ""
 
     def rate(pictures, browser_id, liked: gr.LikeData, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
@@ -223,8 +245,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
                               show_progress_on=message, **api)  # a refusal marks the box, not the whole chat "Error"
         answered.then(rated, [pet, chatbot, pictures, browser_id], chatbot, api_visibility="private")
         answered.then(lambda pet_id: pet_id, pet, chatted, api_visibility="private")
-    again.click(redraw, inputs=[pet, last_prompt, chatbot, pictures, browser_id], outputs=[chatbot, pictures],
-                api_visibility="private")
+    # A refusal marks the button, not the chat: Gradio's "Error" over the chat hid it, helplines included.
+    while_busy(again.click, [again, send], lambda: (gr.Button(interactive=False),) * 2,
+               lambda: (gr.Button(interactive=True),) * 2, redraw, [pet, last_prompt, chatbot, pictures, browser_id],
+               [chatbot, pictures], show_progress_on=again, api_visibility="private")
+    chatbot.clear(forget_shown, inputs=[pet, browser_id], outputs=[pictures, last_prompt], api_visibility="private")
 
     chatbot.like(rate, inputs=[pictures, browser_id], api_visibility="private")
     while_busy(teach.click, [teach], lambda: gr.Button(interactive=False), lambda: gr.Button(interactive=True),
@@ -232,17 +257,18 @@ def render(service: PetDreamService, browser_id: gr.BrowserState) -> dict:
                concurrency_limit=None)  # it only follows the training, which the training queue runs one at a time
     stop_teaching.click(stop_teaching_run, inputs=[teaching, browser_id], api_name="stop_teaching")
     keep.input(consent, inputs=[keep, browser_id], api_visibility="private")  # the person's click, not show_kept's
-    pet.change(show_kept, inputs=[pet, browser_id], outputs=[chatbot, pictures, keep], api_visibility="private")
+    pet.change(show_kept, inputs=[pet, chatbot, browser_id], outputs=[chatbot, pictures, last_prompt, keep],
+               api_visibility="private")
     tab.select(list_chat_pets, inputs=[pet, browser_id, chatted], outputs=pet, api_visibility="private")
     return {"list_pets": (list_chat_pets, [pet, browser_id, chatted], [pet])}
 
 
 def _reply(text: str, crisis: bool) -> dict:
-    """The companion's reply as a chat message; a crisis reply set apart under its title, live or kept."""
-    message = {"role": "assistant", "content": text}
+    """The companion's reply as a chat message; a crisis reply set apart under a bold title, live or kept,
+    in full-size text with its directory as a link (Gradio's message titles fold the text under them, small)."""
     if crisis:
-        message["metadata"] = {"title": CRISIS_TITLE}
-    return message
+        text = f"**{CRISIS_TITLE}**\n\n" + text.replace("findahelpline.com", f"[findahelpline.com]({HELPLINE_DIRECTORY})")
+    return {"role": "assistant", "content": text}
 
 
 def _picture(owner: str, path, prompt: str | None = None) -> dict:

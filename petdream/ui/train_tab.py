@@ -106,8 +106,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             raise gr.Error(str(error)) from None
         pet = service.store.pet(owner, service.store.run(owner, job.run_id).pet_id)
         if job.pet_name != pet.name:  # told apart from another pet of theirs with this name
-            gr.Info(f"You already have a pet named {pet.name}: this trains another, listed as {job.pet_name}. "
-                    "To teach the first one more, use Teach on the Chat tab.")
+            namesakes = [other for other in service.pets(owner) if other.name == pet.name and other.id != pet.id]
+            gr.Info(f"You already have a pet named {pet.name}: this trains another, listed as {job.pet_name}. " +
+                    ("To teach the first one more, use Teach on the Chat tab." if any(n.model_dir for n in namesakes) else
+                     "To go on with the first one's training instead, cancel this one and resume that one under "
+                     "Unfinished trainings."))
         yield from follow(owner, job.run_id)
 
     def ready_for_next_pet(run, trained, paths, pet_name, status, browser_id, request: gr.Request,
@@ -115,10 +118,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         """(photos, name, status) once Train's training has ended: if it finished, the photos it trained on
         are taken out of the uploader (any added since stay, for the next pet) and its name out of the name
         field (unless it was changed since), and the status line says so; otherwise all stays as it is, so
-        a failed or cancelled training can be trained again or resumed with nothing to upload again."""
+        a failed or cancelled training can be trained again (Resume needs no upload), and the status line
+        says whose photos they are: another pet's added to them would train one pet on both."""
         job = service.training(owner_of(browser_id, request, profile), run) if run and trained else None
-        if job is None or job.status != "finished":
+        if job is None or not job.done:
             return gr.skip(), gr.skip(), gr.skip()
+        if job.status != "finished":
+            line = f"The photos above are {job.pet_name}'s: remove them (×) before adding another pet's."
+            return gr.skip(), gr.skip(), f"{status}\n\n{line}" if paths else gr.skip()
         kept = [path for path in paths or [] if path not in trained["photos"]]
         name_cleared = pet_name == trained["name"]
         line = (f"Ready for your next pet: {job.pet_name}'s {'photos and name are' if name_cleared else 'photos are'} "

@@ -220,7 +220,7 @@ class EvaluationReport:
 
     def grid(self, tile: int = 192) -> Image.Image:
         """One row per prompt, labelled: the pet's images, a gap, then the base model's."""
-        label_width, gap, header = 280, 16, 28
+        label_width, gap, header = 280, 16, 46  # two lines: "base model" over its id, which is long
         models = self.models()
         per_model = self.config.images_per_prompt
         width = label_width + len(models) * (per_model * tile + gap)
@@ -230,8 +230,8 @@ class EvaluationReport:
         font = _font(14)
         for column, (which, result) in enumerate(models):
             left = label_width + column * (per_model * tile + gap)
-            draw.text((left + 4, 6), "pet" if which == "pet" else f"base model ({self.profile.base_model_id})",
-                      fill="black", font=font)
+            draw.multiline_text((left + 4, 6), "pet" if which == "pet" else f"base model\n{self.profile.base_model_id}",
+                                fill="black", font=font)
             for row, item in enumerate(result.prompts):
                 for i, image in enumerate(item.images):
                     canvas.paste(image.convert("RGB").resize((tile, tile), Image.Resampling.LANCZOS),

@@ -31,11 +31,15 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-button")
         status = gr.Markdown(elem_id="eval-status")
         metrics = gr.Markdown(elem_id="eval-metrics")
+        # Captions above, not Gradio's labels and share buttons: those float over the pictures' own headings.
+        gr.Markdown("Left: a row per prompt, your pet's model, then the base model. Right: subject fidelity "
+                    "against prompt fidelity.")
         with gr.Row():
             # Shown as WebP: the full protocol's grid.png is ~15 MB (it is among the report's files).
-            grid = gr.Image(label="A row per prompt: your pet's model, then the base model", format="webp",
-                            elem_id="eval-grid")
-            chart = gr.Image(label="Subject fidelity against prompt fidelity", elem_id="eval-chart")
+            grid = gr.Image(label="A row per prompt: your pet's model, then the base model", show_label=False,
+                            format="webp", buttons=["fullscreen"], elem_id="eval-grid")
+            chart = gr.Image(label="Subject fidelity against prompt fidelity", show_label=False,
+                             buttons=["download", "fullscreen"], elem_id="eval-chart")
         report = gr.File(label="Report", file_count="multiple", elem_id="eval-report")
 
     def evaluate(pet_id, size, steps, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):

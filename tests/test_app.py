@@ -274,11 +274,11 @@ def test_a_finished_training_clears_its_photos_and_name_for_the_next_pet(served_
     trained = {"photos": [str(path) for path in photo_files], "name": "Bruno"}  # what Train sent
     finished = "✅ Bruno is ready: chat with them on the Chat tab."
     assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", finished, ALICE, None) == (
-        None, "", f"{finished}\n\nReady for your next pet: Bruno's photos and name are cleared above.")
+        None, "", f"{finished}\n\nReady for your next pet: the photos and name above are cleared.")
     # A photo added and a name typed while it trained are the next pet's: they stay.
     added = str(tmp_path / "next-pet.jpg")
     assert ready_for_next_pet(run.id, trained, [*trained["photos"], added], "Milo", finished, ALICE, None) == (
-        [added], gr.skip(), f"{finished}\n\nReady for your next pet: Bruno's photos are cleared above; the photos "
+        [added], gr.skip(), f"{finished}\n\nReady for your next pet: its photos are cleared; the photos "
                             "added while it trained stay.")
     assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", "", BOB, None) == (gr.skip(),) * 3
 

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 
 STEPS = 20
 TRAINED = "✅ Bruno is ready: chat with them on the Chat tab."
-READY_FOR_NEXT = "Ready for your next pet: Bruno's photos and name are cleared above."
+READY_FOR_NEXT = "Ready for your next pet: the photos and name above are cleared."
 HELPLINE = "Text HOME to 741741 to reach the Crisis Text Line."  # a line of the crisis reply
 FEELING = "I feel a bit lonely today"
 # Gradio re-renders asynchronously; these bound each wait on the tiny profile on 2 busy cores.

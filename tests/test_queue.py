@@ -76,5 +76,9 @@ def test_a_jobs_summary_tells_the_person_where_it_stands():
     assert job.summary(0) == "Preparing Bruno's training. Preparing 4 class images."
     job.step, job.loss, job.eta_seconds = 5, 0.1234, 12.4
     assert job.summary(0) == "Training Bruno: step 5 of 20, loss 0.1234, about 12 s left."
+    job.eta_seconds = 0.4  # not "about 0 s left"
+    assert job.summary(0) == "Training Bruno: step 5 of 20, loss 0.1234, almost done."
+    job.eta_seconds = 3000  # an sd15 training on a slow machine: not "about 3000 s left"
+    assert job.summary(0) == "Training Bruno: step 5 of 20, loss 0.1234, about 50 min left."
     job.status, job.message = "failed", "The loss became nan at step 6."
     assert job.summary(None) == "❌ The loss became nan at step 6."

@@ -51,9 +51,18 @@ class TrainingJob:
         if self.status == "running":
             if self.loss is None:
                 return f"Preparing {self.pet_name}'s training. {self.message}".strip()
-            eta = f", about {self.eta_seconds:.0f} s left" if self.eta_seconds is not None else ""
+            eta = f", {time_left(self.eta_seconds)}" if self.eta_seconds is not None else ""
             return f"Training {self.pet_name}: step {self.step} of {self.total_steps}, loss {self.loss:.4f}{eta}."
         return {"finished": "✅ ", "failed": "❌ ", "cancelled": "⏹ "}[self.status] + self.message
+
+
+def time_left(seconds: float) -> str:
+    """"about 12 s left", "about 4 min left", "almost done": how long a person waits, in their units."""
+    if seconds < 1:
+        return "almost done"
+    if seconds < 90:
+        return f"about {seconds:.0f} s left"
+    return f"about {seconds / 60:.0f} min left"
 
 
 class TrainingQueue:

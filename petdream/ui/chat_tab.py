@@ -135,7 +135,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         reply_at, streamed = len(history) - 1, False
         while (piece := tokens.get()) is not None:
             if piece is DRAWING:
-                history.append(_notice(f"Drawing {service.store.pet(owner, pet_id).name}..."))
+                history.append(_notice(f"Drawing {service.pet_label(owner, pet_id)}..."))
             else:
                 history[reply_at] = {"role": "assistant", "content": history[reply_at]["content"] + piece
                                      if streamed else piece}

@@ -8,6 +8,7 @@ from PIL import Image
 from petdream.evaluation import EvaluationConfig, Failed, Finished, Note, Progress, load_prompts
 from petdream.service import PetDreamService
 from petdream.store import NotFound
+from petdream.training.queue import time_left
 from petdream.ui.events import while_busy
 from petdream.ui.session import owner_of, served_copy, trained_pets
 
@@ -27,7 +28,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                             info=f"Each picture is drawn twice, by your pet's model and by the base model: quick "
                                  f"draws {2 * QUICK_PROMPTS}, full {2 * 4 * len(load_prompts())} (the DreamBench "
                                  "protocol; several minutes on a GPU).", elem_id="eval-size")
-            steps = gr.Slider(5, 50, value=10 if tiny else 25, step=1, label="Sampling steps")
+            steps = gr.Slider(5, 50, value=10 if tiny else 25, step=1, label="Sampling steps",
+                              info="Denoising steps per picture: more are cleaner and slower.")
         run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-button")
         status = gr.Markdown(elem_id="eval-status")
         metrics = gr.Markdown(elem_id="eval-metrics")
@@ -56,7 +58,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                 if isinstance(event, Progress):
                     who = "your pet's model" if event.model == "pet" else "the base model"
                     yield (f"Drawing {event.step} of {event.total_steps} with {who}: {event.prompt} "
-                           f"(about {event.eta_seconds:.0f} s left)"), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                           f"({time_left(event.eta_seconds)})"), gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 elif isinstance(event, Note):
                     gr.Warning(event.text)
                 elif isinstance(event, Failed):

@@ -46,8 +46,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                 steps = gr.Number(label="Steps (0: the preset's)", value=0, precision=0, minimum=0)
                 learning_rate = gr.Number(label="Learning rate (0: the preset's)", value=0, minimum=0)
                 rank = gr.Number(label="LoRA rank (0: the preset's)", value=0, precision=0, minimum=0)
-                seed = gr.Number(label="Seed", value=0, precision=0)
-                prior = gr.Radio(["preset", "on", "off"], value="preset", label="Prior preservation")
+                seed = gr.Number(label="Seed", value=0, precision=0,
+                                 info="The same photos, settings and seed train the same model.")
+                prior = gr.Radio(["preset", "on", "off"], value="preset", label="Prior preservation",
+                                 info="Also trains on the base model's own pictures of the kind of pet, so the "
+                                      "model still knows other dogs or cats, not only yours.")
         with gr.Row():
             train = gr.Button("Train", variant="primary", elem_id="train-button")
             cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="cancel-button")
@@ -128,8 +131,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             return gr.skip(), gr.skip(), f"{status}\n\n{line}" if paths else gr.skip()
         kept = [path for path in paths or [] if path not in trained["photos"]]
         name_cleared = pet_name == trained["name"]
-        line = (f"Ready for your next pet: {job.pet_name}'s {'photos and name are' if name_cleared else 'photos are'} "
-                f"cleared above{'; the photos added while it trained stay' if kept else ''}.")
+        line = (f"Ready for your next pet: {'the photos and name above are' if name_cleared else 'its photos are'} "
+                f"cleared{'; the photos added while it trained stay' if kept else ''}.")
         return kept or None, "" if name_cleared else gr.skip(), f"{status}\n\n{line}"
 
     def resume_run(chosen, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):

@@ -225,9 +225,10 @@ def test_a_namesakes_training_says_which_pet_it_is_and_keeps_its_photos_unless_i
     second = service.store.run(owner, run).pet_id
     label = listed_as(service, owner, second, 2)
     while not status.startswith("Training "):
-        _, status, *_ = next(following)
+        _, status, _, chart, _ = next(following)
     try:
         assert status.startswith(f"Training {label}: step ")  # the status line says which Bruno trains
+        assert chart.x_lim == [1, 2000]  # the loss chart spans the whole run, not half steps of the first few
         assert told == [f"You already have a pet named Bruno: this trains another, listed as {label}. To teach the "
                         "first one more, use Teach on the Chat tab."]
     finally:

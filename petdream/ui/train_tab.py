@@ -159,7 +159,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                 last = state
                 losses = list(job.losses)  # one copy: the worker appends while this reads
                 first = job.first_step or 1
-                chart = pd.DataFrame({"step": range(first, first + len(losses)), "loss": losses})
+                # The x axis spans the whole run: the line grows across it, and a few steps are not drawn
+                # on an axis of half steps.
+                chart = gr.LinePlot(pd.DataFrame({"step": range(first, first + len(losses)), "loss": losses}),
+                                    x_lim=[first, job.total_steps])
                 progress_bar = gr.Slider(maximum=job.total_steps, value=job.step)
                 gallery = gr.skip()  # copied and sent only when a new sample arrives, not every step
                 if len(job.samples) != samples_shown:

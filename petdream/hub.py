@@ -441,11 +441,10 @@ class PetHub:
                 # A name that does not resolve means no connection or a mistyped endpoint: one more try, not 14 s.
                 tries = min(2, self.retry.tries) if _in_chain(error, socket.gaierror) else self.retry.tries
                 if attempt >= tries:
-                    raise HubError(self._gave_up(action, repo_id, status, error, tries), status=status) from None
+                    raise HubError(self._gave_up(action, repo_id, status, error, attempt), status=status) from None
                 wait = self.retry.delay(attempt, retry_after)
                 logger.warning("the Hub failed to %s (%s); try %d of %d in %.0f s", _ACTIONS.get(action, action),
-                               f"HTTP {status}" if status else type(error).__name__, attempt + 1,
-                               self.retry.tries, wait)
+                               f"HTTP {status}" if status else type(error).__name__, attempt + 1, tries, wait)
                 self.retry.sleep(wait)
         raise AssertionError("unreachable")
 

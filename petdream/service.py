@@ -267,7 +267,7 @@ class PetDreamService:
         with self.owners.work(owner):
             run = self.store.run(owner, run_id)
             record = self.store.pet(owner, run.pet_id)
-            cannot = f"{self.pet_label(owner, record.id)}'s training cannot be resumed now"
+            cannot = f"The training of {self.pet_label(owner, record.id)} cannot be resumed now"
             if self.training_is_live(owner, run_id):  # already back in line, or running
                 raise ValueError(f"{cannot}: {self.training(owner, run_id).summary(self.trainings.position(run_id))}")
             if not run.resumable:
@@ -380,17 +380,24 @@ class PetDreamService:
              on_token: Callable[[str], None] | None = None, on_drawing: Callable[[], None] | None = None):
         """The companion's Turn for `message`, and a picture of the pet (None on a crisis reply).
         on_token gets the reply's text as it is written; on_drawing is called as the picture starts.
-        Without a pet (`pet_id` None) only a crisis is answered, with its helplines, and nothing is kept
-        (there is no pet to keep it under); any other message raises ValueError: choose a pet first."""
+        Without a pet (`pet_id` None), or with one that cannot be loaded (deleted in another tab, say), a
+        crisis is still answered, with its helplines, and nothing is kept (there is no pet to keep it under);
+        any other message raises: ValueError (choose a pet first) or why the pet cannot be loaded."""
         from petdream.companion import Person, answer_without_pet
 
-        if pet_id is None:
-            turn = answer_without_pet(message, person or Person())
+        person = person or Person()
+        try:
+            model = self.pet_model(owner, pet_id) if pet_id is not None else None
+        except Exception:
+            if answer_without_pet(message, person) is None:
+                raise
+            model = None  # help does not wait on a pet
+        if model is None:
+            turn = answer_without_pet(message, person)
             if turn is None:
                 raise ValueError("Choose a pet first (train one on the My pet tab).")
             return turn, None
-        model = self.pet_model(owner, pet_id)
-        turn = self.companion.respond(message, pet=model.pet, person=person or Person(), history=history,
+        turn = self.companion.respond(message, pet=model.pet, person=person, history=history,
                                       on_token=on_token)
         self.has_replied = True
         self.store.add_chat_turn(owner, "user", message, pet_id=pet_id, mood=turn.mood)

@@ -755,13 +755,6 @@ class Store:
                                     int(crisis))).lastrowid
         return self._row(ChatTurn, self._conn().execute("SELECT * FROM chat_turns WHERE id = ?", (turn_id,)).fetchone())
 
-    def forget_chat(self, owner: str, pet_id: str) -> int:
-        """Delete `owner`'s kept conversation with one pet (its pictures stay: they are the pet's); returns
-        how many turns went."""
-        with self._write() as conn:
-            return conn.execute("DELETE FROM chat_turns WHERE owner = ? AND pet_id = ?",
-                                (_check_owner(owner), pet_id)).rowcount
-
     def chat_turns(self, owner: str, pet_id: str | None = None) -> list[ChatTurn]:
         """`owner`'s kept chat turns in the order they were said; with `pet_id`, that pet's only."""
         sql, args = "SELECT * FROM chat_turns WHERE owner = ?", [_check_owner(owner)]

@@ -176,13 +176,16 @@ def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet)
 
 
 def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(served_app, alices_pet, monkeypatch):
+    import gradio as gr
+
     def empty(shown_on_choosing):
-        view, pictures, scene, keeps = shown_on_choosing
-        return view.value == [] and view.feedback_value == [] and pictures == {} and scene == "" and keeps is False
+        view, pictures, scene, keeps, shown_for = shown_on_choosing
+        return (view.value == [] and view.feedback_value == [] and pictures == {} and scene == "" and keeps is False
+                and shown_for == pet)
 
     api, service, pet, owner = client(served_app), served_app.petdream_service, alices_pet["id"], f"session:{ALICE}"
     consent, show_kept = handler(served_app, "consent"), handler(served_app, "show_kept")
-    assert empty(show_kept(pet, [], ALICE, None))  # not kept: a chosen pet's chat starts empty
+    assert empty(show_kept(pet, "another-pet", [], ALICE, None))  # not kept: a chosen pet's chat starts empty
     consent(True, ALICE, None)
     heard, chat = [], service.chat  # what the companion is told of the conversation so far
     monkeypatch.setattr(service, "chat", lambda *args, **kwargs: heard.append(kwargs["history"]) or chat(*args, **kwargs))
@@ -195,7 +198,8 @@ def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(s
         assert heard[1][0]["content"] == "I got a promotion today" and heard[1][1]["content"].strip()
         picture = service.store.images(owner, pet)[-1]
         service.rate(owner, picture.id, True)
-        view, pictures, scene, keeps = show_kept(pet, [], ALICE, None)  # the person comes back and chooses the pet
+        # The person comes back and chooses the pet.
+        view, pictures, scene, keeps, _ = show_kept(pet, "", [], ALICE, None)
         assert keeps is True and scene == picture.prompt  # New picture draws the last picture's scene again
         [asked, replied, drawn, *_] = view.value
         assert asked["content"][0]["text"] == "I got a promotion today" and replied["content"][0]["text"].strip()
@@ -203,13 +207,15 @@ def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(s
         assert view.value[-1]["content"][0]["file"]["path"].endswith(".png")  # the second reply's picture
         assert pictures == {2: pictures[2], len(view.value) - 1: picture.id}  # the thumbs rate those pictures
         assert view.feedback_value == [None, None, None, "Like"]  # as the person rated them
-        assert handler(served_app, "forget_shown")(pet, ALICE, None) == ({}, "")  # the chat's trash button
-        assert service.store.chat_turns(owner, pet) == [] and picture.path.is_file()  # the picture is the pet's
-        view, pictures, scene, keeps = show_kept(pet, [], ALICE, None)
-        assert view.value == [] and pictures == {} and scene == "" and keeps is True  # still keeping what comes
+        # The chat's trash button clears the screen, as a chat app's does, and says the conversation is kept.
+        told = []
+        monkeypatch.setattr(gr, "Info", told.append)
+        assert handler(served_app, "cleared")(pet, ALICE, None) == ({}, "")
+        assert told == ["Cleared from the screen. Your conversation with Bruno is still kept: untick Keep my "
+                        "conversations to delete it."] and len(service.store.chat_turns(owner, pet)) == 4
     finally:
         consent(False, ALICE, None)
-    assert empty(show_kept(pet, [], ALICE, None)) and service.store.chat_turns(owner) == []
+    assert empty(show_kept(pet, pet, [], ALICE, None)) and service.store.chat_turns(owner) == []
 
 
 def test_a_namesakes_training_says_which_pet_it_is_and_keeps_its_photos_unless_it_finishes(served_app, alices_pet,
@@ -244,12 +250,14 @@ def test_a_namesakes_training_says_which_pet_it_is_and_keeps_its_photos_unless_i
     trained = {"photos": [str(path) for path in photo_files], "name": "Bruno"}
     ready_for_next_pet = handler(served_app, "ready_for_next_pet")
     assert ready_for_next_pet(run, trained, trained["photos"], "Bruno", status, ALICE, None) == (
-        gr.skip(), gr.skip(), f"{status}\n\nThe photos above are {label}'s: remove them (×) before adding another pet's.")
+        gr.skip(), gr.skip(), f"{status}\n\nThe photos above are for {label}: remove them (×) before adding another pet's.")
     service.delete_pet(owner, second)
 
     # A namesake of a pet whose training never finished: Teach cannot help it, Resume can.
     key = "n" * 40
     first = service.store.add_pet(f"session:{key}", "Rex", "dog", "rex")
+    cut_off = service.store.add_run(f"session:{key}", first.id, {"steps": 2000})
+    service.store.update_run(f"session:{key}", cut_off.id, status="cancelled", metrics={"step": 40})
     told.clear()
     following = handler(served_app, "train")(photo_files, "Rex", "dog", "tiny", None, 2000, 0, 0, 0, "off", key, None)
     run, *_ = next(following)
@@ -302,6 +310,8 @@ def test_the_chat_chooses_the_pet_last_chatted_with_in_this_browser_while_it_is_
 
 
 def test_a_kept_crisis_reply_is_set_apart_under_its_title_as_it_was_live(served_app, alices_pet):
+    import gradio as gr
+
     from petdream.companion.safety import CRISIS_MESSAGE
     from petdream.ui.chat_tab import CRISIS_TITLE
 
@@ -312,17 +322,26 @@ def test_a_kept_crisis_reply_is_set_apart_under_its_title_as_it_was_live(served_
         chat = api.submit("I want to end my life", pet, "", "", "", [], ALICE, api_name="/chat")
         chat.result(timeout=300)
         [live] = [message for message in chat.outputs()[-1][0] if message["role"] == "assistant"]
-        view, *_ = show_kept(pet, [], ALICE, None)  # the person comes back and chooses the pet
+        view, *_ = show_kept(pet, "", [], ALICE, None)  # the person comes back and chooses the pet
         [kept] = [message for message in view.value if message["role"] == "assistant"]
+        # A pet that cannot be loaded (deleted in another tab, the page not yet told): help does not wait on it.
+        lost = api.submit("I want to end my life", "no-such-pet", "", "", "", [], ALICE, api_name="/chat")
+        lost.result(timeout=60)
+        [unloaded] = [message for message in lost.outputs()[-1][0] if message["role"] == "assistant"]
         # No pet chosen yet (a new visitor, or one whose first pet still trains): a crisis is answered even so.
         alone = api.submit("I want to end my life", "", "", "", "", [], "z" * 40, api_name="/chat")
         alone.result(timeout=60)
         [unpetted] = [message for message in alone.outputs()[-1][0] if message["role"] == "assistant"]
         with pytest.raises(Exception, match="Choose a pet first"):  # anything else waits for a pet
             api.predict("I had a nice day", "", "", "", "", [], "z" * 40, api_name="/chat")
+        # That reply stays on screen when the first pet comes (nothing is kept, but it holds the helplines).
+        consent(False, "z" * 40, None)
+        on_screen = alone.outputs()[-1][0]
+        assert handler(served_app, "show_kept")(pet, "", on_screen, "z" * 40, None)[0] == gr.skip()
     finally:
         consent(False, ALICE, None)
-    assert live["content"][0]["text"] == kept["content"][0]["text"] == unpetted["content"][0]["text"]
+    assert (live["content"][0]["text"] == kept["content"][0]["text"] == unpetted["content"][0]["text"]
+            == unloaded["content"][0]["text"])
     assert live["content"][0]["text"].startswith(f"**{CRISIS_TITLE}**\n\nI'm really glad you told me.")
     assert "call or text 988" in kept["content"][0]["text"] and "](https://findahelpline.com)" in kept["content"][0]["text"]
     assert CRISIS_MESSAGE.splitlines()[0] in unpetted["content"][0]["text"]
@@ -481,7 +500,7 @@ def test_a_crashed_or_cancelled_waiting_training_can_be_resumed_once(tiny, data_
     assert service.cancel_training(owner, waiting.run_id) and waiting.status == "cancelled"
     assert service.store.run(owner, waiting.run_id).status == "cancelled"
     again = service.resume_training(owner, waiting.run_id)
-    with pytest.raises(ValueError, match="Fido's training cannot be resumed now: (Waiting|Starting)"):
+    with pytest.raises(ValueError, match="The training of Fido cannot be resumed now: (Waiting|Starting)"):
         service.resume_training(owner, waiting.run_id)
     assert service.cancel_training(owner, again.run_id)
 
@@ -496,7 +515,7 @@ def test_a_crashed_or_cancelled_waiting_training_can_be_resumed_once(tiny, data_
     while not resumed.done:
         time.sleep(0.1)
     assert resumed.status == "finished" and len(resumed.losses) == 2  # on from step 2's checkpoint
-    with pytest.raises(ValueError, match="Rex's training cannot be resumed now: finished"):
+    with pytest.raises(ValueError, match="The training of Rex cannot be resumed now: finished"):
         service.resume_training(owner, first.run_id)
 
 
@@ -517,7 +536,7 @@ def test_a_diverged_training_is_not_offered_for_resuming(tiny, data_dir, photo_f
         time.sleep(0.1)
     assert diverged.status == "failed" and diverged.message.startswith("The loss became nan at step 1")
     assert service.store.resumable_runs(owner) == []
-    with pytest.raises(ValueError, match="Rex's training cannot be resumed now: The loss became nan at step 1.*"
+    with pytest.raises(ValueError, match="The training of Rex cannot be resumed now: The loss became nan at step 1.*"
                                          "resuming would repeat the same steps"):
         service.resume_training(owner, diverged.run_id)
 

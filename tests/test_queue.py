@@ -73,7 +73,7 @@ def test_a_jobs_summary_tells_the_person_where_it_stands():
     assert job.summary(2) == "Waiting: 2 trainings ahead of Bruno's."
     assert job.summary(1) == "Waiting: 1 training ahead of Bruno's."
     job.status, job.message = "running", "Preparing 4 class images."
-    assert job.summary(0) == "Preparing Bruno's training. Preparing 4 class images."
+    assert job.summary(0) == "Preparing to train Bruno. Preparing 4 class images."
     job.step, job.loss, job.eta_seconds = 5, 0.1234, 12.4
     assert job.summary(0) == "Training Bruno: step 5 of 20, loss 0.1234, about 12 s left."
     job.eta_seconds = 0.4  # not "about 0 s left"

@@ -50,7 +50,7 @@ class TrainingJob:
                     if position else "Starting: reading the photos and loading the models...")
         if self.status == "running":
             if self.loss is None:
-                return f"Preparing {self.pet_name}'s training. {self.message}".strip()
+                return f"Preparing to train {self.pet_name}. {self.message}".strip()
             eta = f", {time_left(self.eta_seconds)}" if self.eta_seconds is not None else ""
             return f"Training {self.pet_name}: step {self.step} of {self.total_steps}, loss {self.loss:.4f}{eta}."
         return {"finished": "✅ ", "failed": "❌ ", "cancelled": "⏹ "}[self.status] + self.message

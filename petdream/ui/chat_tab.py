@@ -58,6 +58,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         pictures = gr.State({})  # chatbot message index -> stored image id, for the thumbs
         last_prompt = gr.State("")
         teaching = gr.State("")  # the run id of the Teach training this page shows
+        shown_pet = gr.State("")  # whose conversation the chat shows ("": no pet's yet)
 
     def shown(history, pictures, images) -> gr.Chatbot:
         """The chat with each rated picture's thumb as it was rated (`images`: the pet's, from the store):
@@ -67,16 +68,20 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         return gr.Chatbot(history, feedback_value=[verdicts.get(liked.get(pictures.get(i)))
                                                    for i, m in enumerate(history) if m["role"] == "assistant"])
 
-    def show_kept(pet_id, history, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        """(chat, pictures, last scene, keep box) on choosing a pet: its kept conversation, if the person keeps
-        them, with its last picture's scene for New picture (another pet's would draw that pet's trigger)."""
+    def show_kept(pet_id, shown_for, history, browser_id, request: gr.Request,
+                  profile: gr.OAuthProfile | None = None):
+        """(chat, pictures, last scene, keep box, pet shown) on choosing a pet: its kept conversation, if the
+        person keeps them, with its last picture's scene for New picture (another pet's would draw that pet's
+        trigger). A chat with no pet's yet (a crisis answered before there was a pet) stays on screen."""
         owner = owner_of(browser_id, request, profile)
         keeps = service.store.chat_consent(owner) is not None
-        if not keeps and any(not _is_notice(m) for m in history or []):
+        if not keeps and not shown_for:
+            return gr.skip(), gr.skip(), gr.skip(), keeps, pet_id
+        if not keeps and shown_for != pet_id and any(not _is_notice(m) for m in history or []):
             gr.Info("The conversation with the other pet is gone: it was not kept (tick Keep my conversations "
                     "to keep them).")
         if not pet_id or not keeps:
-            return shown([], {}, []), {}, "", keeps
+            return shown([], {}, []), {}, "", keeps, pet_id
         images = service.store.images(owner, pet_id)
         by_path = {str(image.path): image for image in images}
         history, pictures, scene = [], {}, ""
@@ -89,7 +94,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                 if str(turn.image_path) in by_path:
                     pictures[len(history) - 1] = by_path[str(turn.image_path)].id
                     scene = by_path[str(turn.image_path)].prompt
-        return shown(history, pictures, images), pictures, scene, keeps
+        return shown(history, pictures, images), pictures, scene, keeps, pet_id
 
     def rated(pet_id, history, pictures, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """After a reply: the chat with its thumbs as rated (the reply's new value cleared them on the page)."""
@@ -169,12 +174,13 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         pictures = {**pictures, len(history) - 1: picture.image_id}
         return shown(history, pictures, service.store.images(owner, pet_id)), pictures
 
-    def forget_shown(pet_id, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        """The chat's trash button: a kept conversation goes from the store too, not only off the screen."""
+    def cleared(pet_id, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """The chat's trash button clears the screen only, as a chat app's does; where the conversation is
+        kept, the person is told so, and how to delete it (deleting for good takes a deliberate untick)."""
         owner = owner_of(browser_id, request, profile)
-        if pet_id and service.store.forget_chat(owner, pet_id):
-            gr.Info(f"Your kept conversation with {service.pet_label(owner, pet_id)} is deleted; the pictures "
-                    "stay among the pet's pictures.")
+        if pet_id and service.store.chat_consent(owner) is not None and service.store.chat_turns(owner, pet_id):
+            gr.Info(f"Cleared from the screen. Your conversation with {service.pet_label(owner, pet_id)} is still "
+                    "kept: untick Keep my conversations to delete it.")
         return {}, ""
 
     def rate(pictures, browser_id, liked: gr.LikeData, request: gr.Request, profile: gr.OAuthProfile | None = None):
@@ -245,11 +251,12 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                               show_progress_on=message, **api)  # a refusal marks the box, not the whole chat "Error"
         answered.then(rated, [pet, chatbot, pictures, browser_id], chatbot, api_visibility="private")
         answered.then(lambda pet_id: pet_id, pet, chatted, api_visibility="private")
-    # A refusal marks the button, not the chat: Gradio's "Error" over the chat hid it, helplines included.
-    while_busy(again.click, [again, send], lambda: (gr.Button(interactive=False),) * 2,
-               lambda: (gr.Button(interactive=True),) * 2, redraw, [pet, last_prompt, chatbot, pictures, browser_id],
-               [chatbot, pictures], show_progress_on=again, api_visibility="private")
-    chatbot.clear(forget_shown, inputs=[pet, browser_id], outputs=[pictures, last_prompt], api_visibility="private")
+    # Drawing rests what answering rests. A refusal marks the button, not the chat: Gradio's "Error" over the
+    # chat hid it, helplines included.
+    while_busy(again.click, [send, message, again, pet], *answering, redraw,
+               [pet, last_prompt, chatbot, pictures, browser_id], [chatbot, pictures], show_progress_on=again,
+               api_visibility="private")
+    chatbot.clear(cleared, inputs=[pet, browser_id], outputs=[pictures, last_prompt], api_visibility="private")
 
     chatbot.like(rate, inputs=[pictures, browser_id], api_visibility="private")
     while_busy(teach.click, [teach], lambda: gr.Button(interactive=False), lambda: gr.Button(interactive=True),
@@ -257,8 +264,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                concurrency_limit=None)  # it only follows the training, which the training queue runs one at a time
     stop_teaching.click(stop_teaching_run, inputs=[teaching, browser_id], api_name="stop_teaching")
     keep.input(consent, inputs=[keep, browser_id], api_visibility="private")  # the person's click, not show_kept's
-    pet.change(show_kept, inputs=[pet, chatbot, browser_id], outputs=[chatbot, pictures, last_prompt, keep],
-               api_visibility="private")
+    pet.change(show_kept, inputs=[pet, shown_pet, chatbot, browser_id],
+               outputs=[chatbot, pictures, last_prompt, keep, shown_pet], api_visibility="private")
     tab.select(list_chat_pets, inputs=[pet, browser_id, chatted], outputs=pet, api_visibility="private")
     return {"list_pets": (list_chat_pets, [pet, browser_id, chatted], [pet])}
 

@@ -185,8 +185,9 @@ def _forget_old_files(root: Path, cutoff: float) -> None:
                     (Path(folder) / name).unlink()
             except OSError:  # removed meanwhile
                 pass
-        if folder != str(root):
-            with contextlib.suppress(OSError):  # only if it is empty now
+        # An old folder only if it is empty now: a new empty one may be Gradio's, about to get its file.
+        with contextlib.suppress(OSError):
+            if folder != str(root) and Path(folder).lstat().st_ctime < cutoff:
                 os.rmdir(folder)
 
 
@@ -210,6 +211,7 @@ def _private_dir(folder: Path) -> Path:
     status = folder.lstat()
     if stat.S_ISLNK(status.st_mode) or (hasattr(os, "getuid") and status.st_uid != os.getuid()):
         raise RuntimeError(f"{folder} is a link or belongs to another user: remove it, then restart PetDream.")
+    folder.chmod(0o700)  # one made earlier (by Gradio, or an older PetDream) may be readable by all
     return folder
 
 

@@ -109,11 +109,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             raise gr.Error(str(error)) from None
         pet = service.store.pet(owner, service.store.run(owner, job.run_id).pet_id)
         if job.pet_name != pet.name:  # told apart from another pet of theirs with this name
-            namesakes = [other for other in service.pets(owner) if other.name == pet.name and other.id != pet.id]
-            gr.Info(f"You already have a pet named {pet.name}: this trains another, listed as {job.pet_name}. " +
-                    ("To teach the first one more, use Teach on the Chat tab." if any(n.model_dir for n in namesakes) else
-                     "To go on with the first one's training instead, cancel this one and resume that one under "
-                     "Unfinished trainings."))
+            namesakes = {other.id: other for other in service.pets(owner) if other.name == pet.name and other.id != pet.id}
+            unfinished = {run.pet_id for run in service.store.resumable_runs(owner)} & namesakes.keys()
+            advice = ("To teach the first one more, use Teach on the Chat tab."
+                      if any(other.model_dir for other in namesakes.values()) else
+                      "To go on with the first one's training instead, cancel this one and resume that one under "
+                      "Unfinished trainings." if unfinished else "")  # else the first one is still training
+            gr.Info(f"You already have a pet named {pet.name}: this trains another, listed as {job.pet_name}. "
+                    f"{advice}".strip())
         yield from follow(owner, job.run_id)
 
     def ready_for_next_pet(run, trained, paths, pet_name, status, browser_id, request: gr.Request,
@@ -127,7 +130,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         if job is None or not job.done:
             return gr.skip(), gr.skip(), gr.skip()
         if job.status != "finished":
-            line = f"The photos above are {job.pet_name}'s: remove them (×) before adding another pet's."
+            line = f"The photos above are for {job.pet_name}: remove them (×) before adding another pet's."
             return gr.skip(), gr.skip(), f"{status}\n\n{line}" if paths else gr.skip()
         kept = [path for path in paths or [] if path not in trained["photos"]]
         name_cleared = pet_name == trained["name"]

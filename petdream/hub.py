@@ -972,8 +972,8 @@ def _is_network_error(error: BaseException) -> bool:
 
 def _unreachable(error: BaseException) -> str:
     """Why a network error kept PetDream from the Hub, in words (the libraries say "[Errno -2] ...")."""
-    if _in_chain(error, _Incomplete):
-        return f"the download stopped early: {_short(next(e for e in _chain(error) if isinstance(e, _Incomplete)))}"
+    if incomplete := next((e for e in _chain(error) if isinstance(e, _Incomplete)), None):
+        return f"the download stopped early: {_short(incomplete)}"
     if _in_chain(error, socket.gaierror):
         return "its address could not be looked up, so this machine seems to be offline or the address is mistyped"
     if _in_chain(error, ConnectionRefusedError):

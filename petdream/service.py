@@ -389,14 +389,13 @@ class PetDreamService:
         try:
             model = self.pet_model(owner, pet_id) if pet_id is not None else None
         except Exception:
-            if answer_without_pet(message, person) is None:
+            if (crisis := answer_without_pet(message, person)) is None:
                 raise
-            model = None  # help does not wait on a pet
+            return crisis, None  # help does not wait on a pet
         if model is None:
-            turn = answer_without_pet(message, person)
-            if turn is None:
+            if (crisis := answer_without_pet(message, person)) is None:
                 raise ValueError("Choose a pet first (train one on the My pet tab).")
-            return turn, None
+            return crisis, None
         turn = self.companion.respond(message, pet=model.pet, person=person, history=history,
                                       on_token=on_token)
         self.has_replied = True

@@ -11,8 +11,8 @@ from petdream.companion.backends import (
     embedded_model_dir,
 )
 
-__all__ = ["Companion", "Person", "Turn", "answer_without_pet", "BackendUnavailable", "FallbackChatBackend", "LocalChatBackend",
-           "RemoteChatBackend", "embedded_model_dir", "backend_for"]
+__all__ = ["Companion", "Person", "Turn", "answer_without_pet", "BackendUnavailable", "FallbackChatBackend",
+           "LocalChatBackend", "RemoteChatBackend", "embedded_model_dir", "backend_for"]
 
 
 ANSWER_PREFIX = '{"reply": "'  # local models start their answer inside the JSON the companion asks for

@@ -102,8 +102,8 @@ class EvaluationReport:
         pet, base = self.result, self.baseline
 
         def pair(name: str, digits: int, scale: float = 1) -> str:
-            value = f"{scale * getattr(pet.overall, name):.{digits}f}"
-            return value if base is None else f"{value} / {scale * getattr(base.overall, name):.{digits}f}"
+            value = _figure(pet.overall, name, scale, digits)
+            return value if base is None else f"{value} / {_figure(base.overall, name, scale, digits)}"
 
         fid = "n/a" if pet.fid is None else f"{pet.fid:.1f}"
         if base is not None and base.fid is not None:
@@ -187,12 +187,12 @@ class EvaluationReport:
     def _rows(self, columns: list[tuple[str, float, int]]) -> list[str]:
         """Table rows; a column is (Scores field, scale, decimals)."""
         def cell(pet: Scores, base: Scores | None, name: str, scale: float, digits: int) -> str:
-            value = getattr(pet, name) * scale
+            value = _figure(pet, name, scale, digits)
             if base is None:
-                return f"{value:.{digits}f}"
-            before = getattr(base, name) * scale
-            gain = round(value, digits) - round(before, digits) + 0.0  # + 0.0: no "-0.000"
-            return f"{value:.{digits}f} / {before:.{digits}f} ({gain:+.{digits}f})"
+                return value
+            before = _figure(base, name, scale, digits)
+            gain = float(value) - float(before) + 0.0  # + 0.0: no "-0.000"
+            return f"{value} / {before} ({gain:+.{digits}f})"
 
         bases = self.baseline.prompts if self.baseline else [None] * len(self.result.prompts)
         rows = []
@@ -283,6 +283,11 @@ def image_paths(which: str, index: int, item: PromptResult) -> list[Path]:
     """Where save() writes image i of prompt `index`: images/<which>/NN-<prompt>-seed<i>.png."""
     slug = re.sub(r"[^a-z0-9]+", "-", item.prompt.text.lower()).strip("-")[:60]
     return [Path("images", which, f"{index:02d}-{slug}-seed{seed}.png") for seed in range(len(item.images))]
+
+
+def _figure(scores: Scores, name: str, scale: float, digits: int) -> str:
+    """One score as the report shows it: times `scale`, to `digits` decimals (SSIM is shown x 100)."""
+    return f"{getattr(scores, name) * scale:.{digits}f}"
 
 
 def _markdown_text(text: str) -> str:

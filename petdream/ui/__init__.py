@@ -44,10 +44,10 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
                 gr.LoginButton()
         if profile.random_weights:
             gr.Markdown(f"⚠️ **Demo mode.** {TINY_WARNING}", elem_id="tiny-banner")
-        browser_id = gr.BrowserState("", storage_key="petdream-browser-id",
-                                     secret=browser_state_secret(service.data_dir))
+        secret = browser_state_secret(service.data_dir)
+        browser_id = gr.BrowserState("", storage_key="petdream-browser-id", secret=secret)
         # Kept in the browser, as its owner key is: the server keeps nothing of a chat not kept.
-        chatted_pet = gr.BrowserState("", storage_key="petdream-chat-pet", secret=browser_state_secret(service.data_dir))
+        chatted_pet = gr.BrowserState("", storage_key="petdream-chat-pet", secret=secret)
         with gr.Row(visible=False, elem_id="move-offer") as offer_row:
             offer_text = gr.Markdown(elem_id="move-offer-text")
             move_yes = gr.Button("Move them to my account", variant="primary", scale=0, elem_id="move-yes")

@@ -323,13 +323,13 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     def follow_after(event):
         """`event` (the page's load) followed by following the person's live training, if any; then the
         controls as they fit then (a Train clicked meanwhile may have started another)."""
-        following = event.then(controls_for, [browser_id], training_controls, api_visibility="private").then(
+        followed = event.then(controls_for, [browser_id], training_controls, api_visibility="private").then(
             reconnect, [browser_id], outputs, api_name="follow_training", concurrency_limit=None,  # streams until it ends
             show_progress_on=status)
-        for after in (following.then, following.failure):
+        for after in (followed.then, followed.failure):
             after(controls_for, [browser_id], training_controls, api_visibility="private").then(
                 *refresh_resumable, api_visibility="private")
-        return following
+        return followed
 
     return {"list_resumable": refresh_resumable, "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet]),
             "follow_after": follow_after}

@@ -25,7 +25,15 @@ POLL_SECONDS = 0.5
 KEPT_TURNS_SHOWN = 100  # of a kept conversation, the newest shown again when its pet is chosen
 DRAWING = object()  # from the chat's worker: the reply is written, the picture is being drawn
 CRISIS_TITLE = "🆘 You don't have to face this alone: people who can help, right now"
-HELPLINE_DIRECTORY = "https://findahelpline.com"
+# The crisis reply's ways to reach help, as links a phone acts on with one tap: the dialler, a text
+# already addressed (and written, for the Crisis Text Line), the directory of lines in other countries.
+HELPLINE_LINKS = {
+    "call or text 988": "[call](tel:988) or [text](sms:988) 988",
+    "Text HOME to 741741": "[Text HOME to 741741](sms:741741?body=HOME)",
+    "(911 in the US)": "([911](tel:911) in the US)",
+    "llama al 988": "[llama al 988](tel:988)",
+    "findahelpline.com": "[findahelpline.com](https://findahelpline.com)",
+}
 
 
 def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.BrowserState) -> dict:
@@ -272,9 +280,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
 
 def _reply(text: str, crisis: bool) -> dict:
     """The companion's reply as a chat message; a crisis reply set apart under a bold title, live or kept,
-    in full-size text with its directory as a link (Gradio's message titles fold the text under them, small)."""
+    in full-size text with its helplines as links (Gradio's message titles fold the text under them, small)."""
     if crisis:
-        text = f"**{CRISIS_TITLE}**\n\n" + text.replace("findahelpline.com", f"[findahelpline.com]({HELPLINE_DIRECTORY})")
+        for phrase, link in HELPLINE_LINKS.items():
+            text = text.replace(phrase, link)
+        text = f"**{CRISIS_TITLE}**\n\n{text}"
     return {"role": "assistant", "content": text}
 
 

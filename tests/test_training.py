@@ -839,24 +839,53 @@ def test_out_of_memory_in_the_optimizers_update_fails_clearly_instead_of_retryin
     assert not any(isinstance(e, Note) and "retrying" in e.text for e in events)
 
 
-def test_full_disk_fails_clearly_and_keeps_the_last_checkpoint(tiny, photos, data_dir, tmp_path, monkeypatch):
-    """The disk fills while the second checkpoint is written (on the writer's thread)."""
-    from petdream.training import checkpoints
+@pytest.fixture
+def small_disk(tmp_path):
+    """A file system of its own, 16 MB, that can really fill up (a tmpfs: mounting one needs root)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("a small file system to fill needs root to mount a tmpfs")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
-    real_save_file, written = checkpoints.save_file, []
 
-    def fill_disk_on_second(tensors, path):
-        written.append(path)
-        if len(written) > 1:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_save_file(tensors, path)
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Fill `disk` up, but `leave` bytes (to a page); the file that does it."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, shutil.disk_usage(disk).free - leave))
+    return filler
 
-    monkeypatch.setattr(checkpoints, "save_file", fill_disk_on_second)
-    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8))
-    failed = events[-1]
-    assert isinstance(failed, Failed) and failed.reason.startswith("The disk is full")
-    assert failed.checkpoint.name == "step-000003" and (failed.checkpoint / "trainable.safetensors").is_file()
-    assert sorted(p.name for p in (tmp_path / "pet" / "checkpoints").iterdir()) == ["step-000003"]  # no half-written one
+
+@pytest.mark.parametrize("filled_before", ["checkpoint weights", "checkpoint optimizer state", "pet model"])
+def test_a_full_disk_fails_clearly_keeps_the_last_checkpoint_and_resumes_once_there_is_room(
+        tiny, photos, data_dir, small_disk, filled_before):
+    """A real disk fills up: before the second checkpoint's weights are written (safetensors' error), after them
+    but before its optimizer state (torch.save's, which names no cause), or before the pet model's weights."""
+    output, filler = small_disk / "pet", None
+    trainer = make_trainer(tiny, photos, data_dir, output, steps=8)  # checkpoints at steps 3 and 6
+    events = []
+    for event in trainer.run():
+        events.append(event)
+        if filler is None and isinstance(event, CheckpointSaved) and filled_before != "pet model":
+            weights_size = (event.path / "trainable.safetensors").stat().st_size
+            filler = fill(small_disk, leave=weights_size + 16384 if filled_before == "checkpoint optimizer state" else 0)
+        if filler is None and isinstance(event, Sample) and event.step == 8:  # the last sample: the model is next
+            filler = fill(small_disk)
+    failed, kept = events[-1], "step-000006" if filled_before == "pet model" else "step-000003"
+    assert isinstance(failed, Failed) and failed.reason.startswith("The disk is full"), events[-1]
+    assert "Free some space and resume" in failed.reason
+    assert failed.checkpoint == output / "checkpoints" / kept
+    names = sorted(p.name for p in (output / "checkpoints").iterdir())
+    assert names[-1] == kept and all(name.startswith("step-") for name in names)  # no half-written one
+    assert not (output / "petdream.json").exists()
+
+    filler.unlink()
+    resumed = run_all(make_trainer(tiny, photos, data_dir, output, steps=8), resume=True)
+    assert isinstance(resumed[-1], Finished) and resumed[-1].model.training["steps_done"] == 8
 
 
 def test_checkpoints_are_written_while_training_goes_on(tiny, photos, data_dir, tmp_path, monkeypatch):

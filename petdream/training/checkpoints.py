@@ -13,7 +13,9 @@ so host memory holds at most one copy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import json
 import os
 import shutil
@@ -25,6 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 STATE_FILE = "state.json"
+# Free space (bytes) below which a failed write is taken for a full disk: torch.save's error names no cause.
+NO_ROOM = 1 << 20
 
 
 @dataclass
@@ -119,11 +123,12 @@ class Checkpoints:
             self.folder.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
-            save_file(state.pop("trainable.safetensors"), staging / "trainable.safetensors")
-            (staging / STATE_FILE).write_text(json.dumps(state.pop(STATE_FILE)))
-            for name, value in state.items():
-                torch.save(value, staging / name)
-            _fsync_tree(staging)
+            with full_disk_as_oserror(staging):
+                save_file(state.pop("trainable.safetensors"), staging / "trainable.safetensors")
+                (staging / STATE_FILE).write_text(json.dumps(state.pop(STATE_FILE)))
+                for name, value in state.items():
+                    torch.save(value, staging / name)
+                _fsync_tree(staging)
             shutil.rmtree(write.path, ignore_errors=True)
             os.replace(staging, write.path)
             older = sorted(p for p in self.folder.glob("step-*") if p != write.path)
@@ -156,6 +161,29 @@ class Checkpoints:
         if grad_scaler is not None and (path / "grad_scaler.pt").is_file():
             grad_scaler.load_state_dict(torch.load(path / "grad_scaler.pt", weights_only=True))
         return Resumed(step=state["step"], losses=state["losses"], path=path, loop_state=state.get("loop_state", {}))
+
+
+@contextlib.contextmanager
+def full_disk_as_oserror(folder: Path):
+    """Re-raise a write into `folder` that failed for want of space as OSError ENOSPC, whichever library
+    wrote: safetensors raises SafetensorError ("... No space left on device (os error 28)"), torch.save a
+    RuntimeError that names no cause ("unexpected pos 640 vs 534"), so then the free space decides."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        if "(os error 28)" in str(error) or _free_bytes(folder) < NO_ROOM:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder)) from error
+        raise
+
+
+def _free_bytes(folder: Path) -> int:
+    """Free space on the file system `folder` is (or would be) on, for this user."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
 
 
 def _to_host(value, memory_format=torch.preserve_format):

@@ -36,7 +36,7 @@ from petdream.models.device import release_host_memory
 from petdream.models.pipeline import quiet_libraries
 from petdream.petmodel import LORA_WEIGHTS_FILE, METADATA_FILE, PIPELINE_DIR, Pet, PetModel
 from petdream.photos import Photo
-from petdream.training.checkpoints import Checkpoints
+from petdream.training.checkpoints import Checkpoints, full_disk_as_oserror
 from petdream.training.config import TrainingConfig, lora_shape
 from petdream.training.data import (
     LatentCache,
@@ -652,11 +652,17 @@ class DreamBoothTrainer:
         return Sample(step, images, prompts)
 
     def _save_pet_model(self, run: "_Run", losses: list[float], sample: Sample, seconds: float) -> None:
-        """Write weights, samples, loss.png, then petdream.json last: a folder with it is complete."""
+        """Write weights, samples, loss.png, then petdream.json last: a folder with it is complete.
+        The checkpoints go only then: a disk that fills meanwhile leaves them to resume from."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with full_disk_as_oserror(self.output_dir):
+            self._write_pet_model(run, losses, sample, seconds)
+        shutil.rmtree(self.checkpoints.folder, ignore_errors=True)  # only needed to resume an unfinished run
+
+    def _write_pet_model(self, run: "_Run", losses: list[float], sample: Sample, seconds: float) -> None:
         from diffusers import StableDiffusionPipeline
 
         out, config = self.output_dir, self.config
-        out.mkdir(parents=True, exist_ok=True)
         unet = run.plain(run.unet)
         text_encoder = run.plain(run.text_encoder) if run.text_encoder is not None else None
         if config.method == "lora":
@@ -696,7 +702,6 @@ class DreamBoothTrainer:
             created_at=PetModel.now(),
         )
         model.write_metadata()
-        shutil.rmtree(self.checkpoints.folder, ignore_errors=True)  # only needed to resume an unfinished run
 
     def _lineage(self) -> dict | None:
         """Where this model's starting weights came from; None: the base model. The path is relative to

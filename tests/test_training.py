@@ -416,6 +416,31 @@ def test_cancel_from_another_thread_stops_within_a_step_and_resume_matches(tiny,
     assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
 
 
+def test_a_cancel_while_class_images_are_drawn_stops_there_keeping_them_and_no_untrained_checkpoint(
+        tiny, photos, tmp_path):
+    """Drawing the class images takes minutes on a small GPU: a cancel stops it before the next picture.
+    No step is done, so there is nothing to checkpoint; the pictures drawn so far stay in the cache."""
+    data_dir = tmp_path / "data"
+    trainer = make_trainer(tiny, photos, data_dir, tmp_path / "pet", num_class_images=40)
+    events = []
+    for event in trainer.run():
+        events.append(event)
+        if isinstance(event, Note) and event.text.startswith("Preparing 40 pictures"):
+            trainer.cancel()
+    assert isinstance(events[-1], Cancelled) and (events[-1].step, events[-1].checkpoint) == (0, None)
+    assert not any(isinstance(e, (Progress, CheckpointSaved)) for e in events)
+    assert not list((tmp_path / "pet").glob("checkpoints/step-*"))
+    cached = list(data_dir.glob("class-images/*/*/*"))
+    assert len(cached) < 40 and all(path.suffix == ".png" for path in cached)
+
+    events = []
+    for event in make_trainer(tiny, photos, data_dir, tmp_path / "pet", num_class_images=40).run():
+        events.append(event)
+        if isinstance(event, Progress):  # once the pictures are drawn and a step is done
+            break
+    assert isinstance(events[-1], Progress) and len(list(data_dir.glob("class-images/*/*/*.png"))) == 40
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(tiny, photos, data_dir, tmp_path):
     trainer = make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8)
     for event in trainer.run():

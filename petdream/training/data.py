@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +87,9 @@ def class_images_folder(data_dir: Path, base_model_id: str, revision: str | None
 
 @torch.no_grad()
 def ensure_class_images(pipeline, folder: Path, prompt: str, count: int, resolution: int, steps: int,
-                        batch_size: int = 1) -> list[Image.Image]:
-    """`count` images of `prompt` in `folder`, generating only the missing ones, `batch_size` per call.
+                        batch_size: int = 1, stop: Callable[[], bool] = lambda: False) -> list[Image.Image] | None:
+    """`count` images of `prompt` in `folder`, generating only the missing ones, `batch_size` per call;
+    None if `stop()` said so before a call (the images drawn so far stay in the cache).
 
     Image i always uses seed i (its own generator, whatever the batch), so a cache filled over
     several runs equals one filled at once.
@@ -95,12 +98,15 @@ def ensure_class_images(pipeline, folder: Path, prompt: str, count: int, resolut
     paths = _class_image_paths(folder, count)
     missing = [i for i, path in enumerate(paths) if not path.is_file()]
     for start in range(0, len(missing), batch_size):
+        if stop():
+            return None
         chunk = missing[start : start + batch_size]
         generators = [torch.Generator("cpu").manual_seed(i) for i in chunk]
         images = pipeline([prompt] * len(chunk), num_inference_steps=steps, height=resolution, width=resolution,
                           generator=generators).images
         for i, image in zip(chunk, images):
-            staging = paths[i].with_suffix(".tmp")
+            # Named for this writer: runs on two GPUs may fill one cache at once.
+            staging = paths[i].with_name(f".{paths[i].stem}-{os.getpid()}-{threading.get_ident()}.tmp")
             image.save(staging, format="PNG")
             os.replace(staging, paths[i])  # a killed run never leaves half an image in the cache
     return [Image.open(path).convert("RGB") for path in paths]

@@ -150,9 +150,8 @@ class DreamBoothTrainer:
             self._check_init_model()
             device = _training_device(self.device_setting)
             lock = yield from self._wait_for_device(device)
-            if lock is None:  # cancelled while it waited: where it stands is its newest checkpoint
-                latest = self.checkpoints.latest()
-                yield Cancelled(self.checkpoints.step_of(latest) if latest else 0, latest)
+            if lock is None:  # cancelled while it waited
+                yield self._cancelled_before_a_step()
                 return
             with lock:
                 self._check_output_folder(resume)  # again: a run it waited for may have written to this folder
@@ -177,8 +176,16 @@ class DreamBoothTrainer:
 
     # -- the run ---------------------------------------------------------------------------
 
+    def _cancelled_before_a_step(self) -> Cancelled:
+        """Cancelled before this session's first step: where the run stands is its newest checkpoint."""
+        latest = self.checkpoints.latest()
+        return Cancelled(self.checkpoints.step_of(latest) if latest else 0, latest)
+
     def _run(self, resume: bool, device: torch.device) -> Iterator[Event]:
         run = yield from self._prepare(device)
+        if run is None:
+            yield self._cancelled_before_a_step()
+            return
         config, accelerator = self.config, run.accelerator
         step, losses = 0, []
         fused = self.fuse_micro_batches if self.fuse_micro_batches is not None else accelerator.device.type == "cuda"
@@ -191,7 +198,8 @@ class DreamBoothTrainer:
             yield from self._checkpoint_written(wait=False)
             if self._cancel_agreed(accelerator):
                 yield from self._checkpoint_written(wait=True)
-                if self.checkpoints.latest() != self.checkpoints.path(step):  # unless this step's is just written
+                # Unless this step's is just written, or no step is done (the base model needs no checkpoint).
+                if step > 0 and self.checkpoints.latest() != self.checkpoints.path(step):
                     self._save_checkpoint(run, step, losses, passes)
                     self.checkpoints.wait()
                 accelerator.wait_for_everyone()  # the first process's checkpoint is on disk before any process ends
@@ -329,7 +337,7 @@ class DreamBoothTrainer:
 
     def _prepare(self, device: torch.device):
         """Load the models onto `device`, encode the data once, make the trainable weights and the
-        optimizer. Yields Notes about fallbacks; returns the _Run."""
+        optimizer. Yields Notes about fallbacks; returns the _Run, or None if cancelled meanwhile."""
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState, GradientState
         from diffusers.optimization import get_scheduler
@@ -371,8 +379,13 @@ class DreamBoothTrainer:
                         f"Reusing the {count} {pictures} made before") +
                        f": they keep the model knowing what any {self.pet.class_noun} looks like, not only "
                        f"{self.pet.name}.")
+            # A cancel while they are drawn (minutes on a small GPU) stops it, one process alone; several
+            # stop together at the first step (see `_cancel_agreed`).
+            stop = self._cancel.is_set if accelerator.num_processes == 1 else lambda: False
             with accelerator.main_process_first():  # one process fills the cache, the others read it
-                class_photos = self._class_images(parts, folder)
+                class_photos = self._class_images(parts, folder, stop)
+            if class_photos is None:
+                return None
         _cast(vae, weight_dtype)
         instance_latents = encode_images(vae, [p.image for p in self.photos])
         if config.prior_preservation:
@@ -442,14 +455,15 @@ class DreamBoothTrainer:
         return class_images_folder(self.data_dir, self.profile.base_model_id, self.profile.base_model_revision,
                                    self.pet.class_noun, self.resolution, self.config.class_image_steps)
 
-    def _class_images(self, parts, folder: Path):
+    def _class_images(self, parts, folder: Path, stop):
         unet, vae, text_encoder, tokenizer, noise_scheduler = parts
         pipeline = _pipeline_over(unet, vae, text_encoder, tokenizer, noise_scheduler)
         cuda = unet.device.type == "cuda"
         # Batches keep a GPU busy; on the CPU one image at a time keeps memory low and costs no speed.
         with quiet_libraries(), torch.autocast("cuda", torch.float16, enabled=cuda):
             return ensure_class_images(pipeline, folder, self.class_prompt, self.config.num_class_images,
-                                       self.resolution, self.config.class_image_steps, batch_size=8 if cuda else 1)
+                                       self.resolution, self.config.class_image_steps, batch_size=8 if cuda else 1,
+                                       stop=stop)
 
     def _make_trainable(self, unet, text_encoder, weight_dtype) -> dict[str, torch.nn.Parameter]:
         """Switch on gradients for what this method trains; return those parameters by name."""

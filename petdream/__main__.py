@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -24,6 +25,56 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as error:  # the engine's errors are written for people
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+# The hyperparameter flags' help, where the flag's name does not say it all.
+HYPERPARAMETER_HELP = {
+    "method": "lora: a small adapter on the UNet; full: every UNet weight (the paper's)",
+    "steps": "optimizer steps",
+    "batch_size": "images per forward pass (and as many class images with prior preservation)",
+    "gradient_accumulation": "micro-batches per optimizer step",
+    "resolution": "px (default: the profile's, 512 for SD 1.5)",
+    "rank": "LoRA rank",
+    "lora_alpha": "LoRA alpha (default: the rank, a scale of 1)",
+    "lora_target_modules": "the UNet modules LoRA adapts, e.g. to_q to_k to_v to_out.0",
+    "train_text_encoder": "train the text encoder too (LoRA on its attention, or all of it for full)",
+    "prior_preservation": "train on class images from the base model too, so the class keeps its meaning",
+    "prior_loss_weight": "weight of the class images' loss",
+    "num_class_images": "class images for prior preservation (drawn once per base model and class, then reused)",
+    "class_image_steps": "sampling steps for each class image",
+    "snr_gamma": "Min-SNR loss weighting, e.g. 5",
+    "offset_noise": "noise offset, e.g. 0.05 (learns very dark or bright pictures)",
+    "random_flip": "also train on the photos' mirror images",
+    "mixed_precision": "auto: fp16 on CUDA, none elsewhere",
+    "optimizer": "auto: 8-bit AdamW for full on CUDA, fused AdamW otherwise",
+    "compile": "torch.compile the UNet: faster steps after a compile of a minute or more",
+    "sample_every": "steps between sample images (0: only at the end)",
+    "sample_steps": "sampling steps for each sample image",
+    "checkpoint_every": "steps between checkpoints",
+    "checkpoints_kept": "how many of the newest checkpoints are kept",
+}
+
+
+def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for each TrainingConfig field (--learning-rate for learning_rate), None unless given: the
+    preset's value then stands."""
+    from petdream.training.config import LR_SCHEDULERS, METHODS, MIXED_PRECISION, OPTIMIZERS, TrainingConfig
+
+    choices = {"method": METHODS, "mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS,
+               "lr_scheduler": LR_SCHEDULERS}
+    group = parser.add_argument_group("hyperparameters (default: the preset's)")
+    for field in dataclasses.fields(TrainingConfig):
+        kind = field.type  # its annotation as written ("int | None"): annotations here are not evaluated
+        options = {"default": None, "help": HYPERPARAMETER_HELP.get(field.name)}
+        if kind == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        elif kind.startswith("tuple"):
+            options.update(nargs="+", metavar="MODULE")
+        elif field.name in choices:
+            options["choices"] = choices[field.name]
+        else:
+            options["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
+        group.add_argument("--" + field.name.replace("_", "-"), **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,29 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=("paper", "quick", "tiny"),
                        help="paper: the paper's full fine-tune; quick: fast LoRA (default); tiny: CPU tests "
                             "(default on the tiny profile)")
-    train.add_argument("--method", choices=("lora", "full"))
-    train.add_argument("--steps", type=int)
-    train.add_argument("--resolution", type=int, help="px (default: the profile's, 512 for SD 1.5)")
-    train.add_argument("--prior-preservation", action=argparse.BooleanOptionalAction, default=None,
-                       help="train on class images from the base model too, so the class keeps its meaning")
-    train.add_argument("--seed", type=int)
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     train.add_argument("--trigger", help="the word prompts use for the pet (default: its name, or a rare token)")
-    train.add_argument("--rank", type=int, help="LoRA rank")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--gradient-accumulation", type=int)
-    train.add_argument("--learning-rate", type=float)
-    train.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None)
-    train.add_argument("--snr-gamma", type=float, help="Min-SNR loss weighting, e.g. 5")
-    train.add_argument("--offset-noise", type=float, help="noise offset, e.g. 0.05")
-    train.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"))
-    train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
-    train.add_argument("--optimizer", choices=("auto", "adamw", "adamw8bit"))
-    train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                       help="torch.compile the UNet: faster steps after a compile of a minute or more")
-    train.add_argument("--num-class-images", type=int)
-    train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    train.add_argument("--sample-every", type=int, help="steps between sample images (0: only at the end)")
+    _add_hyperparameter_flags(train)
     train.add_argument("--push-to", nargs="?", const="", metavar="REPO",
                        help="push the pet model to this Hub repo after training (owner/name; alone: "
                             "{you}/petdream-{name}). Write access is checked before training starts")
@@ -263,10 +294,9 @@ def run_train(args: argparse.Namespace) -> int:
     profile = resolve_profile(settings)
     if profile.random_weights and not quiet:
         logging.warning("note: %s", TINY_WARNING)
-    overrides = {name: getattr(args, name) for name in (
-        "method", "steps", "resolution", "prior_preservation", "seed", "rank", "batch_size", "gradient_accumulation",
-        "learning_rate", "train_text_encoder", "snr_gamma", "offset_noise", "mixed_precision",
-        "gradient_checkpointing", "optimizer", "compile", "num_class_images", "checkpoint_every", "sample_every")}
+    overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainingConfig)}
+    if overrides["lora_target_modules"] is not None:
+        overrides["lora_target_modules"] = tuple(overrides["lora_target_modules"])
     if init_model is not None:  # the model's method and LoRA shape, unless a flag says otherwise (then refused)
         overrides = {**further_training_settings(init_model), **{k: v for k, v in overrides.items() if v is not None}}
     preset = args.preset or ("tiny" if profile.name == "tiny" else "quick")

@@ -356,10 +356,12 @@ class PetDreamService:
                     path = samples_dir / f"step{event.step:05d}-{i}.png"
                     image.save(path)
                     job.samples.append((str(path), f"step {event.step}: {prompt}"))
-            elif isinstance(event, (Note, CheckpointSaved)):
-                job.message = event.text if isinstance(event, Note) else f"Checkpoint saved at step {event.step}."
-                if isinstance(event, CheckpointSaved):
-                    store.update_run(owner, job.run_id, metrics={"step": event.step})
+            elif isinstance(event, Note):  # a fallback or a wait: shown until the next, and kept in the log
+                job.message = event.text
+                logger.info("training run %s: %s", job.run_id, event.text)
+            elif isinstance(event, CheckpointSaved):
+                job.message = f"Checkpoint saved at step {event.step}."
+                store.update_run(owner, job.run_id, metrics={"step": event.step})
             elif isinstance(event, Finished):
                 store.finish_run(owner, job.run_id, event.model.path, metrics={
                     "steps": event.model.training.get("steps_done"), "seconds": round(event.seconds, 1),

@@ -94,6 +94,7 @@ def test_paper_preset_is_the_papers_recipe():
     assert (paper.method, paper.learning_rate, paper.steps, paper.batch_size, paper.gradient_accumulation) == (
         "full", 5e-6, 300, 2, 2)
     assert paper.mixed_precision == "fp16" and paper.gradient_checkpointing and paper.optimizer == "adamw8bit"
+    assert not paper.prior_preservation and not paper.random_flip  # diffusers' DreamBooth script, which it ran
 
 
 def test_presets_can_be_overridden_and_bad_values_are_refused():
@@ -122,6 +123,13 @@ def test_presets_can_be_overridden_and_bad_values_are_refused():
         ("Pepper", "ohwx", "'pepper' is also a common word, so the model would draw a pepper"),
         ("Mr. Whiskers", "ohwx", "'mrwhiskers' splits into"),
         ("小黑", "ohwx", "has no Latin letters"),
+        ("Kitty", "ohwx", "'kitty' is also a common word, so the model would draw a kitty"),
+        ("Pizza", "ohwx", "the model would draw a pizza"),
+        ("K9", "ohwx", "the name 'K9' has digits, which the text encoder reads as numbers"),
+        ("R2-D2", "ohwx", "has digits"),
+        ("Bo", "ohwx", "'bo' is too short to tell the pet apart from other words"),
+        ("Sks", "ohwx", "the text encoder already reads 'sks' as a rifle"),
+        ("Max", "max", None),
     ],
 )
 def test_trigger_is_the_name_unless_it_would_draw_the_wrong_thing(name, trigger, why):
@@ -441,6 +449,55 @@ def test_a_cancel_while_class_images_are_drawn_stops_there_keeping_them_and_no_u
     assert isinstance(events[-1], Progress) and len(list(data_dir.glob("class-images/*/*/*.png"))) == 40
 
 
+def cancelled_at(trainer, step):
+    """Run `trainer`, cancelling it once `step` is done; its events."""
+    events = []
+    for event in trainer.run():
+        events.append(event)
+        if isinstance(event, Progress) and event.step == step:
+            trainer.cancel()
+    assert isinstance(events[-1], Cancelled) and events[-1].step == step
+    return events
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(tiny, photos, data_dir,
+                                                                                         tmp_path):
+    run_all(make_trainer(tiny, photos, data_dir, tmp_path / "whole", steps=8))
+    cancelled_at(make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8), 5)  # checkpoints at steps 3 and 5
+    damaged = tmp_path / "cut" / "checkpoints" / "step-000005" / "optimizer.pt"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # cut short, as by a failing disk
+    resumed = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8), resume=True)
+    notes = " ".join(e.text for e in resumed if isinstance(e, Note))
+    assert "The checkpoint step-000005 cannot be read (" in notes and "set aside as unreadable-step-000005" in notes
+    assert "Resuming from step 3 (step-000003)" in notes
+    assert isinstance(resumed[-1], Finished)
+    assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_fails_saying_to_start_again(tiny, photos, data_dir, tmp_path):
+    cancelled_at(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8), 4)
+    for weights_file in (tmp_path / "pet" / "checkpoints").glob("step-*/trainable.safetensors"):
+        weights_file.write_bytes(b"not safetensors")
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8), resume=True)
+    failed = events[-1]
+    assert isinstance(failed, Failed) and not failed.resumable and failed.checkpoint is None
+    assert failed.reason.startswith(f"None of the checkpoints in {tmp_path / 'pet' / 'checkpoints'} can be read")
+    assert failed.reason.endswith("Train again from the start (without --resume).")
+    assert isinstance(run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8))[-1], Finished)
+
+
+def test_the_wall_time_recorded_counts_every_session_of_a_resumed_run(tiny, photos, data_dir, tmp_path):
+    cancelled_at(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8), 5)
+    first_session = json.loads((tmp_path / "pet" / "checkpoints" / "step-000005" / "state.json").read_text())
+    before = first_session["loop_state"]["seconds"]  # set-up and 5 steps
+    started = time.monotonic()
+    finished = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8), resume=True)[-1]
+    second_session = time.monotonic() - started
+    recorded = PetModel.load(tmp_path / "pet").training["seconds"]
+    assert before > 0 and before < recorded <= round(before + second_session, 1) + 0.1
+    assert round(finished.seconds, 1) == recorded
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(tiny, photos, data_dir, tmp_path):
     trainer = make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8)
     for event in trainer.run():
@@ -559,12 +616,23 @@ def liked(tiny):
     return intake([(f"p{i}.png", _png(image)) for i, image in enumerate(images)], resolution=tiny.resolution).accepted
 
 
+class _BeforeTheFirstStep(Exception):
+    pass
+
+
 def step_zero_weights(trainer):
-    """The trainable weights as the run starts: cancelled before its first step, it checkpoints them."""
-    trainer.cancel()
-    events = run_all(trainer)
-    assert isinstance(events[-1], Cancelled) and events[-1].step == 0, events[-1]
-    return load_file(events[-1].checkpoint / "trainable.safetensors")
+    """The trainable weights as the run starts, copied as its first step begins (the run stops there)."""
+    from unittest import mock
+
+    start = {}
+
+    def copy_and_stop(run, step, passes):
+        start.update({name: weight.detach().clone() for name, weight in run.trainable.items()})
+        raise _BeforeTheFirstStep
+
+    with mock.patch.object(trainer, "_step", copy_and_stop), pytest.raises(_BeforeTheFirstStep):
+        run_all(trainer)
+    return start
 
 
 def lora_loaded_by_diffusers(tiny, folder):
@@ -1061,6 +1129,40 @@ def test_cli_trains_the_dog_photos_and_plain_diffusers_draws_with_the_result(tin
     pipeline.load_lora_weights(tmp_path / "bruno")  # plain diffusers, no PetDream
     after = draw()
     assert abs(after - before).mean() > 0.005
+
+
+def test_every_hyperparameter_has_a_cli_flag_that_reaches_petdream_json(tiny, data_dir, tmp_path):
+    """The CLI's flags come from TrainingConfig's fields: each one overrides the preset, as recorded."""
+    import dataclasses
+
+    from petdream.__main__ import build_parser
+
+    defaults = vars(build_parser().parse_args(["train", "--photos", "p", "--output", "o"]))
+    assert {field.name for field in dataclasses.fields(TrainingConfig)} <= defaults.keys()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        make_photo(i, (200, 160)).save(folder / f"p{i}.png")
+    env = {**os.environ, "PETDREAM_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "petdream", "train", "--profile", "tiny", "--photos", str(folder), "--name", "Rex",
+         "--class-noun", "dog", "--output", str(tmp_path / "rex"), "--steps", "3", "--no-prior-preservation",
+         "--lora-alpha", "8", "--lora-target-modules", "to_q", "to_v", "--lr-scheduler", "cosine",
+         "--lr-warmup-steps", "1", "--max-grad-norm", "0.5", "--no-random-flip", "--sample-steps", "3",
+         "--checkpoints-kept", "1", "--prior-loss-weight", "0.5"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    training = json.loads((tmp_path / "rex" / "petdream.json").read_text())["training"]
+    assert {name: training[name] for name in ("lora_alpha", "lora_target_modules", "lr_scheduler", "lr_warmup_steps",
+                                              "max_grad_norm", "random_flip", "sample_steps", "checkpoints_kept",
+                                              "prior_loss_weight", "rank")} == {
+        "lora_alpha": 8, "lora_target_modules": ["to_q", "to_v"], "lr_scheduler": "cosine", "lr_warmup_steps": 1,
+        "max_grad_norm": 0.5, "random_flip": False, "sample_steps": 3, "checkpoints_kept": 1,
+        "prior_loss_weight": 0.5, "rank": 4}  # the rank: tiny's, not given
+    refused = subprocess.run([sys.executable, "-m", "petdream", "train", "--photos", str(folder), "--output",
+                              str(tmp_path / "x"), "--lr-scheduler", "exponential"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--lr-scheduler: invalid choice: 'exponential'" in refused.stderr
 
 
 def test_cli_with_too_few_usable_photos_says_how_many_more(tmp_path, data_dir, tiny):

@@ -31,6 +31,10 @@ STATE_FILE = "state.json"
 NO_ROOM = 1 << 20
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint made by another run (other settings, photos or models): none of its kind can resume."""
+
+
 @dataclass
 class Resumed:
     step: int
@@ -68,8 +72,19 @@ class Checkpoints:
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint; a half-written one never has a final name."""
-        done = sorted(p for p in self.folder.glob("step-*") if (p / STATE_FILE).is_file())
+        done = self.complete()
         return done[-1] if done else None
+
+    def complete(self) -> list[Path]:
+        """Every complete checkpoint, oldest first."""
+        return sorted(p for p in self.folder.glob("step-*") if (p / STATE_FILE).is_file())
+
+    def set_aside(self, path: Path) -> Path:
+        """Rename a checkpoint that cannot be read out of the way (`latest` no longer sees it); its new path."""
+        aside = path.with_name(f"unreadable-{path.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(path, aside)
+        return aside
 
     def save(self, step: int, fingerprint: str, losses: list[float], trainable: dict[str, torch.Tensor],
              optimizer, lr_scheduler, grad_scaler=None, loop_state: dict | None = None) -> None:
@@ -142,17 +157,18 @@ class Checkpoints:
 
     def load(self, path: Path, fingerprint: str, parameters: dict[str, torch.nn.Parameter],
              optimizer, lr_scheduler, grad_scaler=None) -> Resumed:
-        """Restore weights and optimizer state from `path` in place; refuse another config's checkpoint."""
+        """Restore weights and optimizer state from `path` in place. CheckpointMismatch: another run's
+        checkpoint; any other error: a damaged one (the state restored may then be partial)."""
         state = json.loads((path / STATE_FILE).read_text())
         if state["fingerprint"] != fingerprint:
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"The checkpoint {path} was made with other settings, photos, base model or starting model; "
                 "resuming it would mix two runs. Resume with the first run's settings, or delete the folder to "
                 "start over."
             )
         weights = load_file(path / "trainable.safetensors")
         if weights.keys() != parameters.keys():
-            raise ValueError(f"The checkpoint {path} does not match this model's trainable weights.")
+            raise CheckpointMismatch(f"The checkpoint {path} does not match this model's trainable weights.")
         with torch.no_grad():
             for name, parameter in parameters.items():
                 parameter.copy_(weights[name])

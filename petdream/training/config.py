@@ -13,6 +13,8 @@ from dataclasses import dataclass
 METHODS = ("lora", "full")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 OPTIMIZERS = ("auto", "adamw", "adamw8bit")
+# diffusers.optimization's schedules that need no extra arguments
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
 def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -28,7 +30,7 @@ class TrainingConfig:
     batch_size: int = 1  # images per forward pass (instance; the same again for prior images)
     gradient_accumulation: int = 1  # micro-batches per optimizer step (on a GPU, one pass while memory allows)
     resolution: int | None = None  # px; None: the profile's (512 for SD 1.5, 128 for tiny)
-    lr_scheduler: str = "constant"  # any of diffusers.optimization's schedules
+    lr_scheduler: str = "constant"  # one of LR_SCHEDULERS
     lr_warmup_steps: int = 0
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -66,6 +68,7 @@ class TrainingConfig:
         _check("method", self.method, METHODS)
         _check("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _check("optimizer", self.optimizer, OPTIMIZERS)
+        _check("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         for name in ("steps", "batch_size", "gradient_accumulation", "rank", "checkpoints_kept", "checkpoint_every",
                      "sample_steps", "class_image_steps"):
             if getattr(self, name) < 1:
@@ -123,11 +126,12 @@ def lora_shape(settings: dict) -> dict | None:
 
 PRESETS = {
     # The paper's recipe, exactly: full fine-tune, lr 5e-6, 300 steps, batch 2 x accumulation 2,
-    # fp16, gradient checkpointing, 8-bit AdamW. It does not use prior preservation.
+    # fp16, gradient checkpointing, 8-bit AdamW. It does not use prior preservation, nor flip photos
+    # (diffusers' DreamBooth script, which it ran, does not; a flip mirrors a pet's markings).
     "paper": TrainingConfig(
         method="full", steps=300, learning_rate=5e-6, batch_size=2, gradient_accumulation=2,
         mixed_precision="fp16", gradient_checkpointing=True, optimizer="adamw8bit",
-        prior_preservation=False, checkpoint_every=100, sample_every=100,
+        prior_preservation=False, random_flip=False, checkpoint_every=100, sample_every=100,
     ),
     # A good likeness fast: rank-16 LoRA at lr 1e-4 (the diffusers DreamBooth-LoRA default lr)
     # for 400 steps, Min-SNR weighting (faster convergence for the same steps), and prior

@@ -36,7 +36,7 @@ from petdream.models.device import release_host_memory
 from petdream.models.pipeline import quiet_libraries
 from petdream.petmodel import LORA_WEIGHTS_FILE, METADATA_FILE, PIPELINE_DIR, Pet, PetModel
 from petdream.photos import Photo
-from petdream.training.checkpoints import Checkpoints, full_disk_as_oserror
+from petdream.training.checkpoints import CheckpointMismatch, Checkpoints, full_disk_as_oserror
 from petdream.training.config import TrainingConfig, lora_shape
 from petdream.training.data import (
     LatentCache,
@@ -182,17 +182,22 @@ class DreamBoothTrainer:
         return Cancelled(self.checkpoints.step_of(latest) if latest else 0, latest)
 
     def _run(self, resume: bool, device: torch.device) -> Iterator[Event]:
+        session_started = time.monotonic()
         run = yield from self._prepare(device)
         if run is None:
             yield self._cancelled_before_a_step()
             return
         config, accelerator = self.config, run.accelerator
-        step, losses = 0, []
+        step, losses, seconds_before = 0, [], 0.0  # seconds: of the sessions before this one, up to their checkpoint
         fused = self.fuse_micro_batches if self.fuse_micro_batches is not None else accelerator.device.type == "cuda"
         passes = _Passes(config.batch_size, config.gradient_accumulation, fused)
         if resume:
-            step, losses, passes = yield from self._resume(run, passes)
+            step, losses, passes, seconds_before = yield from self._resume(run, passes)
         started = time.monotonic()
+
+        def seconds() -> float:
+            """The run's wall time so far, set-up included, over every session that led here."""
+            return seconds_before + time.monotonic() - session_started
         warmed_up = None  # (step, time) at the end of this session's first step, which warms up (or compiles)
         while step < config.steps:
             yield from self._checkpoint_written(wait=False)
@@ -200,7 +205,7 @@ class DreamBoothTrainer:
                 yield from self._checkpoint_written(wait=True)
                 # Unless this step's is just written, or no step is done (the base model needs no checkpoint).
                 if step > 0 and self.checkpoints.latest() != self.checkpoints.path(step):
-                    self._save_checkpoint(run, step, losses, passes)
+                    self._save_checkpoint(run, step, losses, passes, seconds())
                     self.checkpoints.wait()
                 accelerator.wait_for_everyone()  # the first process's checkpoint is on disk before any process ends
                 yield Cancelled(step, self.checkpoints.latest())
@@ -234,18 +239,19 @@ class DreamBoothTrainer:
             yield Progress(step, config.steps, loss, learning_rate, rate, (config.steps - step) / rate)
             if step % config.checkpoint_every == 0 and step < config.steps:
                 yield from self._checkpoint_written(wait=True)  # one write at a time
-                self._save_checkpoint(run, step, losses, passes)  # written while the sample and next steps run
+                self._save_checkpoint(run, step, losses, passes, seconds())  # written while the sample and next steps run
             if config.sample_every and step % config.sample_every == 0 and step < config.steps:
                 yield self._sample(run, step)  # after the checkpoint: a sample that fails loses no steps
         yield from self._checkpoint_written(wait=True)
 
         accelerator.wait_for_everyone()
+        total = seconds()  # the run's time before its final sample and save (for full, GBs to write)
         if accelerator.is_main_process:  # one PetModel, written by one process
             final_sample = self._sample(run, step)
             yield final_sample
-            self._save_pet_model(run, losses, final_sample, time.monotonic() - started)
+            self._save_pet_model(run, losses, final_sample, total)
         accelerator.wait_for_everyone()
-        yield Finished(PetModel.load(self.output_dir), time.monotonic() - started, losses[-1])
+        yield Finished(PetModel.load(self.output_dir), total, losses[-1])
 
     def _cancel_agreed(self, accelerator) -> bool:
         """Whether to stop before the next step. Several processes stop at the same step or not at all:
@@ -421,24 +427,35 @@ class DreamBoothTrainer:
                     lr_scheduler, instance_latents, class_latents, prompt_embeddings)
 
     def _resume(self, run: "_Run", passes: "_Passes"):
-        """(step, losses, passes) restored from the latest checkpoint into `run`; yields a Note either way.
-        Passes that out of GPU memory had shrunk stay so: the resumed run draws what the whole run would."""
-        latest = self.checkpoints.latest()
-        if latest is None:
+        """(step, losses, passes, seconds) restored from the newest checkpoint that can be read into `run`;
+        yields a Note either way. Passes that out of GPU memory had shrunk stay so: the resumed run draws
+        what the whole run would. A damaged checkpoint is set aside for the one before it."""
+        checkpoints = self.checkpoints.complete()
+        if not checkpoints:
             yield Note("No checkpoint to resume from; starting at step 0.")
-            return 0, [], passes
-        try:
-            resumed = self.checkpoints.load(latest, self.fingerprint, run.trainable, run.optimizer,
-                                            run.lr_scheduler, run.accelerator.scaler)
-        except ValueError as mismatch:
-            raise TrainingFailure(str(mismatch)) from None
-        yield Note(f"Resuming from step {resumed.step} ({latest.name}).")
+            return 0, [], passes, 0.0
+        for path in reversed(checkpoints):
+            try:
+                resumed = self.checkpoints.load(path, self.fingerprint, run.trainable, run.optimizer,
+                                                run.lr_scheduler, run.accelerator.scaler)
+                break
+            except CheckpointMismatch as mismatch:
+                raise TrainingFailure(str(mismatch)) from None
+            except Exception as error:  # damaged: a disk error, say, or a file cut short outside PetDream
+                aside = self.checkpoints.set_aside(path)
+                yield Note(f"The checkpoint {path.name} cannot be read ({_first_line(error)}); it is set aside "
+                           f"as {aside.name}" + (", going back to the one before it." if path != checkpoints[0] else "."))
+        else:
+            raise TrainingFailure(
+                f"None of the checkpoints in {self.checkpoints.folder} can be read, so the run cannot resume; they "
+                "are deleted. Train again from the start (without --resume).", resumable=False)
+        yield Note(f"Resuming from step {resumed.step} ({resumed.path.name}).")
         if "passes" in resumed.loop_state:  # out of memory had shrunk them
             passes = _Passes(**resumed.loop_state["passes"])
             if passes.checkpointing_forced:
                 run.plain(run.unet).enable_gradient_checkpointing()
             yield Note(f"Going on as the run did after running out of GPU memory: {passes.describe()}.")
-        return resumed.step, resumed.losses, passes
+        return resumed.step, resumed.losses, passes, resumed.loop_state.get("seconds", 0.0)
 
     def _load_models(self, device):
         """(unet, vae, text_encoder, tokenizer, DDPM noise scheduler) through the one pipeline loader."""
@@ -626,11 +643,12 @@ class DreamBoothTrainer:
 
     # -- outputs ---------------------------------------------------------------------------
 
-    def _save_checkpoint(self, run: "_Run", step: int, losses: list[float], passes: "_Passes") -> None:
-        """Start writing the checkpoint of `step` (one process writes it for all)."""
+    def _save_checkpoint(self, run: "_Run", step: int, losses: list[float], passes: "_Passes", seconds: float) -> None:
+        """Start writing the checkpoint of `step`, `seconds` into the run (one process writes it for all)."""
         if run.accelerator.is_main_process:
+            loop_state = {"seconds": seconds} | ({"passes": asdict(passes)} if passes.shrunk else {})
             self.checkpoints.save(step, self.fingerprint, losses, run.trainable, run.optimizer, run.lr_scheduler,
-                                  run.accelerator.scaler, loop_state={"passes": asdict(passes)} if passes.shrunk else None)
+                                  run.accelerator.scaler, loop_state=loop_state)
 
     def _checkpoint_written(self, wait: bool) -> Iterator[CheckpointSaved]:
         """CheckpointSaved for a background write that has finished (`wait`: once it has)."""

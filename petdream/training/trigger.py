@@ -11,15 +11,21 @@ from petdream.petmodel import Pet
 # which CLIP knows as a rifle).
 RARE_TRIGGER = "ohwx"
 
-# Popular pet names that are also things Stable Diffusion draws: "pepper dog" paints pepper.
+# Popular pet names that are also things Stable Diffusion draws: "pepper dog" paints pepper, "kitty
+# dog" a kitten. Foods, sweets, colours, gems, weather, animals and the words for pets themselves.
 DRAWABLE_NAMES = frozenset("""
-    angel apple bandit banana bean bear biscuit blue boots bubbles buddy butter button candy
-    caramel cherry chip cinnamon cloud coco cocoa coffee cookie cupcake daisy diamond dog cat
-    duke fox ginger gizmo ghost gold honey jelly king kiwi lemon lily lion lucky mango maple
-    marshmallow midnight mocha moon muffin noodle nugget oreo olive peach peaches peanut pepper
-    pickle pixel princess pumpkin queen rainbow rose rusty sandy shadow smokey snow snowball
-    socks sugar sunny sunshine taco tiger toast tofu waffle whiskey wolf ziggy
+    amber angel apple ash bagel bambi bandit banana bean bear bee biscuit blue boots brownie bubbles
+    buddy bunny burrito butter button candy caramel cat cheese cheeto cherry chip chocolate cinnamon
+    cloud coal coco cocoa coffee cookie cupcake daisy diamond donut dog duck duke fox frog ginger gizmo
+    ghost gold honey horse jade jelly kitten kitty king kiwi koala lemon lily lion lucky mango maple
+    marshmallow midnight mocha monkey moon mouse muffin nacho noodle nugget nutella olive oreo owl
+    panda pancake peach peaches peanut pearl pepper pickle piggy pixel pizza pony popcorn potato
+    pretzel princess pumpkin puppy queen rabbit rainbow river rocky rose ruby rusty sandy shadow
+    smokey snow snowball socks star storm sugar sunny sunshine sushi taco teddy thunder tiger toast
+    tofu turtle waffle whiskey wolf ziggy
 """.split())
+# Rare-looking tokens CLIP already has a meaning for: "sks" is a rifle.
+KNOWN_TOKENS = {"sks": "a rifle"}
 
 
 def choose_trigger(name: str, tokenizer) -> tuple[str, str | None]:
@@ -32,6 +38,12 @@ def choose_trigger(name: str, tokenizer) -> tuple[str, str | None]:
     word = _ascii_word(name)
     if not word:
         return RARE_TRIGGER, f"the name {name!r} has no Latin letters for the text encoder to read"
+    if any(c.isdigit() for c in name):  # "R2-D2" would be "rd", "K9" a bare "k"
+        return RARE_TRIGGER, f"the name {name!r} has digits, which the text encoder reads as numbers"
+    if len(word) < 3:
+        return RARE_TRIGGER, f"{word!r} is too short to tell the pet apart from other words"
+    if word in KNOWN_TOKENS:
+        return RARE_TRIGGER, f"the text encoder already reads {word!r} as {KNOWN_TOKENS[word]}"
     if word in DRAWABLE_NAMES:
         return RARE_TRIGGER, f"{word!r} is also a common word, so the model would draw a {word}"
     pieces = len(tokenizer(word, add_special_tokens=False).input_ids)

@@ -150,6 +150,10 @@ class NotFound(StoreError, LookupError):
     """No such pet, run or image for this owner (whether it is missing or someone else's)."""
 
 
+# Said alike of a pet deleted (in another tab, say) and of someone else's: it tells nothing of the latter.
+NO_SUCH_PET = "No such pet: it may have been deleted (in another tab, perhaps). Choose another one."
+
+
 # --- owners --------------------------------------------------------------------------------------
 
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
@@ -533,7 +537,7 @@ class Store:
         row = self._conn().execute("SELECT * FROM pets WHERE id = ? AND owner = ?",
                                    (pet_id, _check_owner(owner))).fetchone()
         if row is None:
-            raise NotFound("No such pet.")
+            raise NotFound(NO_SUCH_PET)
         return self._row(PetRecord, row)
 
     def pets(self, owner: str) -> list[PetRecord]:
@@ -554,7 +558,7 @@ class Store:
             cursor = conn.execute(f"UPDATE pets SET {columns} WHERE id = ? AND owner = ?",
                                   (*changes.values(), pet_id, _check_owner(owner)))
             if cursor.rowcount == 0:
-                raise NotFound("No such pet.")
+                raise NotFound(NO_SUCH_PET)
         return self.pet(owner, pet_id)
 
     def delete_pet(self, owner: str, pet_id: str) -> None:
@@ -562,7 +566,7 @@ class Store:
         that folder is not PetDream's to delete)."""
         if not self._delete(self.paths(owner, pet_id).root, "DELETE FROM pets WHERE id = ? AND owner = ?",
                             (pet_id, _check_owner(owner))):
-            raise NotFound("No such pet.")
+            raise NotFound(NO_SUCH_PET)
 
     # deleting rows with their folder, so that no crash leaves one without the other
 

@@ -56,18 +56,18 @@ def client(app):
     return Client(app.url, verbose=False)
 
 
-def train(app, key: str, photos, name: str = "Bruno") -> str:
+def train(app, key: str, photos, name: str = "Bruno", class_noun: str = "dog") -> str:
     """Train through /train to the end; return the last status line."""
     from gradio_client import handle_file
 
-    job = client(app).submit([handle_file(str(p)) for p in photos], name, "dog", "tiny", None, STEPS, 0, 0, 0, "off",
+    job = client(app).submit([handle_file(str(p)) for p in photos], name, class_noun, "tiny", None, STEPS, 0, 0, 0, "off",
                              key, api_name="/train")
     return job.result(timeout=300)[0]
 
 
 def handler(app, name: str):
     """One of `app`'s event handlers, by its API name or (for private ones) its function's name."""
-    return next(f.fn for f in app.fns.values() if name in (f.api_name, f.fn.__name__))
+    return next(f.fn for f in app.fns.values() if f.fn is not None and name in (f.api_name, f.fn.__name__))
 
 
 def listed_as(service, owner: str, pet_id: str, number: int) -> str:
@@ -131,9 +131,12 @@ def test_check_photos_endpoint_reports_accepted_and_rejected(served_app, tmp_pat
     assert table["data"][1][0] == "huge.jpg" and "is 31 MB; files over 30 MB are not" in table["data"][1][1]
 
 
-def test_training_with_too_few_photos_says_what_to_do(served_app, photo_files):
+def test_training_with_too_few_photos_or_no_kind_of_pet_says_what_to_do(served_app, photo_files):
     with pytest.raises(Exception, match="DreamBooth needs at least 3. Add 1 more photo"):
         train(served_app, ALICE, photo_files[:2], name="Rex")
+    with pytest.raises(Exception, match=r"Choose the kind of pet under Kind of pet \(dog, cat, ...\): the model "
+                                        "learns Rex as one of its kind"):  # none is chosen for them
+        train(served_app, ALICE, photo_files, name="Rex", class_noun="")
 
 
 def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet):
@@ -250,7 +253,7 @@ def test_a_namesakes_training_says_which_pet_it_is_and_keeps_its_photos_unless_i
     trained = {"photos": [str(path) for path in photo_files], "name": "Bruno"}
     ready_for_next_pet = handler(served_app, "ready_for_next_pet")
     assert ready_for_next_pet(run, trained, trained["photos"], "Bruno", status, ALICE, None) == (
-        gr.skip(), gr.skip(), f"{status}\n\nThe photos above are for {label}: remove them (×) before adding another pet's.")
+        gr.skip(), gr.skip(), gr.skip(), f"{status}\n\nThe photos above are for {label}: remove them (×) before adding another pet's.")
     service.delete_pet(owner, second)
 
     # A namesake of a pet whose training never finished: Teach cannot help it, Resume can.
@@ -283,13 +286,13 @@ def test_a_finished_training_clears_its_photos_and_name_for_the_next_pet(served_
     trained = {"photos": [str(path) for path in photo_files], "name": "Bruno"}  # what Train sent
     finished = "✅ Bruno is ready: chat with them on the Chat tab."
     assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", finished, ALICE, None) == (
-        None, "", f"{finished}\n\nReady for your next pet: the photos and name above are cleared.")
+        None, "", None, f"{finished}\n\nReady for your next pet: the photos, name and kind above are cleared.")
     # A photo added and a name typed while it trained are the next pet's: they stay.
     added = str(tmp_path / "next-pet.jpg")
     assert ready_for_next_pet(run.id, trained, [*trained["photos"], added], "Milo", finished, ALICE, None) == (
-        [added], gr.skip(), f"{finished}\n\nReady for your next pet: its photos are cleared; the photos "
+        [added], gr.skip(), gr.skip(), f"{finished}\n\nReady for your next pet: its photos are cleared; the photos "
                             "added while it trained stay.")
-    assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", "", BOB, None) == (gr.skip(),) * 3
+    assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", "", BOB, None) == (gr.skip(),) * 4
 
 
 def test_the_chat_chooses_the_pet_last_chatted_with_in_this_browser_while_it_is_still_there(served_app, alices_pet,
@@ -434,7 +437,9 @@ time.sleep(600)
 """
 
 
-def test_a_training_cut_off_by_a_restart_shows_as_resumable_and_resumes(tiny, data_dir, photo_files, tmp_path):
+def test_a_training_cut_off_by_a_restart_shows_as_resumable_and_resumes(tiny, data_dir, photo_files, tmp_path, caplog):
+    import logging
+
     from petdream.service import PetDreamService
 
     restart_dir = tmp_path / "data"
@@ -455,11 +460,13 @@ def test_a_training_cut_off_by_a_restart_shows_as_resumable_and_resumes(tiny, da
     service = PetDreamService(Settings.from_env({}, data_dir=restart_dir, profile="tiny", device="cpu"), tiny)
     [run] = service.store.resumable_runs(owner)
     assert run.id == run_id and run.status == "interrupted"
+    caplog.set_level(logging.INFO, logger="petdream.service")
     job = service.resume_training(owner, run_id)
     while not job.done:
         time.sleep(0.2)
     assert job.status == "finished", job.message
     assert job.step == 40 and len(job.losses) < 40  # it went on from the checkpoint, not from step 0
+    assert f"training run {run_id}: Resuming from step " in caplog.text  # the run's notes stay in the log
     [pet] = service.pets(owner, trained_only=True)
     assert pet.name == "Rex" and service.store.run(owner, run_id).status == "finished"
     assert service.pet_model(owner, pet.id).training["steps_done"] == 40

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 
 STEPS = 20
 TRAINED = "✅ Bruno is ready: chat with them on the Chat tab."
-READY_FOR_NEXT = "Ready for your next pet: the photos and name above are cleared."
+READY_FOR_NEXT = "Ready for your next pet: the photos, name and kind above are cleared."
 HELPLINE = "Text HOME to 741741 to reach the Crisis Text Line."  # a line of the crisis reply
 FEELING = "I feel a bit lonely today"
 # Gradio re-renders asynchronously; these bound each wait on the tiny profile on 2 busy cores.
@@ -123,9 +123,15 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         expect(page.locator("#intake-summary")).to_contain_text("5 photos ready for training", timeout=INTAKE_S * 1000)
         expect(page.locator("#accepted img")).to_have_count(5)
         expect(page.locator("#rejected")).to_be_hidden()  # no empty "Not used" table when all are used
+        # On a phone every photo is in sight, none off the screen's edge, none a screen tall.
+        page.set_viewport_size({"width": 390, "height": 844})
+        for box in (photo.bounding_box() for photo in page.locator("#accepted img").all()):
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["height"] < 200, box
+        page.set_viewport_size(VIEWPORT)
 
     with stage(page, "3-trained", log):
         page.locator("#pet-name").get_by_role("textbox").fill("Bruno")
+        choose(page, "#class-noun", "dog")
         steps = page.get_by_label("Steps (0: the preset's)")
         for _ in range(2):  # once typed again if Gradio reset it (see above; noted in the issue as a Gradio race)
             steps.fill(str(STEPS))
@@ -146,6 +152,7 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         expect(page.locator("#photos")).not_to_contain_text(photos[0].name)
         expect(page.locator("#accepted img")).to_have_count(0)
         expect(page.locator("#pet-name").get_by_role("textbox")).to_have_value("")
+        expect(page.locator("#class-noun input[role=combobox]")).to_have_value("")
         expect(page.locator("#cancel-button")).to_be_disabled()
         # It trained the steps asked for, and showed its loss and samples on the way.
         expect(page.locator("#train-progress input[type=range]")).to_have_attribute("max", str(STEPS))
@@ -166,7 +173,7 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         expect(page.locator("#chat-pet input[role=combobox]")).to_have_value("Bruno", timeout=PAGE_S * 1000)
         choose(page, "#chat-pet", "Bruno")
         page.locator("#chat-input").get_by_role("textbox").fill(FEELING)
-        page.locator("#send-button").click()
+        page.locator("#chat-input").get_by_role("textbox").press("Enter")  # sends, as the button does
         expect(page.locator("#send-button")).to_be_disabled()  # one message answered at a time
         chatbot = page.locator("#chatbot")
         expect(chatbot.locator("[data-testid=user]")).to_have_text(FEELING)
@@ -179,6 +186,7 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         assert len(reply) > 10 and not reply.startswith("{"), f"reply: {reply!r}"
         expect(page.locator("#chat-input").get_by_role("textbox")).to_have_value("")
         expect(page.locator("#send-button")).to_be_enabled()
+        expect(page.locator("#chat-input").get_by_role("textbox")).to_be_focused()  # the next message can be typed
         if os.environ.get("PETDREAM_README_SCREENSHOT"):
             page.evaluate("window.scrollTo(0, 0)")
             save_readme_screenshot(page, REPO / "docs" / "screenshot.png")
@@ -188,6 +196,9 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         image_id = newest_image(app["data_dir"])
         # Thumbs only under the picture: rating a picture teaches the pet, a text reply has nothing to teach.
         expect(chatbot.get_by_role("button", name="Like", exact=True)).to_have_count(1)
+        # Gradio's Share under a chat picture would post the pet's picture to a public discussion: hidden.
+        expect(chatbot.locator("button[aria-label=Share]")).to_have_count(1)
+        expect(chatbot.locator("button[aria-label=Share]")).to_be_hidden()
         chatbot.get_by_role("button", name="Like", exact=True).click()
         expect(chatbot.get_by_role("button", name="Liked", exact=True)).to_have_count(1)
         stored = wait_for(lambda: ratings(app["data_dir"]), 20, "the rating to be stored")
@@ -276,6 +287,7 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
 
     with stage(page, "bad-upload-train-refused", app["log"]):
         page.locator("#pet-name").get_by_role("textbox").fill("Bruno")
+        choose(page, "#class-noun", "dog")
         page.locator("#train-button").click()
         expect(page.get_by_text("DreamBooth needs at least 3").first).to_be_visible()
         expect(page.locator("#train-status")).not_to_contain_text("Training")
@@ -333,6 +345,7 @@ def test_a_cancelled_training_waits_under_unfinished_and_leaves_it_once_resumed(
         page.locator("#photos input[type=file]").set_input_files(photos)
         expect(page.locator("#intake-summary")).to_contain_text("5 photos ready", timeout=INTAKE_S * 1000)
         page.locator("#pet-name").get_by_role("textbox").fill("Rex")
+        choose(page, "#class-noun", "dog")
         steps = page.get_by_label("Steps (0: the preset's)")
         for _ in range(2):  # typed again if Gradio reset it (see the walkthrough above)
             steps.fill("5000")

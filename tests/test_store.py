@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 from conftest import REPO
 from petdream import store as store_module
 from petdream.store import (
-    DB_FILE, MIGRATIONS, TRASH_DIR, NotFound, Store, StoreError, new_session_id, owner_dir, pet_paths, session_owner, user_owner,
+    DB_FILE, MIGRATIONS, NO_SUCH_PET, TRASH_DIR, NotFound, Store, StoreError, new_session_id, owner_dir, pet_paths,
+    session_owner, user_owner,
 )
 
 ALICE = user_owner("alice")
@@ -184,7 +186,7 @@ def test_files_a_delete_could_not_remove_go_at_the_next_start_and_nothing_of_a_r
 
 def test_deleting_a_pet_by_a_made_up_id_is_not_found_and_names_no_path(store):
     for made_up in ("/etc", "../../people", "no-such-pet"):
-        with pytest.raises(NotFound, match="^No such pet.$"):
+        with pytest.raises(NotFound, match=f"^{re.escape(NO_SUCH_PET)}$"):
             store.delete_pet(ALICE, made_up)
 
 

@@ -18,9 +18,19 @@ MAX_UPLOAD = "100mb"
 
 # Thumbs only under the chat's pictures: a rated picture teaches the pet, a text reply has nothing to teach
 # (Gradio 6's Chatbot shows them under every reply; a text reply's row has no .component-wrap).
+# No Share under the chat's pictures either (Gradio 6 puts one under every file in a chat, whatever `buttons`
+# says): on a Space it posts the picture of the person's pet to a public discussion.
 CSS = """
 #chatbot .bot-row:not(:has(.component-wrap)) + .message-buttons button:is([aria-label^="Like"], [aria-label^="Dislike"]) {
     display: none;
+}
+#chatbot .message-buttons button[aria-label="Share"] {
+    display: none;
+}
+@media (max-width: 640px) {
+    #accepted .grid-container, #samples .grid-container {
+        --grid-cols: 3 !important;  /* over Gradio's inline 6 (or 4): a phone showed half the photos, off-screen */
+    }
 }
 """
 # What `launch()` needs besides where to listen. run_history off: Gradio 6 would otherwise keep every call,

@@ -40,7 +40,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
     """chatted: the pet id this browser last chatted with, chosen again when the page is next opened (the
     newest pet otherwise); made outside the tabs, so it is read as the page loads, not when Chat is opened."""
     with gr.Tab("Chat", id="chat") as tab:
-        gr.Markdown(f"ℹ️ {DISCLOSURE}", elem_id="disclosure")
+        gr.Markdown(f"ℹ️ {with_helpline_links(DISCLOSURE)}", elem_id="disclosure")
         with gr.Row():
             pet = gr.Dropdown([], label="Pet", elem_id="chat-pet", scale=2, allow_custom_value=True)
             keep = gr.Checkbox(label="Keep my conversations (off: nothing is stored; switching it off deletes them)",
@@ -129,7 +129,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         # for half a minute reads as a stuck page.
         waiting = "Thinking..." + ("" if service.has_replied else " (the first reply loads the chat model: up to a minute)")
         history += [{"role": "user", "content": text}, _notice(waiting)]
-        yield history, pictures, "", ""
+        yield history, pictures, gr.skip(), ""  # the last scene stays New picture's until this one's comes
 
         tokens: queue.Queue = queue.Queue()
         outcome: dict = {}
@@ -153,7 +153,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                 history[reply_at] = {"role": "assistant", "content": history[reply_at]["content"] + piece
                                      if streamed else piece}
                 streamed = True
-            yield history, pictures, "", gr.skip()
+            yield history, pictures, gr.skip(), gr.skip()
         del history[reply_at + 1:]  # the drawing's placeholder
         if "error" in outcome:
             if not streamed:  # unanswered: the message goes back in its box, to send again
@@ -177,7 +177,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         owner = owner_of(browser_id, request, profile)
         if not pet_id or not prompt:
             raise gr.Error("Send a message first; then a new picture of the same scene can be drawn.")
-        picture = service.draw(owner, pet_id, prompt, in_chat=True)
+        try:
+            picture = service.draw(owner, pet_id, prompt, in_chat=True)
+        except NotFound as error:
+            raise gr.Error(str(error)) from None
         history = list(history or []) + [_picture(owner, picture.path, picture.prompt)]
         pictures = {**pictures, len(history) - 1: picture.image_id}
         return shown(history, pictures, service.store.images(owner, pet_id)), pictures
@@ -256,9 +259,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                           gr.Dropdown(interactive=True)))
     for sent, api in ((send.click, {"api_name": "chat"}), (message.submit, {"api_visibility": "private"})):
         answered = while_busy(sent, [send, message, again, pet], *answering, respond, inputs, outputs,
-                              show_progress_on=message, **api)  # a refusal marks the box, not the whole chat "Error"
+                              show_progress_on=message, focus="#chat-input textarea", **api)  # a refusal marks the box, not the whole chat "Error"
         answered.then(rated, [pet, chatbot, pictures, browser_id], chatbot, api_visibility="private")
         answered.then(lambda pet_id: pet_id, pet, chatted, api_visibility="private")
+        answered.failure(list_chat_pets, [pet, browser_id, chatted], pet, api_visibility="private")  # one deleted?
     # Drawing rests what answering rests. A refusal marks the button, not the chat: Gradio's "Error" over the
     # chat hid it, helplines included.
     while_busy(again.click, [send, message, again, pet], *answering, redraw,
@@ -282,10 +286,15 @@ def _reply(text: str, crisis: bool) -> dict:
     """The companion's reply as a chat message; a crisis reply set apart under a bold title, live or kept,
     in full-size text with its helplines as links (Gradio's message titles fold the text under them, small)."""
     if crisis:
-        for phrase, link in HELPLINE_LINKS.items():
-            text = text.replace(phrase, link)
-        text = f"**{CRISIS_TITLE}**\n\n{text}"
+        text = f"**{CRISIS_TITLE}**\n\n{with_helpline_links(text)}"
     return {"role": "assistant", "content": text}
+
+
+def with_helpline_links(text: str) -> str:
+    """`text` (Markdown) with its helplines as links a phone calls, texts or opens with one tap."""
+    for phrase, link in HELPLINE_LINKS.items():
+        text = text.replace(phrase, link)
+    return text
 
 
 def _picture(owner: str, path, prompt: str | None = None) -> dict:

@@ -6,11 +6,15 @@ from typing import Callable
 
 
 def while_busy(trigger, controls: list, busy: Callable, idle: Callable, fn: Callable, inputs, outputs,
-               failed: Callable | None = None, **event_args):
+               failed: Callable | None = None, focus: str | None = None, **event_args):
     """`trigger(fn, inputs, outputs, **event_args)`, with `controls` set to `busy()` before it runs and to
     `idle()` once it ends, or `failed()` (default: `idle()`) after a failure (Gradio 6 runs `.then` only
-    after a success). A button that rests while its work runs says "wait"; one that ignores a click does not."""
+    after a success). A button that rests while its work runs says "wait"; one that ignores a click does not.
+    focus: a CSS selector of what gets the keyboard's focus back once the controls are idle (a control
+    that rested lost it, and the next keys would go nowhere)."""
     work = trigger(busy, None, controls, queue=False, api_visibility="private").then(fn, inputs, outputs, **event_args)
-    work.then(idle, None, controls, api_visibility="private")
-    work.failure(failed or idle, None, controls, api_visibility="private")
+    for rested in (work.then(idle, None, controls, api_visibility="private"),
+                   work.failure(failed or idle, None, controls, api_visibility="private")):
+        if focus:
+            rested.then(None, js=f"() => document.querySelector({focus!r})?.focus()", api_visibility="private")
     return work

@@ -29,13 +29,15 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         uploads = gr.File(label="Photos", file_count="multiple", file_types=["image", ".heic", ".heif"],
                           elem_id="photos")
         summary = gr.Markdown(elem_id="intake-summary")
-        accepted = gr.Gallery(label="Usable photos", columns=6, height="auto", elem_id="accepted")
+        # Thumbnails six to a row however few (two photos fitted to the row stood 600 px tall); three on a phone.
+        accepted = gr.Gallery(label="Usable photos", columns=6, fit_columns=False, height="auto", elem_id="accepted")
         rejected = gr.Dataframe(headers=["file", "why it was not used"], label="Not used", wrap=True,
                                 column_widths=["25%", "75%"], visible=False, elem_id="rejected")
         with gr.Row():
             name = gr.Textbox(label="Pet name", placeholder="Bruno", elem_id="pet-name")
-            class_noun = gr.Dropdown(["dog", "cat", "rabbit", "bird", "hamster"], value="dog", allow_custom_value=True,
-                                     label="Kind of pet", elem_id="class-noun")
+            # No default: a cat trained as a "dog" draws a dog (and its class images are dogs).
+            class_noun = gr.Dropdown(["dog", "cat", "rabbit", "bird", "hamster"], value=None, allow_custom_value=True,
+                                     label="Kind of pet", info="Choose one, or type it", elem_id="class-noun")
             preset = gr.Radio(presets, value=presets[0], label="Preset", elem_id="preset",
                               info="quick: a small add-on to the model (LoRA), minutes on a GPU; paper: the "
                                    "DreamBooth paper's recipe, the whole model retrained"
@@ -59,7 +61,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             progress = gr.Slider(0, 1, value=0, label="Progress (steps)", interactive=False, buttons=[],
                                  elem_id="train-progress")
             loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, elem_id="loss-plot")
-            samples = gr.Gallery(label="Samples as it learns", columns=4, height="auto", elem_id="samples")
+            samples = gr.Gallery(label="Samples as it learns", columns=4, fit_columns=False, height="auto",
+                                 elem_id="samples")
         run_id = gr.State("")
         trained = gr.State(None)  # {"photos", "name"} as Train sent them: taken out of the fields once it finishes
         with gr.Accordion("Hugging Face Hub: keep your pet's model, or bring one back", open=False):
@@ -102,6 +105,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
               request: gr.Request, profile: gr.OAuthProfile | None = None):
         """Start training on the uploaded photos, then stream its progress until it ends."""
         owner = owner_of(browser_id, request, profile)
+        if not (class_noun or "").strip():
+            raise gr.Error(f"Choose the kind of pet under Kind of pet (dog, cat, ...): the model learns "
+                           f"{(name or '').strip() or 'your pet'} as one of its kind, and the wrong kind draws the "
+                           "wrong animal.")
         overrides = advanced_overrides(method, steps, learning_rate, rank, seed, prior)
         try:
             job = service.start_training(owner, name or "", class_noun or "", list(paths or []), preset, **overrides)
@@ -121,22 +128,23 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
 
     def ready_for_next_pet(run, trained, paths, pet_name, status, browser_id, request: gr.Request,
                            profile: gr.OAuthProfile | None = None):
-        """(photos, name, status) once Train's training has ended: if it finished, the photos it trained on
-        are taken out of the uploader (any added since stay, for the next pet) and its name out of the name
-        field (unless it was changed since), and the status line says so; otherwise all stays as it is, so
+        """(photos, name, kind, status) once Train's training has ended: if it finished, the photos it trained
+        on are taken out of the uploader (any added since stay, for the next pet) and its name and kind out of
+        their fields (unless the name was changed since), and the status line says so; otherwise all stays, so
         a failed or cancelled training can be trained again (Resume needs no upload), and the status line
         says whose photos they are: another pet's added to them would train one pet on both."""
         job = service.training(owner_of(browser_id, request, profile), run) if run and trained else None
         if job is None or not job.done:
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         if job.status != "finished":
             line = f"The photos above are for {job.pet_name}: remove them (×) before adding another pet's."
-            return gr.skip(), gr.skip(), f"{status}\n\n{line}" if paths else gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), f"{status}\n\n{line}" if paths else gr.skip()
         kept = [path for path in paths or [] if path not in trained["photos"]]
         name_cleared = pet_name == trained["name"]
-        line = (f"Ready for your next pet: {'the photos and name above are' if name_cleared else 'its photos are'} "
+        line = (f"Ready for your next pet: {'the photos, name and kind above are' if name_cleared else 'its photos are'} "
                 f"cleared{'; the photos added while it trained stay' if kept else ''}.")
-        return kept or None, "" if name_cleared else gr.skip(), f"{status}\n\n{line}"
+        cleared = ("", None) if name_cleared else (gr.skip(), gr.skip())
+        return kept or None, *cleared, f"{status}\n\n{line}"
 
     def resume_run(chosen, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
@@ -301,7 +309,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     # What Train sent is noted as it is clicked: photos added while it trains are the next pet's, and stay.
     train.click(lambda paths, pet_name: {"photos": list(paths or []), "name": pet_name}, [uploads, name], trained,
                 queue=False, api_visibility="private")
-    trained_pet.then(ready_for_next_pet, [run_id, trained, uploads, name, status, browser_id], [uploads, name, status],
+    trained_pet.then(ready_for_next_pet, [run_id, trained, uploads, name, status, browser_id],
+                     [uploads, name, class_noun, status],
                      api_visibility="private")
     cancel.click(stop, inputs=[run_id, browser_id], api_name="cancel_training")
     run_id.change(*refresh_resumable, api_visibility="private")  # a run being followed is no longer unfinished

@@ -112,7 +112,7 @@ def test_check_photos_on_the_real_dog_photos(dreambench, tmp_path):
 ONE_PROCESS_FAILS = """
 # `python -m petdream`, but process 1 cancels after step CANCEL_AFTER (as if its Ctrl-C came first), or
 # runs out of memory part-way through the backward pass of its pass OUT_OF_MEMORY_AT: after the later
-# layers' gradients were already exchanged.
+# layers' gradients were already exchanged, or sees a NaN loss at step NAN_AT.
 import os, runpy, sys
 import torch
 from petdream.training.trainer import DreamBoothTrainer
@@ -131,6 +131,8 @@ def step_then_cancel(self, run, step, passes):
     loss = real_step(self, run, step, passes)
     if os.environ["RANK"] == "1" and str(step + 1) == os.environ.get("CANCEL_AFTER"):
         self.cancel()
+    if os.environ["RANK"] == "1" and str(step + 1) == os.environ.get("NAN_AT"):
+        return float("nan")  # its batch diverged; the other process's did not
     return loss
 
 DreamBoothTrainer._loss, DreamBoothTrainer._step = loss_then_out_of_memory_in_backward, step_then_cancel
@@ -193,3 +195,11 @@ def test_several_processes_stop_together_and_resume_to_the_weights_of_an_uninter
     assert pipeline.get_list_adapters() == {"unet": ["default_0"]}
     expected, ours = (load_file(tmp_path / run / "pytorch_lora_weights.safetensors") for run in ("whole", "bruno"))
     assert expected.keys() == ours.keys() and all(torch.equal(expected[k], ours[k]) for k in ours)
+
+    # A NaN loss on one process's batch alone: both stop at that step (the other one is not left waiting in
+    # the gradient exchange, which hangs on GPUs), with the reason, and no checkpoint to repeat it from.
+    diverged = torchrun(tmp_path / "one_process_fails.py", *args[:-1], tmp_path / "diverged", NAN_AT="3")
+    assert diverged.returncode != 0
+    assert ("error: The loss became NaN or infinite on another GPU at step 3: training diverged."
+            in diverged.stderr), diverged.stderr
+    assert "Connection closed" not in diverged.stderr and not (tmp_path / "diverged" / "checkpoints").exists()

@@ -201,7 +201,7 @@ class DreamBoothTrainer:
         warmed_up = None  # (step, time) at the end of this session's first step, which warms up (or compiles)
         while step < config.steps:
             yield from self._checkpoint_written(wait=False)
-            if self._cancel_agreed(accelerator):
+            if self._any_process(accelerator, self._cancel.is_set()):
                 yield from self._checkpoint_written(wait=True)
                 # Unless this step's is just written, or no step is done (the base model needs no checkpoint).
                 if step > 0 and self.checkpoints.latest() != self.checkpoints.path(step):
@@ -224,9 +224,10 @@ class DreamBoothTrainer:
                 if passes.checkpointing_forced:
                     run.plain(run.unet).enable_gradient_checkpointing()
                 continue
-            if not math.isfinite(loss):
+            if self._any_process(accelerator, not math.isfinite(loss)):
                 raise TrainingFailure(  # resuming draws the same batches from the same weights: it would diverge again
-                    f"The loss became {loss} at step {step + 1}: training diverged. Lower the learning rate "
+                    f"The loss became {loss if not math.isfinite(loss) else 'NaN or infinite on another GPU'} at step "
+                    f"{step + 1}: training diverged. Lower the learning rate "
                     f"(now {config.learning_rate:g}) or train without mixed precision, then start again. Its "
                     "checkpoints are deleted: resuming would repeat the same steps.", resumable=False)
             step += 1
@@ -253,14 +254,14 @@ class DreamBoothTrainer:
         accelerator.wait_for_everyone()
         yield Finished(PetModel.load(self.output_dir), total, losses[-1])
 
-    def _cancel_agreed(self, accelerator) -> bool:
-        """Whether to stop before the next step. Several processes stop at the same step or not at all:
-        a Ctrl-C reaches them at different moments, and one stopping alone would leave the others
-        waiting in the gradient exchange (and only the first process writes checkpoints)."""
-        cancel = self._cancel.is_set()
+    @staticmethod
+    def _any_process(accelerator, flag: bool) -> bool:
+        """Whether `flag` is set in any process: several stop at the same step or not at all. A Ctrl-C
+        reaches them at different moments, and a loss may be NaN on one GPU's batch alone; one process
+        stopping alone would leave the others waiting in the gradient exchange (a hang, with NCCL)."""
         if accelerator.num_processes == 1:
-            return cancel
-        return bool(accelerator.reduce(torch.tensor(int(cancel), device=accelerator.device), "sum").item())
+            return flag
+        return bool(accelerator.reduce(torch.tensor(int(flag), device=accelerator.device), "sum").item())
 
     def _step(self, run: "_Run", step: int, passes: "_Passes") -> float:
         """One optimizer step, its micro-batches run as `passes` says; returns its loss.
@@ -386,7 +387,7 @@ class DreamBoothTrainer:
                        f": they keep the model knowing what any {self.pet.class_noun} looks like, not only "
                        f"{self.pet.name}.")
             # A cancel while they are drawn (minutes on a small GPU) stops it, one process alone; several
-            # stop together at the first step (see `_cancel_agreed`).
+            # stop together at the first step (see `_any_process`).
             stop = self._cancel.is_set if accelerator.num_processes == 1 else lambda: False
             with accelerator.main_process_first():  # one process fills the cache, the others read it
                 class_photos = self._class_images(parts, folder, stop)

@@ -295,7 +295,8 @@ def test_training_options_run_to_the_end(tiny, photos, data_dir, tmp_path, optio
     assert isinstance(events[-1], Finished), events[-1]
     notes = [e.text for e in events if isinstance(e, Note)]
     if options.get("optimizer") == "adamw8bit":
-        assert "8-bit AdamW needs a CUDA GPU; using AdamW (32-bit state) on the CPU." in notes
+        assert "8-bit AdamW is made for CUDA GPUs (on a CPU it runs ~28x slower); using AdamW (32-bit state) on the CPU." in notes
+        assert events[-1].model.training["optimizer_used"] == "AdamW"  # what ran, beside what was asked
 
 
 def test_micro_batches_in_one_pass_give_the_weights_of_one_after_another(tiny, photos, data_dir, tmp_path):
@@ -848,6 +849,10 @@ def test_out_of_memory_retries_once_with_checkpointing_and_a_smaller_batch(tiny,
     assert ("Out of GPU memory at step 2: retrying with gradient checkpointing and batch size 1 x 2 accumulation."
             in notes)
     assert isinstance(events[-1], Finished) and calls[:3] == [2, 2, 1]
+    training = events[-1].model.training  # what was asked, and what ran
+    assert (training["batch_size"], training["gradient_accumulation"], training["gradient_checkpointing"]) == (2, 1, False)
+    assert (training["batch_size_used"], training["gradient_accumulation_used"],
+            training["gradient_checkpointing_used"]) == (1, 2, True)
 
 
 def test_out_of_memory_with_micro_batches_in_one_pass_runs_them_one_by_one(tiny, photos, data_dir, tmp_path,

@@ -9,6 +9,7 @@ evaluation.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -17,7 +18,7 @@ import uuid
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -498,3 +499,20 @@ class PetDreamService:
         with self.owners.work(owner):
             self.store.pet(owner, pet_id)  # NotFound once deleted: its folder is not made again
             return report.save(self.store.paths(owner, pet_id).root / "evaluation" / uuid.uuid4().hex[:8])
+
+    def last_report(self, owner: str, pet_id: str) -> dict | None:
+        """The newest evaluation report saved for `owner`'s pet: its files as `save_report` returns them,
+        plus "saved" (a UTC datetime) and "current" (whether it is of the pet's model as it is now, not of one
+        it was trained further from). None if the pet has none."""
+        record = self.store.pet(owner, pet_id)
+        reports = list((self.store.paths(owner, pet_id).root / "evaluation").glob("*/report.json"))
+        if not reports:
+            return None
+        newest = max(reports, key=lambda path: path.stat().st_mtime).parent
+        paths = {name: newest / file for name, file in (
+            ("json", "report.json"), ("markdown", "report.md"), ("grid", "grid.png"), ("chart", "fidelity.png"))}
+        if not all(path.is_file() for path in paths.values()):
+            return None
+        evaluated = json.loads(paths["json"].read_text()).get("model")
+        saved = datetime.fromtimestamp(paths["json"].stat().st_mtime, timezone.utc)
+        return paths | {"saved": saved, "current": evaluated == str(record.model_dir)}

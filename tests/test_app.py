@@ -177,6 +177,14 @@ def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet)
     with Image.open(grid) as shown, Image.open(next(f for f in report if f.endswith("grid.png"))) as full:
         assert shown.format == "WEBP" and shown.size == full.size  # the page gets the grid small, the files in full
 
+    # Back later (a reload, another pet chosen and this one again): the last evaluation is shown, not lost.
+    last_status, last_metrics, last_grid, last_chart, last_files = handler(served_app, "show_last")(
+        alices_pet["id"], ALICE, None)
+    assert last_status.startswith("Last evaluated ") and last_status.endswith(" UTC.")  # of the model as it is
+    assert last_metrics.strip() == metrics.strip() and last_grid.size == full.size and os.path.getsize(last_chart) > 0
+    assert sorted(os.path.basename(f) for f in last_files) == ["grid.png", "report.json", "report.md"]
+    assert handler(served_app, "show_last")(alices_pet["id"], BOB, None) == ("", "", None, None, None)  # not Bob's
+
 
 def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(served_app, alices_pet, monkeypatch):
     import gradio as gr

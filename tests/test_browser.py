@@ -218,6 +218,10 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         expect(page.locator("#evaluate-button")).to_be_disabled()  # one evaluation at a time
         expect(page.locator("#eval-status")).to_contain_text("✅ Done", timeout=EVAL_S * 1000)
         expect(page.locator("#evaluate-button")).to_be_enabled()
+        # First, in words: whether it draws Bruno and the scene asked for (on tiny, said to mean nothing).
+        expect(page.locator("#eval-status")).to_contain_text("the models have random weights, so this verdict means")
+        expect(page.locator("#eval-status strong", has_text="like Bruno")).to_be_visible()
+        expect(page.locator("#eval-status")).to_contain_text("CLIPScore")  # then the numbers
         metrics = page.locator("#eval-metrics")
         expect(metrics.locator("table").first).to_be_visible()
         for column in ("CLIPScore", "SSIM best", "DINO", "CLIP-I", "CLIP-T"):
@@ -258,6 +262,12 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         expect(chatbot.locator("[data-testid=user]")).to_have_text("I want to end my life")
         expect(chatbot.get_by_text(CRISIS_TITLE)).to_be_visible()
         expect(chatbot.get_by_text(HELPLINE)).to_be_visible()
+        # Bruno's evaluation is still there, without drawing it again.
+        page.get_by_role("tab", name="Evaluate").click()
+        choose(page, "#eval-pet", "Bruno")
+        expect(page.locator("#eval-status")).to_contain_text("Last evaluated ")
+        expect(page.locator("#eval-metrics table").first).to_be_visible()
+        expect(page.locator("#eval-grid img")).to_be_visible()
 
     assert page.errors == [], f"errors in the page's JavaScript: {page.errors}"
 

@@ -197,6 +197,36 @@ def test_the_report_files_and_the_json_contract(run, tmp_path):
     assert Image.open(paths["grid"]).size[1] > 2 * 128 and Image.open(paths["chart"]).format == "PNG"
 
 
+@pytest.mark.parametrize("pet_dino, base_dino, pet_clip_t, base_clip_t, said", [
+    (0.70, 0.40, 0.30, 0.31, ["✅ **Looks like Bruno**: its pictures are closer to your photos than the base model's "
+                              "pictures of any dog (DINO 0.70 against 0.40, where 1 is identical).",
+                              "✅ **Draws what you ask for** as well as the base model (CLIP-T 0.300 against 0.310)."]),
+    (0.41, 0.40, 0.25, 0.31, ["➖ **Not yet like Bruno**: its pictures are about as close to your photos as the base "
+                              "model's pictures of any dog (DINO 0.41 against 0.40, where 1 is identical). Train "
+                              "longer, or on more varied photos.",
+                              "⚠️ **Follows the prompts less than the base model** (CLIP-T 0.250 against 0.310): it "
+                              "draws your photos more than the scene asked for, a sign of overtraining. Fewer steps or "
+                              "a lower learning rate help."]),
+    (0.30, 0.40, 0.31, 0.31, ["❌ **Less like Bruno than the base model's dogs** (DINO 0.30 against 0.40, where 1 is "
+                              "identical): the training went wrong. Train again with a lower learning rate.",
+                              "✅ **Draws what you ask for** as well as the base model (CLIP-T 0.310 against 0.310)."]),
+])
+def test_the_verdict_says_in_plain_words_whether_the_model_draws_the_pet_and_the_scene(
+        run, tmp_path, pet_dino, base_dino, pet_clip_t, base_clip_t, said):
+    import dataclasses
+
+    report = run[2][-1].report
+
+    def scored(result, dino, clip_t):
+        return dataclasses.replace(result, overall=dataclasses.replace(result.overall, dino=dino, clip_t=clip_t))
+
+    report = dataclasses.replace(report, result=scored(report.result, pet_dino, pet_clip_t),
+                                 baseline=scored(report.baseline, base_dino, base_clip_t))
+    assert report.verdict() == said
+    assert "## In short\n\n" + "\n".join(f"- {line}" for line in said) in report.to_markdown()
+    assert dataclasses.replace(report, baseline=None).verdict() == []  # nothing to compare with
+
+
 def test_no_photos_fails_with_a_reason(tiny, generator, tmp_path):
     pet = make_lora_pet(tmp_path / "bruno", tiny)
     events = list(Evaluator(tiny, generator=generator).run(pet, [], EvaluationConfig(prompts=("a {0} {1}",))))

@@ -34,8 +34,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         status = gr.Markdown(elem_id="eval-status")
         metrics = gr.Markdown(elem_id="eval-metrics")
         # Captions above, not Gradio's labels and share buttons: those float over the pictures' own headings.
-        gr.Markdown("Left: a row per prompt, your pet's model, then the base model. Right: subject fidelity "
-                    "against prompt fidelity.")
+        gr.Markdown("The pictures: a row per prompt, your pet's model, then the base model. The chart: subject "
+                    "fidelity against prompt fidelity.")
         with gr.Row():
             # Shown as WebP: the full protocol's grid.png is ~15 MB (it is among the report's files).
             grid = gr.Image(label="A row per prompt: your pet's model, then the base model", show_label=False,
@@ -68,8 +68,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                     files = [served_copy(owner, paths[part]) for part in ("markdown", "json", "grid")]
                     with Image.open(paths["grid"]) as grid_png:
                         shown_grid = grid_png.convert("RGB")  # Gradio sends it in the component's format
-                    yield (f"✅ Done in {event.seconds:.0f} s. {event.report.summary()}", event.report.to_markdown(),
-                           shown_grid, served_copy(owner, paths["chart"]), files)
+                    yield (_verdict(event.report, event.seconds), event.report.to_markdown(), shown_grid,
+                           served_copy(owner, paths["chart"]), files)
         except NotFound as error:
             raise gr.Error(str(error)) from None
 
@@ -77,7 +77,34 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     while_busy(run.click, [run], lambda: gr.Button(interactive=False), lambda: gr.Button(interactive=True), evaluate,
                [pet, size, steps, browser_id], [status, metrics, grid, chart, report], api_name="evaluate",
                show_progress_on=status)  # a refusal marks the status line, not every panel
+    def show_last(pet_id, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """(status, metrics, grid, chart, files) of the chosen pet's last evaluation, kept with the pet: after
+        a reload, or back on this pet, its results are there without drawing them again; none, all empty."""
+        owner = owner_of(browser_id, request, profile)
+        try:
+            last = service.last_report(owner, pet_id) if pet_id else None
+        except NotFound:  # deleted meanwhile: the pet list is refreshed as the tab opens
+            last = None
+        if last is None:
+            return "", "", None, None, None
+        earlier = "" if last["current"] else " (of an earlier model: it has been taught since; evaluate again)"
+        with Image.open(last["grid"]) as grid_png:
+            shown_grid = grid_png.convert("RGB")
+        return (f"Last evaluated {last['saved']:%d %b %Y %H:%M} UTC{earlier}.", last["markdown"].read_text(),
+                shown_grid, served_copy(owner, last["chart"]),
+                [served_copy(owner, last[part]) for part in ("markdown", "json", "grid")])
+
+    pet.change(show_last, inputs=[pet, browser_id], outputs=[status, metrics, grid, chart, report],
+               api_visibility="private")
     list_pets = trained_pets(service)
     tab.select(list_pets, inputs=[pet, browser_id], outputs=pet, api_visibility="private")
     return {"list_pets": (list_pets, [pet, browser_id], [pet])}
 
+
+def _verdict(report, seconds: float) -> str:
+    """The status line of a finished evaluation: what it says of the pet model in plain words, then the
+    overall numbers (the tables below have the rest)."""
+    caveat = ["⚠️ Demo profile: the models have random weights, so this verdict means nothing."
+              ] if report.profile.random_weights else []
+    lines = [f"✅ Done in {seconds:.0f} s.", *caveat, *report.verdict(), f"<small>{report.summary()}</small>"]
+    return "\n\n".join(lines)

@@ -103,6 +103,8 @@ class PetModel:
         fd, staging = tempfile.mkstemp(prefix=".petdream-", suffix=".json", dir=self.path)
         with os.fdopen(fd, "w") as f:
             json.dump(self.to_dict(), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before its name says the folder is complete
         os.replace(staging, target)
         return target
 

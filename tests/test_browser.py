@@ -310,6 +310,7 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
 
     with stage(page, "chat-refused-without-a-pet", app["log"]):
         page.get_by_role("tab", name="Chat").click()
+        expect(page.locator("#chatbot")).to_contain_text("No pet yet? Train one on the My pet tab first.")  # empty
         page.locator("#chat-input").get_by_role("textbox").fill("hello")
         page.locator("#send-button").click()
         expect(page.get_by_text("Choose a pet first").first).to_be_visible()

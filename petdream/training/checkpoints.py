@@ -143,7 +143,7 @@ class Checkpoints:
                 (staging / STATE_FILE).write_text(json.dumps(state.pop(STATE_FILE)))
                 for name, value in state.items():
                     torch.save(value, staging / name)
-                _fsync_tree(staging)
+                fsync_tree(staging)
             shutil.rmtree(write.path, ignore_errors=True)
             os.replace(staging, write.path)
             older = sorted(p for p in self.folder.glob("step-*") if p != write.path)
@@ -214,8 +214,10 @@ def _to_host(value, memory_format=torch.preserve_format):
     return copy.deepcopy(value)
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Make the files durable before the rename publishes them (a power cut keeps old or new)."""
-    for path in folder.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+def fsync_tree(folder: Path, skip: Path | None = None) -> None:
+    """Make the files under `folder` (but those under `skip`) durable before a rename or a file says they are
+    complete: after a power cut, the old state or the new one, never a name over half-written data."""
+    for path in folder.rglob("*"):
+        if path.is_file() and (skip is None or skip not in path.parents):
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())

@@ -36,7 +36,7 @@ from petdream.models.device import release_host_memory
 from petdream.models.pipeline import quiet_libraries
 from petdream.petmodel import LORA_WEIGHTS_FILE, METADATA_FILE, PIPELINE_DIR, Pet, PetModel
 from petdream.photos import Photo
-from petdream.training.checkpoints import CheckpointMismatch, Checkpoints, full_disk_as_oserror
+from petdream.training.checkpoints import CheckpointMismatch, Checkpoints, fsync_tree, full_disk_as_oserror
 from petdream.training.config import TrainingConfig, lora_shape
 from petdream.training.data import (
     LatentCache,
@@ -743,6 +743,7 @@ class DreamBoothTrainer:
             photos=[{"sha256": p.sha256, "width": p.width, "height": p.height} for p in self.photos],
             created_at=PetModel.now(),
         )
+        fsync_tree(out, skip=self.checkpoints.folder)  # the weights are on disk before petdream.json says so
         model.write_metadata()
 
     def _lineage(self) -> dict | None:

@@ -27,6 +27,8 @@ DRAWING = object()  # from the chat's worker: the reply is written, the picture 
 CRISIS_TITLE = "🆘 You don't have to face this alone: people who can help, right now"
 # The crisis reply's ways to reach help, as links a phone acts on with one tap: the dialler, a text
 # already addressed (and written, for the Crisis Text Line), the directory of lines in other countries.
+EMPTY_CHAT = ("Tell me how you feel, and I'll answer, then draw your pet in a scene for you. No pet yet? Train one "
+              "on the My pet tab first.")
 HELPLINE_LINKS = {
     "call or text 988": "[call](tel:988) or [text](sms:988) 988",
     "Text HOME to 741741": "[Text HOME to 741741](sms:741741?body=HOME)",
@@ -43,8 +45,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         gr.Markdown(f"ℹ️ {with_helpline_links(DISCLOSURE)}", elem_id="disclosure")
         with gr.Row():
             pet = gr.Dropdown([], label="Pet", elem_id="chat-pet", scale=2, allow_custom_value=True)
-            keep = gr.Checkbox(label="Keep my conversations (off: nothing is stored; switching it off deletes them)",
-                               value=False, elem_id="chat-consent", scale=3)
+            keep = gr.Checkbox(label="Keep my conversations", info="Off: nothing is stored; switching it off deletes them.",
+                               value=False, elem_id="chat-consent", scale=3)  # the long label spilt out on a phone
         with gr.Accordion("About you (optional; used only in this session)", open=False):
             with gr.Row():
                 person_name = gr.Textbox(label="Your name", elem_id="person-name")
@@ -53,7 +55,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         # One bubble per message: each picture gets thumbs of its own (grouped, they would rate the reply).
         # No "share" button: it posts the conversation to a public Hugging Face discussion.
         chatbot = gr.Chatbot(label="PetDream", height=520, elem_id="chatbot", group_consecutive_messages=False,
-                             buttons=["copy", "copy_all"])
+                             buttons=["copy", "copy_all"], placeholder=EMPTY_CHAT)
         with gr.Row():
             message = gr.Textbox(label="How are you feeling?", placeholder="Tell me about your day...", scale=5,
                                  elem_id="chat-input")

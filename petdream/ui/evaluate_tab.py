@@ -42,7 +42,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                             format="webp", buttons=["fullscreen"], elem_id="eval-grid")
             chart = gr.Image(label="Subject fidelity against prompt fidelity", show_label=False,
                              buttons=["download", "fullscreen"], elem_id="eval-chart")
-        report = gr.File(label="Report", file_count="multiple", elem_id="eval-report")
+        report = gr.File(label="Report", file_count="multiple", interactive=False, elem_id="eval-report")  # no ×
 
     def evaluate(pet_id, size, steps, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """Stream progress, then the metrics table, the grid, the chart and the report files."""

@@ -283,6 +283,16 @@ def test_class_images_are_the_same_whether_generated_in_batches_or_one_by_one(ti
         assert difference.max() <= 2  # batched convolutions may round differently, nothing more
     assert np.abs(np.asarray(batched[0], dtype=int) - np.asarray(batched[1], dtype=int)).mean() > 5
 
+    # Out of GPU memory for a batch (a small GPU): the same images, drawn one by one.
+    def no_room_for_batches(*args, generator, **kwargs):
+        if len(generator) > 1:
+            torch.randn(4, generator=generator[0])  # the generators had started drawing: the retry needs new ones
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return type(pipeline).__call__(pipeline, *args, generator=generator, **kwargs)
+
+    small_gpu = ensure_class_images(no_room_for_batches, tmp_path / "small", "a photo of dog", 3, 128, 2, batch_size=2)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(one_by_one, small_gpu))
+
 
 @pytest.mark.parametrize("options", [
     dict(prior_preservation=False),
@@ -853,6 +863,29 @@ def test_out_of_memory_retries_once_with_checkpointing_and_a_smaller_batch(tiny,
     assert (training["batch_size"], training["gradient_accumulation"], training["gradient_checkpointing"]) == (2, 1, False)
     assert (training["batch_size_used"], training["gradient_accumulation_used"],
             training["gradient_checkpointing_used"]) == (1, 2, True)
+
+
+def test_out_of_memory_drawing_the_samples_draws_them_one_by_one(tiny, photos, data_dir, tmp_path, monkeypatch):
+    """A GPU with room to train but not to draw the sample prompts at once: the same samples, one by one."""
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+
+    whole = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "whole", steps=4, sample_every=2))
+    real_call = StableDiffusionPipeline.__call__
+
+    def no_room_for_batches(self, *args, generator=None, **kwargs):
+        if isinstance(generator, list) and len(generator) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real_call(self, *args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", no_room_for_batches)
+    small = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "small", steps=4, sample_every=2))
+    assert isinstance(small[-1], Finished)
+    samples = [[e.images for e in events if isinstance(e, Sample)] for events in (whole, small)]
+    assert len(samples[0]) == len(samples[1]) == 2 and len(samples[0][0]) > 1
+    for step_a, step_b in zip(*samples):
+        for a, b in zip(step_a, step_b):  # batched convolutions may round differently, nothing more
+            assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 2
 
 
 def test_out_of_memory_with_micro_batches_in_one_pass_runs_them_one_by_one(tiny, photos, data_dir, tmp_path,

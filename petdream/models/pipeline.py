@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -66,3 +69,23 @@ def load_pipeline(model: str, *, revision: str | None = None, device: torch.devi
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def draw_seeded(pipeline, seeds: list[int], batched: dict, **settings) -> list:
+    """The images `pipeline` draws, image i from a generator seeded `seeds[i]`; `batched` holds the per-image
+    inputs (a list or a tensor, an entry per image: prompts, or prompt embeddings). In one call; out of GPU
+    memory, one call per image, which needs a batch's worth less memory and draws the same images (each one
+    has its own generator, made anew for the retry)."""
+    def generators(chosen):
+        return [torch.Generator("cpu").manual_seed(seed) for seed in chosen]
+
+    try:
+        return pipeline(**batched, generator=generators(seeds), **settings).images
+    except torch.OutOfMemoryError:
+        if len(seeds) == 1:
+            raise
+    # Retried here, not in `except`: its traceback would keep the failed batch's tensors alive.
+    logger.warning("out of GPU memory drawing %d images at once; drawing them one by one", len(seeds))
+    torch.cuda.empty_cache()
+    return [pipeline(**{name: value[i:i + 1] for name, value in batched.items()}, generator=generators(seeds[i:i + 1]),
+                     **settings).images[0] for i in range(len(seeds))]

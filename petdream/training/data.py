@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from petdream.models.pipeline import draw_seeded
+
 
 @dataclass
 class LatentCache:
@@ -101,9 +103,8 @@ def ensure_class_images(pipeline, folder: Path, prompt: str, count: int, resolut
         if stop():
             return None
         chunk = missing[start : start + batch_size]
-        generators = [torch.Generator("cpu").manual_seed(i) for i in chunk]
-        images = pipeline([prompt] * len(chunk), num_inference_steps=steps, height=resolution, width=resolution,
-                          generator=generators).images
+        images = draw_seeded(pipeline, chunk, {"prompt": [prompt] * len(chunk)}, num_inference_steps=steps,
+                             height=resolution, width=resolution)
         for i, image in zip(chunk, images):
             # Named for this writer: runs on two GPUs may fill one cache at once.
             staging = paths[i].with_name(f".{paths[i].stem}-{os.getpid()}-{threading.get_ident()}.tmp")

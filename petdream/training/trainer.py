@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from petdream.models import Profile, load_pipeline, pick_device
 from petdream.models.device import release_host_memory
-from petdream.models.pipeline import quiet_libraries
+from petdream.models.pipeline import draw_seeded, quiet_libraries
 from petdream.petmodel import LORA_WEIGHTS_FILE, METADATA_FILE, PIPELINE_DIR, Pet, PetModel
 from petdream.photos import Photo
 from petdream.training.checkpoints import CheckpointMismatch, Checkpoints, fsync_tree, full_disk_as_oserror
@@ -680,10 +680,9 @@ class DreamBoothTrainer:
         text = ({"prompt": prompts} if pipeline.text_encoder is not None else
                 {"prompt_embeds": torch.cat([run.prompt_embeddings[p] for p in prompts]),
                  "negative_prompt_embeds": run.prompt_embeddings[""].expand(len(prompts), -1, -1)})
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in SAMPLE_SEEDS[:len(prompts)]]
         with quiet_libraries(), run.accelerator.autocast():
-            images = pipeline(**text, num_inference_steps=self.config.sample_steps, height=self.resolution,
-                              width=self.resolution, generator=generators).images
+            images = draw_seeded(pipeline, SAMPLE_SEEDS[:len(prompts)], text, num_inference_steps=self.config.sample_steps,
+                                 height=self.resolution, width=self.resolution)
         pipeline.unet.train()
         return Sample(step, images, prompts)
 

@@ -9,6 +9,7 @@ import logging
 import os
 import shlex
 import sys
+import typing
 from pathlib import Path
 
 from petdream.settings import Settings
@@ -62,18 +63,21 @@ def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
 
     choices = {"method": METHODS, "mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS,
                "lr_scheduler": LR_SCHEDULERS}
+    types = typing.get_type_hints(TrainingConfig)  # "int | None" read as the type it names
     group = parser.add_argument_group("hyperparameters (default: the preset's)")
     for field in dataclasses.fields(TrainingConfig):
-        kind = field.type  # its annotation as written ("int | None"): annotations here are not evaluated
+        hint = types[field.name]
+        optional = type(None) in typing.get_args(hint)  # "X | None": an X, left out by default
+        kind = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
         options = {"default": None, "help": HYPERPARAMETER_HELP.get(field.name)}
-        if kind == "bool":
+        if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
-        elif kind.startswith("tuple"):
-            options.update(nargs="+", metavar="MODULE")
+        elif typing.get_origin(kind) is tuple:  # lora_target_modules: --lora-target-modules to_q to_v
+            options.update(nargs="+", type=typing.get_args(kind)[0], metavar=field.name.rsplit("_", 1)[-1].removesuffix("s").upper())
         elif field.name in choices:
             options["choices"] = choices[field.name]
         else:
-            options["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
+            options["type"] = kind
         group.add_argument("--" + field.name.replace("_", "-"), **options)
 
 
@@ -354,7 +358,8 @@ def run_train(args: argparse.Namespace) -> int:
         elif isinstance(event, Cancelled):
             bar.close()
             if not quiet:
-                print(f"cancelled at step {event.step}; continue with the same command and --resume.", file=sys.stderr)
+                print(f"cancelled at step {event.step}; continue with the same command and --resume." if event.checkpoint
+                      else "cancelled before the first step; run the same command again to start.", file=sys.stderr)
             return 130
         bar.refresh()
     return 1

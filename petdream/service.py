@@ -374,7 +374,8 @@ class PetDreamService:
                 job.message, job.status = event.reason, "failed"
             elif isinstance(event, Cancelled):
                 store.update_run(owner, job.run_id, status="cancelled", metrics={"step": event.step})
-                job.message = f"Cancelled at step {event.step}: resume it under Unfinished trainings."
+                job.message = (f"Cancelled at step {event.step}: resume it under Unfinished trainings." if event.checkpoint
+                               else "Cancelled before its first step: resume it under Unfinished trainings to start it.")
                 job.status = "cancelled"
 
     # -- chat and pictures -------------------------------------------------------------------------
@@ -504,7 +505,7 @@ class PetDreamService:
         """The newest evaluation report saved for `owner`'s pet: its files as `save_report` returns them,
         plus "saved" (a UTC datetime) and "current" (whether it is of the pet's model as it is now, not of one
         it was trained further from). None if the pet has none."""
-        record = self.store.pet(owner, pet_id)
+        model = self.pet_model(owner, pet_id)
         reports = list((self.store.paths(owner, pet_id).root / "evaluation").glob("*/report.json"))
         if not reports:
             return None
@@ -513,6 +514,6 @@ class PetDreamService:
             ("json", "report.json"), ("markdown", "report.md"), ("grid", "grid.png"), ("chart", "fidelity.png"))}
         if not all(path.is_file() for path in paths.values()):
             return None
-        evaluated = json.loads(paths["json"].read_text()).get("model")
+        evaluated = json.loads(paths["json"].read_text()).get("model_created_at")
         saved = datetime.fromtimestamp(paths["json"].stat().st_mtime, timezone.utc)
-        return paths | {"saved": saved, "current": evaluated == str(record.model_dir)}
+        return paths | {"saved": saved, "current": evaluated == model.created_at}

@@ -354,7 +354,7 @@ def test_a_kept_crisis_reply_is_set_apart_under_its_title_as_it_was_live(served_
     assert (live["content"][0]["text"] == kept["content"][0]["text"] == unpetted["content"][0]["text"]
             == unloaded["content"][0]["text"])
     assert live["content"][0]["text"].startswith(f"**{CRISIS_TITLE}**\n\nI'm really glad you told me.")
-    for link in ("[call](tel:988) or [text](sms:988) 988", "[Text HOME to 741741](sms:741741?body=HOME)",
+    for link in ("[call](tel:988) or [text](sms:988) 988", "[Text HOME to 741741](sms:741741?&body=HOME)",
                  "[911](tel:911)", "[llama al 988](tel:988)", "[findahelpline.com](https://findahelpline.com)"):
         assert link in kept["content"][0]["text"]  # a tap on a phone calls, texts or opens the directory
     assert CRISIS_MESSAGE.splitlines()[0] in unpetted["content"][0]["text"]

@@ -205,10 +205,11 @@ def test_the_report_files_and_the_json_contract(run, tmp_path):
                               "model's pictures of any dog (DINO 0.41 against 0.40, where 1 is identical). Train "
                               "longer, or on more varied photos.",
                               "⚠️ **Follows the prompts less than the base model** (CLIP-T 0.250 against 0.310): it "
-                              "draws your photos more than the scene asked for, a sign of overtraining. Fewer steps or "
-                              "a lower learning rate help."]),
-    (0.30, 0.40, 0.31, 0.31, ["❌ **Less like Bruno than the base model's dogs** (DINO 0.30 against 0.40, where 1 is "
-                              "identical): the training went wrong. Train again with a lower learning rate.",
+                              "draws your photos more than the scene asked for. Some of that comes with learning a pet; "
+                              "much is a sign of overtraining, which fewer steps or a lower learning rate help."]),
+    (0.30, 0.40, 0.31, 0.31, ["❌ **Less like Bruno than the base model's pictures of any dog** (DINO 0.30 against "
+                              "0.40, where 1 is identical): the training went wrong. Train again with a lower learning "
+                              "rate.",
                               "✅ **Draws what you ask for** as well as the base model (CLIP-T 0.310 against 0.310)."]),
 ])
 def test_the_verdict_says_in_plain_words_whether_the_model_draws_the_pet_and_the_scene(
@@ -222,6 +223,7 @@ def test_the_verdict_says_in_plain_words_whether_the_model_draws_the_pet_and_the
 
     report = dataclasses.replace(report, result=scored(report.result, pet_dino, pet_clip_t),
                                  baseline=scored(report.baseline, base_dino, base_clip_t))
+    said = ["ℹ️ From 4 pictures, a rough sign: the full check is surer.", *said]  # 2 prompts, 2 pictures each
     assert report.verdict() == said
     assert "## In short\n\n" + "\n".join(f"- {line}" for line in said) in report.to_markdown()
     assert dataclasses.replace(report, baseline=None).verdict() == []  # nothing to compare with

@@ -112,6 +112,14 @@ def test_presets_can_be_overridden_and_bad_values_are_refused():
         TrainingConfig(sample_every=-1)
     with pytest.raises(ValueError, match="num_class_images must be at least 1 with prior preservation, got 0"):
         TrainingConfig(prior_preservation=True, num_class_images=0)
+    with pytest.raises(ValueError, match="max_grad_norm must be positive, got -1"):
+        TrainingConfig(max_grad_norm=-1)
+    for name in ("lr_warmup_steps", "prior_loss_weight", "offset_noise"):
+        with pytest.raises(ValueError, match=f"{name} must be 0 or more, got -1"):
+            TrainingConfig(**{name: -1})
+    for name in ("lora_alpha", "snr_gamma"):
+        with pytest.raises(ValueError, match=rf"{name} must be positive \(or left out\), got 0"):
+            TrainingConfig(**{name: 0})
     assert TrainingConfig(prior_preservation=False, num_class_images=0).num_class_images == 0
 
 
@@ -440,20 +448,28 @@ def test_a_cancel_while_class_images_are_drawn_stops_there_keeping_them_and_no_u
     """Drawing the class images takes minutes on a small GPU: a cancel stops it before the next picture.
     No step is done, so there is nothing to checkpoint; the pictures drawn so far stay in the cache."""
     data_dir = tmp_path / "data"
-    trainer = make_trainer(tiny, photos, data_dir, tmp_path / "pet", num_class_images=40)
+    trainer = make_trainer(tiny, photos, data_dir, tmp_path / "pet", num_class_images=40, class_image_steps=10)
+
+    def cancel_once_the_first_is_drawn():
+        deadline = time.monotonic() + 120
+        while not list(data_dir.glob("class-images/*/*/*.png")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        trainer.cancel()
+
     events = []
     for event in trainer.run():
         events.append(event)
         if isinstance(event, Note) and event.text.startswith("Preparing 40 pictures"):
-            trainer.cancel()
+            threading.Thread(target=cancel_once_the_first_is_drawn).start()
     assert isinstance(events[-1], Cancelled) and (events[-1].step, events[-1].checkpoint) == (0, None)
     assert not any(isinstance(e, (Progress, CheckpointSaved)) for e in events)
     assert not list((tmp_path / "pet").glob("checkpoints/step-*"))
     cached = list(data_dir.glob("class-images/*/*/*"))
-    assert len(cached) < 40 and all(path.suffix == ".png" for path in cached)
+    assert 0 < len(cached) < 40 and all(path.suffix == ".png" for path in cached)  # whole pictures only
 
     events = []
-    for event in make_trainer(tiny, photos, data_dir, tmp_path / "pet", num_class_images=40).run():
+    for event in make_trainer(tiny, photos, data_dir, tmp_path / "pet", num_class_images=40,
+                              class_image_steps=10).run():
         events.append(event)
         if isinstance(event, Progress):  # once the pictures are drawn and a step is done
             break
@@ -491,10 +507,29 @@ def test_a_run_whose_checkpoints_are_all_damaged_fails_saying_to_start_again(tin
         weights_file.write_bytes(b"not safetensors")
     events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8), resume=True)
     failed = events[-1]
-    assert isinstance(failed, Failed) and not failed.resumable and failed.checkpoint is None
-    assert failed.reason.startswith(f"None of the checkpoints in {tmp_path / 'pet' / 'checkpoints'} can be read")
-    assert failed.reason.endswith("Train again from the start (without --resume).")
-    assert isinstance(run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8))[-1], Finished)
+    assert isinstance(failed, Failed) and failed.resumable and failed.checkpoint is None
+    assert failed.reason.startswith(f"None of the checkpoints in {tmp_path / 'pet' / 'checkpoints'} can be read (")
+    assert failed.reason.endswith("Resume to train again from step 0, or delete the folder.")
+    assert sorted(p.name for p in (tmp_path / "pet" / "checkpoints").iterdir()) == [
+        "unreadable-step-000003", "unreadable-step-000004"]  # kept, out of the way
+    again = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8), resume=True)
+    assert "No checkpoint to resume from; starting at step 0." in [e.text for e in again if isinstance(e, Note)]
+    assert isinstance(again[-1], Finished)
+
+
+def test_a_checkpoint_that_cannot_be_read_for_want_of_memory_is_not_taken_for_damaged(tiny, photos, data_dir, tmp_path,
+                                                                                      monkeypatch):
+    cancelled_at(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8), 4)
+    real_load = torch.load
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch, "load", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8), resume=True)
+    monkeypatch.setattr(torch, "load", real_load)
+    assert sorted(p.name for p in (tmp_path / "pet" / "checkpoints").iterdir()) == ["step-000003", "step-000004"]
 
 
 def test_the_wall_time_recorded_counts_every_session_of_a_resumed_run(tiny, photos, data_dir, tmp_path):
@@ -1017,6 +1052,18 @@ def test_a_full_disk_fails_clearly_keeps_the_last_checkpoint_and_resumes_once_th
     filler.unlink()
     resumed = run_all(make_trainer(tiny, photos, data_dir, output, steps=8), resume=True)
     assert isinstance(resumed[-1], Finished) and resumed[-1].model.training["steps_done"] == 8
+
+
+def test_a_write_refused_by_a_disk_quota_says_so(tmp_path):
+    from safetensors import SafetensorError
+
+    from petdream.training.checkpoints import full_disk_as_oserror
+
+    with pytest.raises(OSError) as caught, full_disk_as_oserror(tmp_path):  # safetensors' words for EDQUOT
+        raise SafetensorError("Error while serializing: I/O error: Disk quota exceeded (os error 122)")
+    assert caught.value.errno == errno.EDQUOT and caught.value.filename == str(tmp_path)
+    with pytest.raises(SafetensorError), full_disk_as_oserror(tmp_path):  # not every failure is a full disk
+        raise SafetensorError("Error while serializing: invalid tensor")
 
 
 def test_checkpoints_are_written_while_training_goes_on(tiny, photos, data_dir, tmp_path, monkeypatch):

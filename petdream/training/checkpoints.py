@@ -18,12 +18,14 @@ import copy
 import errno
 import json
 import os
+import pickle
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 STATE_FILE = "state.json"
@@ -33,6 +35,10 @@ NO_ROOM = 1 << 20
 
 class CheckpointMismatch(ValueError):
     """A checkpoint made by another run (other settings, photos or models): none of its kind can resume."""
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint whose files cannot be read: cut short, overwritten or missing (an older one may serve)."""
 
 
 @dataclass
@@ -158,7 +164,20 @@ class Checkpoints:
     def load(self, path: Path, fingerprint: str, parameters: dict[str, torch.nn.Parameter],
              optimizer, lr_scheduler, grad_scaler=None) -> Resumed:
         """Restore weights and optimizer state from `path` in place. CheckpointMismatch: another run's
-        checkpoint; any other error: a damaged one (the state restored may then be partial)."""
+        checkpoint; CheckpointDamaged: files that cannot be read (the state restored may then be partial).
+        Anything else (out of memory, a disk that cannot be read now) is raised as it is."""
+        try:
+            return self._load(path, fingerprint, parameters, optimizer, lr_scheduler, grad_scaler)
+        except (SafetensorError, json.JSONDecodeError, EOFError, pickle.UnpicklingError, FileNotFoundError,
+                KeyError) as error:
+            raise CheckpointDamaged(f"{type(error).__name__}: {error}".splitlines()[0]) from error
+        except RuntimeError as error:
+            if "PytorchStreamReader" not in str(error) or isinstance(error, torch.OutOfMemoryError):
+                raise
+            raise CheckpointDamaged(str(error).splitlines()[0]) from error  # torch.load's zip, cut short
+
+    def _load(self, path: Path, fingerprint: str, parameters: dict[str, torch.nn.Parameter],
+              optimizer, lr_scheduler, grad_scaler) -> Resumed:
         state = json.loads((path / STATE_FILE).read_text())
         if state["fingerprint"] != fingerprint:
             raise CheckpointMismatch(
@@ -189,6 +208,8 @@ def full_disk_as_oserror(folder: Path):
     except OSError:
         raise
     except Exception as error:
+        if "(os error 122)" in str(error):  # EDQUOT, as safetensors words it
+            raise OSError(errno.EDQUOT, "Disk quota exceeded", str(folder)) from error
         if "(os error 28)" in str(error) or _free_bytes(folder) < NO_ROOM:
             raise OSError(errno.ENOSPC, "No space left on device", str(folder)) from error
         raise

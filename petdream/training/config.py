@@ -77,8 +77,15 @@ class TrainingConfig:
             raise ValueError(f"sample_every must be 0 (samples only at the end) or more, got {self.sample_every}")
         if self.prior_preservation and self.num_class_images < 1:
             raise ValueError(f"num_class_images must be at least 1 with prior preservation, got {self.num_class_images}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("learning_rate", "max_grad_norm"):  # a norm of 0 zeroes every gradient, below 0 flips them
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr_warmup_steps", "prior_loss_weight", "offset_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("lora_alpha", "snr_gamma"):  # None: unset (alpha = rank; no Min-SNR)
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive (or left out), got {getattr(self, name)}")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
             raise ValueError(f"resolution must be a multiple of 8 px, at least 64; got {self.resolution}")
 

@@ -36,7 +36,8 @@ from petdream.models.device import release_host_memory
 from petdream.models.pipeline import draw_seeded, quiet_libraries
 from petdream.petmodel import LORA_WEIGHTS_FILE, METADATA_FILE, PIPELINE_DIR, Pet, PetModel
 from petdream.photos import Photo
-from petdream.training.checkpoints import CheckpointMismatch, Checkpoints, fsync_tree, full_disk_as_oserror
+from petdream.training.checkpoints import (CheckpointDamaged, CheckpointMismatch, Checkpoints, fsync_tree,
+                                           full_disk_as_oserror)
 from petdream.training.config import TrainingConfig, lora_shape
 from petdream.training.data import (
     LatentCache,
@@ -164,10 +165,11 @@ class DreamBoothTrainer:
                 self.checkpoints.delete_all()
             yield Failed(str(failure), self.checkpoints.latest(), failure.resumable)
         except OSError as error:
-            if error.errno != errno.ENOSPC:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
+            full = "The disk is full" if error.errno == errno.ENOSPC else "Your disk quota is used up"
             yield Failed(
-                f"The disk is full ({error.filename or self.output_dir}). Free some space and resume (--resume, "
+                f"{full} ({error.filename or self.output_dir}). Free some space and resume (--resume, "
                 "or Resume under Unfinished trainings in the app): the last checkpoint is kept.",
                 self.checkpoints.latest())
         # Here, not in a `finally`: while an exception is on its way out, its traceback still holds the
@@ -193,7 +195,7 @@ class DreamBoothTrainer:
         passes = _Passes(config.batch_size, config.gradient_accumulation, fused)
         if resume:
             step, losses, passes, seconds_before = yield from self._resume(run, passes)
-        started = time.monotonic()
+        steps_started = time.monotonic()
 
         def seconds() -> float:
             """The run's wall time so far, set-up included, over every session that led here."""
@@ -234,7 +236,7 @@ class DreamBoothTrainer:
             losses.append(loss)
             now = time.monotonic()
             if warmed_up is None:
-                warmed_up, rate = (step, now), 1 / max(now - started, 1e-9)
+                warmed_up, rate = (step, now), 1 / max(now - steps_started, 1e-9)
             else:  # steps/s and the ETA leave the first step out: a compiling one would skew them for long
                 rate = (step - warmed_up[0]) / max(now - warmed_up[1], 1e-9)
             yield Progress(step, config.steps, loss, learning_rate, rate, (config.steps - step) / rate)
@@ -442,14 +444,18 @@ class DreamBoothTrainer:
                 break
             except CheckpointMismatch as mismatch:
                 raise TrainingFailure(str(mismatch)) from None
-            except Exception as error:  # damaged: a disk error, say, or a file cut short outside PetDream
-                aside = self.checkpoints.set_aside(path)
-                yield Note(f"The checkpoint {path.name} cannot be read ({_first_line(error)}); it is set aside "
-                           f"as {aside.name}" + (", going back to the one before it." if path != checkpoints[0] else "."))
-        else:
+            except CheckpointDamaged as damage:  # cut short outside PetDream, say: never by its own writes
+                # Set aside by one process; the others, reading the same files, find the same damage (or
+                # the folder already gone) and go back alike.
+                if run.accelerator.is_main_process:
+                    self.checkpoints.set_aside(path)
+                yield Note(f"The checkpoint {path.name} cannot be read ({damage}); it is set aside as "
+                           f"unreadable-{path.name}" + (", going back to the one before it." if path != checkpoints[0]
+                                                        else "."))
+        else:  # resumable: a run resumed now finds no checkpoint it can read, so starts over
             raise TrainingFailure(
-                f"None of the checkpoints in {self.checkpoints.folder} can be read, so the run cannot resume; they "
-                "are deleted. Train again from the start (without --resume).", resumable=False)
+                f"None of the checkpoints in {self.checkpoints.folder} can be read (they are set aside as "
+                "unreadable-step-...). Resume to train again from step 0, or delete the folder.")
         yield Note(f"Resuming from step {resumed.step} ({resumed.path.name}).")
         if "passes" in resumed.loop_state:  # out of memory had shrunk them
             passes = _Passes(**resumed.loop_state["passes"])

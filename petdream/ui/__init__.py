@@ -17,14 +17,13 @@ from petdream.ui.session import (GRADIO_CACHE_S, browser_id_or_new, browser_stat
 MAX_UPLOAD = "100mb"
 
 # Thumbs only under the chat's pictures: a rated picture teaches the pet, a text reply has nothing to teach
-# (Gradio 6's Chatbot shows them under every reply; a text reply's row has no .component-wrap).
-# No Share under the chat's pictures either (Gradio 6 puts one under every file in a chat, whatever `buttons`
-# says): on a Space it posts the picture of the person's pet to a public discussion.
+# (Gradio 6's Chatbot shows them under every reply; a text reply's row has no .component-wrap, and its first
+# button is Copy). No Share under the chat's pictures either (Gradio 6 puts one under every file in a chat,
+# right after its download link, whatever `buttons` says): on a Space it posts the picture of the person's pet
+# to a public discussion. Matched by place, not by label: the labels are in the browser's language.
 CSS = """
-#chatbot .bot-row:not(:has(.component-wrap)) + .message-buttons button:is([aria-label^="Like"], [aria-label^="Dislike"]) {
-    display: none;
-}
-#chatbot .message-buttons button[aria-label="Share"] {
+#chatbot .bot-row:not(:has(.component-wrap)) + .message-buttons .icon-button-wrapper > button ~ button,
+#chatbot .message-buttons a.download-link + button {
     display: none;
 }
 @media (max-width: 640px) {

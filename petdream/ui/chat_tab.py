@@ -25,13 +25,13 @@ POLL_SECONDS = 0.5
 KEPT_TURNS_SHOWN = 100  # of a kept conversation, the newest shown again when its pet is chosen
 DRAWING = object()  # from the chat's worker: the reply is written, the picture is being drawn
 CRISIS_TITLE = "🆘 You don't have to face this alone: people who can help, right now"
-# The crisis reply's ways to reach help, as links a phone acts on with one tap: the dialler, a text
-# already addressed (and written, for the Crisis Text Line), the directory of lines in other countries.
 EMPTY_CHAT = ("Tell me how you feel, and I'll answer, then draw your pet in a scene for you. No pet yet? Train one "
               "on the My pet tab first.")
+# The crisis reply's ways to reach help, as links a phone acts on with one tap: the dialler, a text
+# already addressed (and written, for the Crisis Text Line), the directory of lines in other countries.
 HELPLINE_LINKS = {
     "call or text 988": "[call](tel:988) or [text](sms:988) 988",
-    "Text HOME to 741741": "[Text HOME to 741741](sms:741741?body=HOME)",
+    "Text HOME to 741741": "[Text HOME to 741741](sms:741741?&body=HOME)",  # "?&": iOS's form and Android's
     "(911 in the US)": "([911](tel:911) in the US)",
     "llama al 988": "[llama al 988](tel:988)",
     "findahelpline.com": "[findahelpline.com](https://findahelpline.com)",
@@ -267,9 +267,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         answered.failure(list_chat_pets, [pet, browser_id, chatted], pet, api_visibility="private")  # one deleted?
     # Drawing rests what answering rests. A refusal marks the button, not the chat: Gradio's "Error" over the
     # chat hid it, helplines included.
-    while_busy(again.click, [send, message, again, pet], *answering, redraw,
-               [pet, last_prompt, chatbot, pictures, browser_id], [chatbot, pictures], show_progress_on=again,
-               api_visibility="private")
+    drawn = while_busy(again.click, [send, message, again, pet], *answering, redraw,
+                       [pet, last_prompt, chatbot, pictures, browser_id], [chatbot, pictures], show_progress_on=again,
+                       api_visibility="private")
+    drawn.failure(list_chat_pets, [pet, browser_id, chatted], pet, api_visibility="private")  # one deleted?
     chatbot.clear(cleared, inputs=[pet, browser_id], outputs=[pictures, last_prompt], api_visibility="private")
 
     chatbot.like(rate, inputs=[pictures, browser_id], api_visibility="private")

@@ -73,26 +73,29 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         except NotFound as error:
             raise gr.Error(str(error)) from None
 
-    # Evaluate rests while its evaluation runs (minutes on a GPU): a second click would queue a second one.
-    while_busy(run.click, [run], lambda: gr.Button(interactive=False), lambda: gr.Button(interactive=True), evaluate,
+    # Evaluate rests while its evaluation runs (minutes on a GPU): a second click would queue a second one. So
+    # does the pet: another chosen would show its last results, then the running one's under its name.
+    while_busy(run.click, [run, pet], lambda: (gr.Button(interactive=False), gr.Dropdown(interactive=False)),
+               lambda: (gr.Button(interactive=True), gr.Dropdown(interactive=True)), evaluate,
                [pet, size, steps, browser_id], [status, metrics, grid, chart, report], api_name="evaluate",
                show_progress_on=status)  # a refusal marks the status line, not every panel
+
     def show_last(pet_id, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """(status, metrics, grid, chart, files) of the chosen pet's last evaluation, kept with the pet: after
         a reload, or back on this pet, its results are there without drawing them again; none, all empty."""
-        owner = owner_of(browser_id, request, profile)
+        owner, nothing = owner_of(browser_id, request, profile), ("", "", None, None, None)
         try:
             last = service.last_report(owner, pet_id) if pet_id else None
-        except NotFound:  # deleted meanwhile: the pet list is refreshed as the tab opens
-            last = None
-        if last is None:
-            return "", "", None, None, None
-        earlier = "" if last["current"] else " (of an earlier model: it has been taught since; evaluate again)"
-        with Image.open(last["grid"]) as grid_png:
-            shown_grid = grid_png.convert("RGB")
-        return (f"Last evaluated {last['saved']:%d %b %Y %H:%M} UTC{earlier}.", last["markdown"].read_text(),
-                shown_grid, served_copy(owner, last["chart"]),
-                [served_copy(owner, last[part]) for part in ("markdown", "json", "grid")])
+            if last is None:
+                return nothing
+            earlier = "" if last["current"] else " (of an earlier model: it has been taught since; evaluate again)"
+            with Image.open(last["grid"]) as grid_png:
+                shown_grid = grid_png.convert("RGB")
+            return (f"Last evaluated {last['saved']:%d %b %Y %H:%M} UTC{earlier}.", last["markdown"].read_text(),
+                    shown_grid, served_copy(owner, last["chart"]),
+                    [served_copy(owner, last[part]) for part in ("markdown", "json", "grid")])
+        except (NotFound, OSError):  # deleted meanwhile (in another tab): the pet list is refreshed as the tab opens
+            return nothing
 
     pet.change(show_last, inputs=[pet, browser_id], outputs=[status, metrics, grid, chart, report],
                api_visibility="private")

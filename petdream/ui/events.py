@@ -11,10 +11,13 @@ def while_busy(trigger, controls: list, busy: Callable, idle: Callable, fn: Call
     `idle()` once it ends, or `failed()` (default: `idle()`) after a failure (Gradio 6 runs `.then` only
     after a success). A button that rests while its work runs says "wait"; one that ignores a click does not.
     focus: a CSS selector of what gets the keyboard's focus back once the controls are idle (a control
-    that rested lost it, and the next keys would go nowhere)."""
+    that rested lost it, and the next keys would go nowhere), unless the person has moved it elsewhere."""
     work = trigger(busy, None, controls, queue=False, api_visibility="private").then(fn, inputs, outputs, **event_args)
     for rested in (work.then(idle, None, controls, api_visibility="private"),
                    work.failure(failed or idle, None, controls, api_visibility="private")):
         if focus:
-            rested.then(None, js=f"() => document.querySelector({focus!r})?.focus()", api_visibility="private")
+            rested.then(None, js=f"""() => {{
+                const target = document.querySelector({focus!r});
+                if (target && [document.body, null].includes(document.activeElement)) target.focus();
+            }}""", api_visibility="private")
     return work

@@ -123,6 +123,8 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         expect(page.locator("#intake-summary")).to_contain_text("5 photos ready for training", timeout=INTAKE_S * 1000)
         expect(page.locator("#accepted img")).to_have_count(5)
         expect(page.locator("#rejected")).to_be_hidden()  # no empty "Not used" table when all are used
+        for status in ("#intake-summary", "#train-status"):  # read out by a screen reader as they change
+            expect(page.locator(status)).to_have_attribute("aria-live", "polite")
         # On a phone every photo is in sight, none off the screen's edge, none a screen tall.
         page.set_viewport_size({"width": 390, "height": 844})
         for box in (photo.bounding_box() for photo in page.locator("#accepted img").all()):
@@ -217,6 +219,7 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         page.locator("#evaluate-button").click()
         expect(page.locator("#evaluate-button")).to_be_disabled()  # one evaluation at a time
         expect(page.locator("#eval-status")).to_contain_text("✅ Done", timeout=EVAL_S * 1000)
+        expect(page.locator("#eval-status")).to_have_attribute("aria-live", "polite")  # said when it is done
         expect(page.locator("#evaluate-button")).to_be_enabled()
         # First, in words: whether it draws Bruno and the scene asked for (on tiny, said to mean nothing).
         expect(page.locator("#eval-status")).to_contain_text("the models have random weights, so this verdict means")

@@ -282,7 +282,13 @@ def test_class_images_are_the_same_whether_generated_in_batches_or_one_by_one(ti
 
     pipeline = load_pipeline(tiny.base_model, device="cpu", dtype=torch.float32)
     pipeline.set_progress_bar_config(disable=True)
+    (tmp_path / "one").mkdir()
+    killed, writing = tmp_path / "one" / ".0001-1234-5678.tmp", tmp_path / "one" / ".0002-4321-8765.tmp"
+    for staged in (killed, writing):
+        staged.write_bytes(b"half a PNG")
+    os.utime(killed, (time.time() - 7200,) * 2)  # left by a run killed two hours ago
     one_by_one = ensure_class_images(pipeline, tmp_path / "one", "a photo of dog", 3, 128, 2, batch_size=1)
+    assert not killed.exists() and writing.exists()  # another run's, being written now, is left alone
     batched = ensure_class_images(pipeline, tmp_path / "batched", "a photo of dog", 3, 128, 2, batch_size=2)
     assert len(batched) == 3 and sorted(p.name for p in (tmp_path / "batched").iterdir()) == [
         "0000.png", "0001.png", "0002.png"]

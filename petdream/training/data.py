@@ -3,9 +3,11 @@ each photo's latent distribution and each prompt's embedding are computed a sing
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,8 @@ import torch
 from PIL import Image
 
 from petdream.models.pipeline import draw_seeded
+
+STALE_STAGING_S = 3600  # a class image half-written this long ago was left by a run that is gone
 
 
 @dataclass
@@ -97,6 +101,10 @@ def ensure_class_images(pipeline, folder: Path, prompt: str, count: int, resolut
     several runs equals one filled at once.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    for staged in folder.glob(".*.tmp"):  # a killed run's; a live writer's is seconds old
+        with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+            if time.time() - staged.stat().st_mtime > STALE_STAGING_S:
+                staged.unlink()
     paths = _class_image_paths(folder, count)
     missing = [i for i, path in enumerate(paths) if not path.is_file()]
     for start in range(0, len(missing), batch_size):

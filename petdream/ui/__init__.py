@@ -32,9 +32,19 @@ CSS = """
     }
 }
 """
+# The status lines, made live regions as they appear (Gradio renders Markdown as a plain block): a screen
+# reader then says "5 photos ready for training" or "Bruno is ready" when it changes, not only when read.
+LIVE_REGIONS_JS = """
+() => {
+    const ids = ["intake-summary", "train-status", "hub-status", "delete-status", "chat-note", "eval-status"];
+    const mark = () => ids.forEach(id => document.getElementById(id)?.setAttribute("aria-live", "polite"));
+    mark();
+    new MutationObserver(mark).observe(document.body, {childList: true, subtree: true});
+}
+"""
 # What `launch()` needs besides where to listen. run_history off: Gradio 6 would otherwise keep every call,
 # chat messages and "About you" included, in the browser, whatever the person chose under Keep.
-LAUNCH_OPTIONS = {"max_file_size": MAX_UPLOAD, "css": CSS, "run_history": False}
+LAUNCH_OPTIONS = {"max_file_size": MAX_UPLOAD, "css": CSS, "js": LIVE_REGIONS_JS, "run_history": False}
 
 
 def build_app(settings: Settings, service: PetDreamService | None = None, shared: bool = False) -> gr.Blocks:

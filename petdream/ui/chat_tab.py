@@ -270,6 +270,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
     drawn = while_busy(again.click, [send, message, again, pet], *answering, redraw,
                        [pet, last_prompt, chatbot, pictures, browser_id], [chatbot, pictures], show_progress_on=again,
                        api_visibility="private")
+    drawn.then(lambda pet_id: pet_id, pet, chatted, api_visibility="private")  # remembered, as after a reply
     drawn.failure(list_chat_pets, [pet, browser_id, chatted], pet, api_visibility="private")  # one deleted?
     chatbot.clear(cleared, inputs=[pet, browser_id], outputs=[pictures, last_prompt], api_visibility="private")
 

@@ -556,7 +556,13 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny, photos, data_dir, t
         if isinstance(event, CheckpointSaved):
             trainer.cancel()
     events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "pet", steps=8, learning_rate=5e-4), resume=True)
-    assert isinstance(events[-1], Failed) and "made with other settings" in events[-1].reason
+    assert isinstance(events[-1], Failed) and events[-1].reason.startswith(  # what differs, so it can be put back
+        f"The checkpoint {events[-1].checkpoint} was made with learning_rate 0.001 (now 0.0005). Resuming it would "
+        "mix two runs.")
+    events = run_all(make_trainer(tiny, photos[:3], data_dir, tmp_path / "pet", steps=8, name="Rex", random_flip=False),
+                     resume=True)
+    assert ("was made with random_flip True (now False); instance prompt 'a photo of bruno dog' (now 'a photo of rex "
+            "dog'); other photos (0 of the 3 now are not among its 4). Resuming") in events[-1].reason
 
 
 def test_a_checkpoint_resumes_only_under_as_many_processes(tiny, photos, data_dir, tmp_path, monkeypatch):
@@ -599,11 +605,11 @@ def test_a_checkpoint_of_channels_last_weights_resumes_them_and_their_optimizer_
     conv(torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last)).square().sum().backward()
     optimizer.step()
     checkpoints = Checkpoints(tmp_path, keep=2)
-    checkpoints.save(1, "fp", [0.5], dict(conv.named_parameters()), optimizer, schedule)
+    checkpoints.save(1, "fp", {}, [0.5], dict(conv.named_parameters()), optimizer, schedule)
     checkpoints.wait()
 
     fresh, fresh_optimizer, fresh_schedule = make()
-    resumed = checkpoints.load(checkpoints.latest(), "fp", dict(fresh.named_parameters()), fresh_optimizer,
+    resumed = checkpoints.load(checkpoints.latest(), "fp", {}, dict(fresh.named_parameters()), fresh_optimizer,
                                fresh_schedule)
     assert resumed.step == 1 and resumed.losses == [0.5]
     assert torch.equal(fresh.weight, conv.weight) and fresh.weight.is_contiguous(memory_format=torch.channels_last)

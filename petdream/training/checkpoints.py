@@ -3,7 +3,7 @@
     <output>/checkpoints/step-000100/
         trainable.safetensors   the weights being trained (LoRA, or the whole UNet)
         optimizer.pt  lr_scheduler.pt  [grad_scaler.pt]
-        state.json              step, the config fingerprint, the loss history
+        state.json              step, the run's fingerprint and what it hashes, the loss history
 
 A checkpoint is written on a background thread while training goes on: `paper`'s two 4.4 GB
 checkpoints held the GPU idle for 13 s on an H200. `save` first copies the state to host memory,
@@ -92,11 +92,12 @@ class Checkpoints:
         os.replace(path, aside)
         return aside
 
-    def save(self, step: int, fingerprint: str, losses: list[float], trainable: dict[str, torch.Tensor],
+    def save(self, step: int, fingerprint: str, identity: dict, losses: list[float], trainable: dict[str, torch.Tensor],
              optimizer, lr_scheduler, grad_scaler=None, loop_state: dict | None = None) -> None:
         """Copy the state of `step` to host memory now and write it in the background; `written()` or
         `wait()` tells when it is on disk. An earlier write still under way is waited for first.
-        `loop_state`: JSON the training loop needs back on resume."""
+        identity: what `fingerprint` hashes, readable (JSON), to say what differs when another run's
+        settings try to resume it. `loop_state`: JSON the training loop needs back on resume."""
         self.wait()
         # The weights and the optimizer's state_dict are live tensors: copied here. The weights are copied
         # row-major, as safetensors stores them (a GPU's channels_last convolutions would otherwise need a
@@ -106,7 +107,8 @@ class Checkpoints:
             "optimizer.pt": optimizer.state_dict(),
             "lr_scheduler.pt": lr_scheduler.state_dict(),
             **({"grad_scaler.pt": grad_scaler.state_dict()} if grad_scaler is not None else {}),
-            STATE_FILE: {"step": step, "fingerprint": fingerprint, "losses": losses, "loop_state": loop_state or {}},
+            STATE_FILE: {"step": step, "fingerprint": fingerprint, "identity": identity, "losses": losses,
+                         "loop_state": loop_state or {}},
         })
         self._writing = _Write(step, self.path(step))
         self._writing.thread = threading.Thread(target=self._write, args=(self._writing, state),
@@ -161,13 +163,13 @@ class Checkpoints:
         finally:
             state.clear()  # the host copy (GBs for a full fine-tune) goes now, whatever holds the error
 
-    def load(self, path: Path, fingerprint: str, parameters: dict[str, torch.nn.Parameter],
+    def load(self, path: Path, fingerprint: str, identity: dict, parameters: dict[str, torch.nn.Parameter],
              optimizer, lr_scheduler, grad_scaler=None) -> Resumed:
         """Restore weights and optimizer state from `path` in place. CheckpointMismatch: another run's
         checkpoint; CheckpointDamaged: files that cannot be read (the state restored may then be partial).
         Anything else (out of memory, a disk that cannot be read now) is raised as it is."""
         try:
-            return self._load(path, fingerprint, parameters, optimizer, lr_scheduler, grad_scaler)
+            return self._load(path, fingerprint, identity, parameters, optimizer, lr_scheduler, grad_scaler)
         except (SafetensorError, json.JSONDecodeError, EOFError, pickle.UnpicklingError, FileNotFoundError,
                 KeyError) as error:
             raise CheckpointDamaged(f"{type(error).__name__}: {error}".splitlines()[0]) from error
@@ -176,13 +178,15 @@ class Checkpoints:
                 raise
             raise CheckpointDamaged(str(error).splitlines()[0]) from error  # torch.load's zip, cut short
 
-    def _load(self, path: Path, fingerprint: str, parameters: dict[str, torch.nn.Parameter],
+    def _load(self, path: Path, fingerprint: str, identity: dict, parameters: dict[str, torch.nn.Parameter],
               optimizer, lr_scheduler, grad_scaler) -> Resumed:
         state = json.loads((path / STATE_FILE).read_text())
         if state["fingerprint"] != fingerprint:
+            differences = _differences(state["identity"], identity) if "identity" in state else []
             raise CheckpointMismatch(
-                f"The checkpoint {path} was made with other settings, photos, base model or starting model; "
-                "resuming it would mix two runs. Resume with the first run's settings, or delete the folder to "
+                f"The checkpoint {path} was made with "
+                + ("; ".join(differences) if differences else "other settings, photos, base model or starting model")
+                + ". Resuming it would mix two runs. Resume with the first run's settings, or delete the folder to "
                 "start over."
             )
         weights = load_file(path / "trainable.safetensors")
@@ -196,6 +200,24 @@ class Checkpoints:
         if grad_scaler is not None and (path / "grad_scaler.pt").is_file():
             grad_scaler.load_state_dict(torch.load(path / "grad_scaler.pt", weights_only=True))
         return Resumed(step=state["step"], losses=state["losses"], path=path, loop_state=state.get("loop_state", {}))
+
+
+def _differences(then: dict, now: dict) -> list[str]:
+    """What a checkpoint's run was made with that this run is not, in words: "learning_rate 0.001 (now 0.0005)"."""
+    said = []
+    for key, value in now.items():
+        before = then.get(key)
+        if before == value:
+            continue
+        if key == "settings":
+            said += [f"{name} {before.get(name)!r} (now {setting!r})" for name, setting in value.items()
+                     if before.get(name) != setting]
+        elif key == "photos":
+            said.append(f"other photos ({len(set(value) - set(before))} of the {len(value)} now are not among its "
+                        f"{len(before)})")
+        else:
+            said.append(f"{key} {before!r} (now {value!r})")
+    return said
 
 
 @contextlib.contextmanager

@@ -113,11 +113,14 @@ class TrainingConfig:
         """What this run's LoRA tensors are and where they sit; see `lora_shape`."""
         return lora_shape(self.to_dict())
 
+    def weight_settings(self) -> dict:
+        """The fields the trained weights depend on (not how often samples and checkpoints are made)."""
+        ignored = {"sample_every", "sample_steps", "checkpoint_every", "checkpoints_kept", "compile"}
+        return {k: v for k, v in self.to_dict().items() if k not in ignored}
+
     def fingerprint(self) -> str:
         """Identifies what the weights depend on; a checkpoint resumes only under the same one."""
-        ignored = {"sample_every", "sample_steps", "checkpoint_every", "checkpoints_kept", "compile"}
-        relevant = {k: v for k, v in self.to_dict().items() if k not in ignored}
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.weight_settings(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def lora_shape(settings: dict) -> dict | None:

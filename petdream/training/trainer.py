@@ -114,6 +114,13 @@ class DreamBoothTrainer:
         if processes > 1:  # likewise only then
             identity.append(f"processes={processes}")
         self.fingerprint = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+        # The same, readable (and as JSON keeps it: tuples are lists): a checkpoint of another run can then
+        # say what differs.
+        self.identity = json.loads(json.dumps({
+            "settings": config.weight_settings(), "base model": _model_name(profile.base_model_id,
+            profile.base_model_revision), "resolution": resolution, "instance prompt": pet.instance_prompt,
+            "class noun": pet.class_noun, "photos": sorted(p.sha256 for p in photos),
+            "starting model": self.init_model_sha256, "processes": processes}))
         self._cancel = threading.Event()
 
     @property
@@ -439,7 +446,7 @@ class DreamBoothTrainer:
             return 0, [], passes, 0.0
         for path in reversed(checkpoints):
             try:
-                resumed = self.checkpoints.load(path, self.fingerprint, run.trainable, run.optimizer,
+                resumed = self.checkpoints.load(path, self.fingerprint, self.identity, run.trainable, run.optimizer,
                                                 run.lr_scheduler, run.accelerator.scaler)
                 break
             except CheckpointMismatch as mismatch:
@@ -657,7 +664,8 @@ class DreamBoothTrainer:
         """Start writing the checkpoint of `step`, `seconds` into the run (one process writes it for all)."""
         if run.accelerator.is_main_process:
             loop_state = {"seconds": seconds} | ({"passes": asdict(passes)} if passes.shrunk else {})
-            self.checkpoints.save(step, self.fingerprint, losses, run.trainable, run.optimizer, run.lr_scheduler,
+            self.checkpoints.save(step, self.fingerprint, self.identity, losses, run.trainable, run.optimizer,
+                                  run.lr_scheduler,
                                   run.accelerator.scaler, loop_state=loop_state)
 
     def _checkpoint_written(self, wait: bool) -> Iterator[CheckpointSaved]:

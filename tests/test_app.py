@@ -184,6 +184,7 @@ def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet)
     assert last_metrics.strip() == metrics.strip() and last_grid.size == full.size and os.path.getsize(last_chart) > 0
     assert sorted(os.path.basename(f) for f in last_files) == ["grid.png", "report.json", "report.md"]
     assert handler(served_app, "show_last")(alices_pet["id"], BOB, None) == ("", "", None, None, None)  # not Bob's
+    assert handler(served_app, "show_last")("", ALICE, None) == ("", "", None, None, None)  # no pet chosen
 
 
 def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(served_app, alices_pet, monkeypatch):
@@ -354,7 +355,7 @@ def test_a_kept_crisis_reply_is_set_apart_under_its_title_as_it_was_live(served_
     assert (live["content"][0]["text"] == kept["content"][0]["text"] == unpetted["content"][0]["text"]
             == unloaded["content"][0]["text"])
     assert live["content"][0]["text"].startswith(f"**{CRISIS_TITLE}**\n\nI'm really glad you told me.")
-    for link in ("[call](tel:988) or [text](sms:988) 988", "[Text HOME to 741741](sms:741741?&body=HOME)",
+    for link in ("[call 988](tel:988) or [text 988](sms:988)", "[Text HOME to 741741](sms:741741?&body=HOME)",
                  "[911](tel:911)", "[llama al 988](tel:988)", "[findahelpline.com](https://findahelpline.com)"):
         assert link in kept["content"][0]["text"]  # a tap on a phone calls, texts or opens the directory
     assert CRISIS_MESSAGE.splitlines()[0] in unpetted["content"][0]["text"]

@@ -248,7 +248,7 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         expect(chatbot.get_by_text(HELPLINE)).to_be_visible()  # with its resources in sight,
         # one tap away on a phone: the page keeps the links' tel: and sms: addresses
         expect(chatbot.get_by_role("link", name="Text HOME to 741741")).to_have_attribute("href", "sms:741741?&body=HOME")
-        expect(chatbot.get_by_role("link", name="call")).to_have_attribute("href", "tel:988")
+        expect(chatbot.get_by_role("link", name="call 988")).to_have_attribute("href", "tel:988")
         expect(page.locator("#send-button")).to_be_enabled()
 
     with stage(page, "8-reloaded", log):

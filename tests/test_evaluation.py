@@ -223,7 +223,8 @@ def test_the_verdict_says_in_plain_words_whether_the_model_draws_the_pet_and_the
 
     report = dataclasses.replace(report, result=scored(report.result, pet_dino, pet_clip_t),
                                  baseline=scored(report.baseline, base_dino, base_clip_t))
-    said = ["ℹ️ From 4 pictures, a rough sign: the full check is surer.", *said]  # 2 prompts, 2 pictures each
+    said = ["ℹ️ From 4 pictures of your pet's model (and as many of the base model's), a rough sign: the full check "
+            "is surer.", *said]  # 2 prompts, 2 pictures each
     assert report.verdict() == said
     assert "## In short\n\n" + "\n".join(f"- {line}" for line in said) in report.to_markdown()
     assert dataclasses.replace(report, baseline=None).verdict() == []  # nothing to compare with

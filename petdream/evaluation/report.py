@@ -130,7 +130,8 @@ class EvaluationReport:
         pet, base, name, kind = self.result.overall, self.baseline.overall, self.pet.pet.name, self.pet.pet.class_noun
         lines = []
         if self.result.n_images < FEW_PICTURES:
-            lines.append(f"ℹ️ From {self.result.n_images} pictures, a rough sign: the full check is surer.")
+            lines.append(f"ℹ️ From {self.result.n_images} pictures of your pet's model (and as many of the base "
+                         "model's), a rough sign: the full check is surer.")
         dino = f"DINO {pet.dino:.2f} against {base.dino:.2f}, where 1 is identical"
         if pet.dino > base.dino + LIKENESS_MARGIN:
             lines.append(f"✅ **Looks like {name}**: its pictures are closer to your photos than the base model's "

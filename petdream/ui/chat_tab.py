@@ -30,7 +30,7 @@ EMPTY_CHAT = ("Tell me how you feel, and I'll answer, then draw your pet in a sc
 # The crisis reply's ways to reach help, as links a phone acts on with one tap: the dialler, a text
 # already addressed (and written, for the Crisis Text Line), the directory of lines in other countries.
 HELPLINE_LINKS = {
-    "call or text 988": "[call](tel:988) or [text](sms:988) 988",
+    "call or text 988": "[call 988](tel:988) or [text 988](sms:988)",  # a tap target bigger than "call"
     "Text HOME to 741741": "[Text HOME to 741741](sms:741741?&body=HOME)",  # "?&": iOS's form and Android's
     "(911 in the US)": "([911](tel:911) in the US)",
     "llama al 988": "[llama al 988](tel:988)",
@@ -45,8 +45,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         gr.Markdown(f"ℹ️ {with_helpline_links(DISCLOSURE)}", elem_id="disclosure")
         with gr.Row():
             pet = gr.Dropdown([], label="Pet", elem_id="chat-pet", scale=2, allow_custom_value=True)
-            keep = gr.Checkbox(label="Keep my conversations", info="Off: nothing is stored; switching it off deletes them.",
-                               value=False, elem_id="chat-consent", scale=3)  # the long label spilt out on a phone
+            # min_width: on a phone it goes under the pet, not beside it, cut off
+            keep = gr.Checkbox(label="Keep my conversations", info="Unticked, nothing is stored, and unticking deletes "
+                               "what was kept.", value=False, elem_id="chat-consent", scale=3, min_width=280)
         with gr.Accordion("About you (optional; used only in this session)", open=False):
             with gr.Row():
                 person_name = gr.Textbox(label="Your name", elem_id="person-name")

@@ -87,7 +87,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         try:
             last = service.last_report(owner, pet_id) if pet_id else None
             if last is None:
-                return nothing
+                return ("Not evaluated yet: choose how thorough, then Evaluate." if pet_id else "", *nothing[1:])
             earlier = "" if last["current"] else " (of an earlier model: it has been taught since; evaluate again)"
             with Image.open(last["grid"]) as grid_png:
                 shown_grid = grid_png.convert("RGB")
@@ -109,5 +109,8 @@ def _verdict(report, seconds: float) -> str:
     overall numbers (the tables below have the rest)."""
     caveat = ["⚠️ Demo profile: the models have random weights, so this verdict means nothing."
               ] if report.profile.random_weights else []
-    lines = [f"✅ Done in {seconds:.0f} s.", *caveat, *report.verdict(), f"<small>{report.summary()}</small>"]
+    verdict = report.verdict()
+    how_sure = [line for line in verdict if line.startswith("ℹ️")]  # after what it says
+    lines = [f"✅ Done in {seconds:.0f} s.", *[line for line in verdict if line not in how_sure], *caveat, *how_sure,
+             f"<small>{report.summary()}</small>"]
     return "\n\n".join(lines)

@@ -11,13 +11,16 @@ def while_busy(trigger, controls: list, busy: Callable, idle: Callable, fn: Call
     `idle()` once it ends, or `failed()` (default: `idle()`) after a failure (Gradio 6 runs `.then` only
     after a success). A button that rests while its work runs says "wait"; one that ignores a click does not.
     focus: a CSS selector of what gets the keyboard's focus back once the controls are idle (a control
-    that rested lost it, and the next keys would go nowhere), unless the person has moved it elsewhere."""
+    that rested lost it, and the next keys would go nowhere), unless the person has moved it elsewhere or
+    has a touch screen."""
     work = trigger(busy, None, controls, queue=False, api_visibility="private").then(fn, inputs, outputs, **event_args)
     for rested in (work.then(idle, None, controls, api_visibility="private"),
                    work.failure(failed or idle, None, controls, api_visibility="private")):
         if focus:
             rested.then(None, js=f"""() => {{
                 const target = document.querySelector({focus!r});
-                if (target && [document.body, null].includes(document.activeElement)) target.focus();
+                // Not on a touch screen: there focus opens the keyboard, over what just came in.
+                const dropped = [document.body, null].includes(document.activeElement);
+                if (target && dropped && matchMedia("(pointer: fine)").matches) target.focus();
             }}""", api_visibility="private")
     return work

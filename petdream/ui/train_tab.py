@@ -34,7 +34,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         rejected = gr.Dataframe(headers=["file", "why it was not used"], label="Not used", wrap=True,
                                 column_widths=["25%", "75%"], visible=False, elem_id="rejected")
         with gr.Row():
-            name = gr.Textbox(label="Pet name", placeholder="Bruno", elem_id="pet-name")
+            name = gr.Textbox(label="Pet name", placeholder="e.g. Bruno", elem_id="pet-name")  # not a name left over
             # No default: a cat trained as a "dog" draws a dog (and its class images are dogs).
             class_noun = gr.Dropdown(["dog", "cat", "rabbit", "bird", "hamster"], value=None, allow_custom_value=True,
                                      label="Kind of pet", info="Choose one, or type it", elem_id="class-noun")
@@ -105,15 +105,17 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
               request: gr.Request, profile: gr.OAuthProfile | None = None):
         """Start training on the uploaded photos, then stream its progress until it ends."""
         owner = owner_of(browser_id, request, profile)
+        # A refusal stays on screen until closed (duration=None): it says what to fix, and the status line it
+        # marks is empty before a training, so nothing else would show it once a toast was gone.
         if not (class_noun or "").strip():
             raise gr.Error(f"Choose the kind of pet under Kind of pet (dog, cat, ...): the model learns "
                            f"{(name or '').strip() or 'your pet'} as one of its kind, and the wrong kind draws the "
-                           "wrong animal.")
+                           "wrong animal.", duration=None)
         overrides = advanced_overrides(method, steps, learning_rate, rank, seed, prior)
         try:
             job = service.start_training(owner, name or "", class_noun or "", list(paths or []), preset, **overrides)
         except (NotEnoughPhotosError, ValueError) as error:
-            raise gr.Error(str(error)) from None
+            raise gr.Error(str(error), duration=None) from None
         pet = service.store.pet(owner, service.store.run(owner, job.run_id).pet_id)
         if job.pet_name != pet.name:  # told apart from another pet of theirs with this name
             namesakes = {other.id: other for other in service.pets(owner) if other.name == pet.name and other.id != pet.id}

@@ -737,8 +737,8 @@ def make_model_card(model: PetModel, repo_id: str, *, evaluation: dict | None = 
             for key, label, value in evaluation_view["values"]
         ]
     card_data = ModelCardData(
-        # The Hub checks base_model names a model on the Hub: the tiny base is not one.
-        base_model=None if tiny else model.base_model_id,
+        # The Hub checks base_model names a model on the Hub: the tiny base is not one, nor a local folder's.
+        base_model=model.base_model_id if not tiny and _looks_like_repo_id(model.base_model_id) else None,
         license=license,
         library_name="diffusers",
         pipeline_tag="text-to-image",
@@ -750,8 +750,11 @@ def make_model_card(model: PetModel, repo_id: str, *, evaluation: dict | None = 
     )
     base_title = "PetDream's tiny test model" if tiny else f"`{model.base_model_id}`"
     base_sentence = (
+        f"Base model: `{model.base_model_id}`, PetDream's random-weight tiny Stable Diffusion." if tiny else
         f"Base model: [{model.base_model_id}](https://huggingface.co/{model.base_model_id})."
-        if not tiny else f"Base model: `{model.base_model_id}`, PetDream's random-weight tiny Stable Diffusion.")
+        if _looks_like_repo_id(model.base_model_id) else
+        f"Base model: a local copy of Stable Diffusion known as `{model.base_model_id.removeprefix('local:')}`, not "
+        "named on the Hub (PETDREAM_BASE_MODEL_ID names it).")
     return ModelCard.from_template(
         card_data,
         template_str=CARD_TEMPLATE,
@@ -801,8 +804,8 @@ def _usage(model: PetModel, repo_id: str, prompt: str) -> str:
     else:
         head = "import torch\nfrom diffusers import StableDiffusionPipeline\n"
         revision = f', revision="{model.base_model_revision}"' if model.base_model_revision else ""
-        load_base = f'StableDiffusionPipeline.from_pretrained("{model.base_model_id}"{revision}, ' \
-                    'torch_dtype=torch.float16)'
+        base = model.base_model_id if _looks_like_repo_id(model.base_model_id) else "path/to/your/base-model"
+        load_base = f'StableDiffusionPipeline.from_pretrained("{base}"{revision}, torch_dtype=torch.float16)'
         device = "cuda"
     if model.method == "lora":
         body = (f"pipeline = {load_base}.to(\"{device}\")\n"

@@ -39,6 +39,7 @@ class Settings:
     profile: str = "auto"
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     base_model_revision: str | None = None
+    base_model_id: str | None = None  # the Hub id a local base model folder is a copy of (recorded, published)
     clip_model: str = "openai/clip-vit-large-patch14"
     dino_model: str = "facebook/dino-vits16"
     llm_model: str = "HuggingFaceTB/SmolLM2-1.7B-Instruct"  # run locally with transformers
@@ -58,6 +59,7 @@ class Settings:
         "PETDREAM_PROFILE": "profile",
         "PETDREAM_BASE_MODEL": "base_model",
         "PETDREAM_BASE_MODEL_REVISION": "base_model_revision",
+        "PETDREAM_BASE_MODEL_ID": "base_model_id",
         "PETDREAM_CLIP_MODEL": "clip_model",
         "PETDREAM_DINO_MODEL": "dino_model",
         "PETDREAM_LLM_MODEL": "llm_model",

@@ -692,6 +692,15 @@ def test_train_push_to_pushes_after_training_and_a_failed_push_keeps_the_model(t
     assert PetModel.load(tmp_path / "rex2").pet.name == "Rex"
 
 
+def test_the_card_of_a_pet_on_a_local_base_model_names_no_path_and_no_hub_model(tiny, tmp_path):
+    model = make_lora_pet(tmp_path / "bruno", dataclasses.replace(tiny, name="sd15", base_model_id="local:my-sd15"))
+    card = make_model_card(model, "sam/petdream-bruno", license=None)
+    assert card.data.base_model is None  # the Hub checks base_model names one of its models
+    assert "a local copy of Stable Diffusion known as `my-sd15`, not named on the Hub" in card.text
+    assert 'from_pretrained("path/to/your/base-model", torch_dtype=torch.float16)' in card.text
+    assert str(tmp_path) not in card.text
+
+
 def test_make_model_card_is_a_huggingface_hub_model_card(tiny, tmp_path):
     model = make_lora_pet(tmp_path / "bruno", sd15_labelled(tiny))
     card = make_model_card(model, "sam/petdream-bruno", license="creativeml-openrail-m")

@@ -96,7 +96,7 @@ def test_auto_with_cuda_and_a_local_base_model_picks_sd15(data_dir, tiny, monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     profile = resolve_profile(Settings.from_env({}, data_dir=data_dir, base_model=tiny.base_model))
     assert profile.name == "sd15" and not profile.random_weights
-    assert profile.base_model == profile.base_model_id == tiny.base_model
+    assert profile.base_model == tiny.base_model and profile.base_model_id == "local:sd"  # recorded: not the path
     assert profile.resolution == 512
 
 
@@ -106,3 +106,20 @@ def test_sd15_profile_carries_every_model_setting(data_dir):
     profile = resolve_profile(settings)
     assert (profile.base_model, profile.base_model_revision, profile.clip_model, profile.dino_model) == (
         "me/sd", "abc123", "me/clip", "me/dino")
+
+
+def test_a_local_base_model_folder_is_recorded_by_its_hub_id_never_its_path(data_dir, tmp_path):
+    """A pet model moves between machines and its Hub card names its base: the id, not this machine's path."""
+    def recorded(folder, **settings):
+        profile = resolve_profile(Settings.from_env({}, data_dir=data_dir, profile="sd15", base_model=str(folder),
+                                                    **settings))
+        return profile.base_model, profile.base_model_id, profile.base_model_revision
+
+    cached = tmp_path / "hub" / "models--stable-diffusion-v1-5--stable-diffusion-v1-5" / "snapshots" / "451f4fe1"
+    plain = tmp_path / "my-sd15"
+    for folder in (cached, plain):
+        folder.mkdir(parents=True)
+    assert recorded(cached) == (str(cached), "stable-diffusion-v1-5/stable-diffusion-v1-5", "451f4fe1")  # as downloaded
+    assert recorded(plain, base_model_id="me/sd15") == (str(plain), "me/sd15", None)  # PETDREAM_BASE_MODEL_ID
+    assert recorded(plain) == (str(plain), "local:my-sd15", None)  # unnamed: its folder's name alone
+    assert recorded("me/sd15") == ("me/sd15", "me/sd15", None)  # a Hub id is its own

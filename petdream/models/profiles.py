@@ -53,17 +53,37 @@ def resolve_profile(settings: Settings, build_models: bool = True) -> Profile:
         logger.info("profile auto -> %s: %s", name, reason)
     if name == "tiny":
         return tiny_profile(settings.data_dir, reason, build=build_models)
+    base_model_id, revision = portable_base_model(settings)
     return Profile(
         name="sd15",
         base_model=settings.base_model,
-        base_model_id=settings.base_model,
-        base_model_revision=settings.base_model_revision,
+        base_model_id=base_model_id,
+        base_model_revision=revision,
         clip_model=settings.clip_model,
         dino_model=settings.dino_model,
         resolution=512,
         random_weights=False,
         reason=reason,
     )
+
+
+LOCAL_PREFIX = "local:"  # a base model known only as a folder: no Hub id has a colon
+
+
+def portable_base_model(settings: Settings) -> tuple[str, str | None]:
+    """(id, revision) a pet model records for the sd15 base: a Hub id, never a path of this machine (a pet
+    model moves, and its Hub card names its base). A local folder is the Hub id declared for it
+    (PETDREAM_BASE_MODEL_ID); else, in the Hub's cache (.../models--{owner}--{name}/snapshots/{commit}),
+    the id and commit it was downloaded as; else `local:<folder name>`."""
+    folder = Path(settings.base_model)
+    if not folder.is_dir():
+        return settings.base_model, settings.base_model_revision
+    if settings.base_model_id:
+        return settings.base_model_id, settings.base_model_revision
+    snapshots, repo = folder.resolve().parent, folder.resolve().parent.parent
+    if snapshots.name == "snapshots" and repo.name.startswith("models--"):
+        return repo.name.removeprefix("models--").replace("--", "/"), settings.base_model_revision or folder.name
+    return f"{LOCAL_PREFIX}{folder.resolve().name}", settings.base_model_revision
 
 
 def tiny_profile(data_dir: Path, reason: str = "chosen with --profile or PETDREAM_PROFILE", build: bool = True) -> Profile:

@@ -160,7 +160,7 @@ class Generator:
 
     def _pipeline_for(self, pet: PetModel | None):
         """The pipeline that draws `pet` (or the plain base model for None), ready to run."""
-        if pet is not None and pet.base_model_id != self.profile.base_model_id:
+        if pet is not None and not self.profile.names_base(pet.base_model_id):
             raise PetModelError(
                 f"{pet.pet.name}'s model was trained on {pet.base_model_id} (profile {pet.profile}), but this "
                 f"generator runs {self.profile.base_model_id}. Use --profile {pet.profile}, or the same base model."

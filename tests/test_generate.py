@@ -162,6 +162,16 @@ def test_pet_trained_on_another_base_is_refused(pets, data_dir, tiny):
         Generator(sd15, device="cpu").generate(PROMPT, pet=pets["bruno"], steps=1)
 
 
+def test_a_pet_that_recorded_its_local_base_folder_by_path_still_draws_on_it(data_dir, tiny, tmp_path):
+    """Pet models made before local base folders were recorded by Hub id hold the folder's path."""
+    import dataclasses
+
+    sd15 = resolve_profile(Settings.from_env({}, data_dir=data_dir, profile="sd15", base_model=tiny.base_model))
+    older = make_lora_pet(tmp_path / "old", dataclasses.replace(tiny, name="sd15", base_model_id=tiny.base_model))
+    assert sd15.base_model_id == "local:sd" and older.base_model_id == tiny.base_model
+    assert Generator(sd15, device="cpu").generate(PROMPT, pet=older, steps=1, size=128).images
+
+
 def test_sd15_profile_loads_a_local_folder_through_the_same_code(data_dir, tiny, generator):
     """`sd15` and `tiny` share one from_pretrained path: point sd15 at the tiny folder."""
     sd15 = resolve_profile(Settings.from_env({}, data_dir=data_dir, profile="sd15", base_model=tiny.base_model))

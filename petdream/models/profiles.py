@@ -34,6 +34,12 @@ class Profile:
     random_weights: bool  # True for `tiny`: its images and scores mean nothing
     reason: str  # why this profile was chosen, for the log and the UI
 
+    def names_base(self, model_id: str) -> bool:
+        """Whether a pet model recorded as trained on `model_id` was trained on this profile's base model.
+        Pet models made before a local base folder was recorded by its Hub id (see `portable_base_model`)
+        hold the folder as it was configured: that still counts, so those pets keep drawing."""
+        return model_id in (self.base_model_id, self.base_model)
+
 
 TINY_WARNING = (
     "PetDream is running on the tiny offline profile: small models with random weights. "

@@ -242,9 +242,17 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
     with stage(page, "7-crisis-kept", log):
         page.get_by_role("tab", name="Chat").click()
         page.locator("#chat-consent input[type=checkbox]").check()
+        page.set_viewport_size({"width": 390, "height": 844})  # on a phone
         page.locator("#chat-input").get_by_role("textbox").fill("I want to end my life")
         page.locator("#send-button").click()
         expect(chatbot.get_by_text(CRISIS_TITLE)).to_be_visible(timeout=CHAT_S * 1000)  # set apart,
+        expect(page.locator("#send-button")).to_be_enabled()
+        # its title in sight, on the screen and in the chat's own scrolled box, not above them
+        title = chatbot.get_by_text(CRISIS_TITLE)
+        wait_for(lambda: title.evaluate("""t => { const box = t.getBoundingClientRect(), chat = t.closest(".bubble-wrap")
+            ?.getBoundingClientRect() ?? {top: 0}; return box.top >= Math.max(chat.top, 0) - 1 && box.bottom <= 844; }"""),
+                 10, "the crisis reply's title to be scrolled into sight")
+        page.set_viewport_size(VIEWPORT)
         expect(chatbot.get_by_text(HELPLINE)).to_be_visible()  # with its resources in sight,
         # one tap away on a phone: the page keeps the links' tel: and sms: addresses
         expect(chatbot.get_by_role("link", name="Text HOME to 741741")).to_have_attribute("href", "sms:741741?&body=HOME")

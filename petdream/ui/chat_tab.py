@@ -25,6 +25,13 @@ POLL_SECONDS = 0.5
 KEPT_TURNS_SHOWN = 100  # of a kept conversation, the newest shown again when its pet is chosen
 DRAWING = object()  # from the chat's worker: the reply is written, the picture is being drawn
 CRISIS_TITLE = "🆘 You don't have to face this alone: people who can help, right now"
+# A crisis reply is long: scrolled to its end as a chat is, its title and first helplines sat above a phone's
+# screen. Scroll its top into view instead (only when it is the newest reply).
+SHOW_CRISIS_TITLE = """() => {
+    const replies = document.querySelectorAll("#chatbot .bot-row");
+    const title = replies[replies.length - 1]?.querySelector("strong");
+    if (title && title.textContent.startsWith("🆘")) title.scrollIntoView({block: "start"});
+}"""
 EMPTY_CHAT = ("Tell me how you feel, and I'll answer, then draw your pet in a scene for you. No pet yet? Train one "
               "on the My pet tab first.")
 # The crisis reply's ways to reach help, as links a phone acts on with one tap: the dialler, a text
@@ -265,6 +272,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                               show_progress_on=message, focus="#chat-input textarea", **api)  # a refusal marks the box, not the whole chat "Error"
         answered.then(rated, [pet, chatbot, pictures, browser_id], chatbot, api_visibility="private")
         answered.then(lambda pet_id: pet_id, pet, chatted, api_visibility="private")
+        answered.then(None, js=SHOW_CRISIS_TITLE, api_visibility="private")
         answered.failure(list_chat_pets, [pet, browser_id, chatted], pet, api_visibility="private")  # one deleted?
     # Drawing rests what answering rests. A refusal marks the button, not the chat: Gradio's "Error" over the
     # chat hid it, helplines included.

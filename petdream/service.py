@@ -505,13 +505,13 @@ class PetDreamService:
         """The newest evaluation report saved for `owner`'s pet: its files as `save_report` returns them,
         plus "saved" (a UTC datetime) and "current" (whether it is of the pet's model as it is now, not of one
         it was trained further from). None if the pet has none."""
+        from petdream.evaluation.report import report_files
+
         model = self.pet_model(owner, pet_id)
         reports = list((self.store.paths(owner, pet_id).root / "evaluation").glob("*/report.json"))
         if not reports:
             return None
-        newest = max(reports, key=lambda path: path.stat().st_mtime).parent
-        paths = {name: newest / file for name, file in (
-            ("json", "report.json"), ("markdown", "report.md"), ("grid", "grid.png"), ("chart", "fidelity.png"))}
+        paths = report_files(max(reports, key=lambda path: path.stat().st_mtime).parent)
         if not all(path.is_file() for path in paths.values()):
             return None
         evaluated = json.loads(paths["json"].read_text()).get("model_created_at")

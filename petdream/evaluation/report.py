@@ -45,6 +45,12 @@ class PromptResult:
     images: list[Image.Image]  # image i was drawn with seed i
 
 
+def report_files(folder: str | Path) -> dict[str, Path]:
+    """Where `EvaluationReport.save` puts its files in `folder`, by part: json, markdown, grid, chart."""
+    return {name: Path(folder) / file for name, file in (
+        ("json", "report.json"), ("markdown", "report.md"), ("grid", "grid.png"), ("chart", "fidelity.png"))}
+
+
 @dataclass
 class ModelResult:
     """One model's images and scores: the pet's, or the base model's (the baseline)."""
@@ -161,8 +167,7 @@ class EvaluationReport:
                 for path, image in zip(image_paths(which, index, item), item.images):
                     (folder / path).parent.mkdir(parents=True, exist_ok=True)
                     image.save(folder / path)
-        paths = {name: folder / file for name, file in (
-            ("json", "report.json"), ("markdown", "report.md"), ("grid", "grid.png"), ("chart", "fidelity.png"))}
+        paths = report_files(folder)
         paths["json"].write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
         paths["markdown"].write_text(self.to_markdown())
         self.grid().save(paths["grid"])

@@ -65,11 +65,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                     raise gr.Error(event.reason)
                 elif isinstance(event, Finished):
                     paths = service.save_report(owner, pet_id, event.report)
-                    files = [served_copy(owner, paths[part]) for part in ("markdown", "json", "grid")]
-                    with Image.open(paths["grid"]) as grid_png:
-                        shown_grid = grid_png.convert("RGB")  # Gradio sends it in the component's format
-                    yield (_verdict(event.report, event.seconds), event.report.to_markdown(), shown_grid,
-                           served_copy(owner, paths["chart"]), files)
+                    yield _verdict(event.report, event.seconds), event.report.to_markdown(), *_shown(owner, paths)
         except NotFound as error:
             raise gr.Error(str(error)) from None
 
@@ -89,11 +85,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             if last is None:
                 return ("Not evaluated yet: choose how thorough, then Evaluate." if pet_id else "", *nothing[1:])
             earlier = "" if last["current"] else " (of an earlier model: it has been taught since; evaluate again)"
-            with Image.open(last["grid"]) as grid_png:
-                shown_grid = grid_png.convert("RGB")
             return (f"Last evaluated {last['saved']:%d %b %Y %H:%M} UTC{earlier}.", last["markdown"].read_text(),
-                    shown_grid, served_copy(owner, last["chart"]),
-                    [served_copy(owner, last[part]) for part in ("markdown", "json", "grid")])
+                    *_shown(owner, last))
         except (NotFound, OSError):  # deleted meanwhile (in another tab): the pet list is refreshed as the tab opens
             return nothing
 
@@ -102,6 +95,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     list_pets = trained_pets(service)
     tab.select(list_pets, inputs=[pet, browser_id], outputs=pet, api_visibility="private")
     return {"list_pets": (list_pets, [pet, browser_id], [pet])}
+
+
+def _shown(owner: str, paths: dict) -> tuple:
+    """(grid, chart, report files) of a saved report (`report_files`), as the page shows them."""
+    with Image.open(paths["grid"]) as grid_png:
+        grid = grid_png.convert("RGB")  # Gradio sends it in the component's format
+    return (grid, served_copy(owner, paths["chart"]),
+            [served_copy(owner, paths[part]) for part in ("markdown", "json", "grid")])
 
 
 def _verdict(report, seconds: float) -> str:

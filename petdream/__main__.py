@@ -330,38 +330,41 @@ def run_train(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, cancel_on_ctrl_c)
     bar = tqdm(total=config.steps, unit="step", file=sys.stderr, dynamic_ncols=True, disable=quiet)
+    outcome = None
+    # To the generator's end, not only to its last event: after it the run releases its models and
+    # hands their memory back, before a push to the Hub or the summary.
     for event in trainer.run(resume=args.resume):
         if isinstance(event, Progress):
             bar.update(event.step - bar.n)
             bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learning_rate:.2g}")
+            bar.refresh()
         elif isinstance(event, Note) and not quiet:
             bar.write(event.text, file=sys.stderr)
         elif isinstance(event, CheckpointSaved) and not quiet:
             bar.write(f"checkpoint: {event.path}", file=sys.stderr)
-        elif isinstance(event, Finished):
-            bar.close()
-            if quiet:
-                return 0
-            further = f", further from {init_model.path}" if init_model is not None else ""
-            print(f"trained {pet.name} ({config.method}, preset {preset}, {len(report.accepted)} photos, "
-                  f"{event.model.training['steps_done']} steps{further}) in {event.seconds:.1f} s, final loss "
-                  f"{event.final_loss:.4f}; prompt with \"{pet.phrase}\" -> {event.model.path}")
-            if hub is None:
-                return 0
-            photos = report.accepted if args.include_photos else None
-            return _push_after_training(hub, event.model, repo_id, args, photos)
-        elif isinstance(event, Failed):
-            bar.close()
-            kept = f" The last checkpoint is kept: {event.checkpoint}." if event.checkpoint else ""
-            print(f"error: {event.reason}{kept}", file=sys.stderr)
-            return 1
-        elif isinstance(event, Cancelled):
-            bar.close()
-            if not quiet:
-                print(f"cancelled at step {event.step}; continue with the same command and --resume." if event.checkpoint
-                      else "cancelled before the first step; run the same command again to start.", file=sys.stderr)
-            return 130
-        bar.refresh()
+        elif isinstance(event, (Finished, Failed, Cancelled)):
+            outcome = event
+    bar.close()
+    if isinstance(outcome, Finished):
+        if quiet:
+            return 0
+        further = f", further from {init_model.path}" if init_model is not None else ""
+        print(f"trained {pet.name} ({config.method}, preset {preset}, {len(report.accepted)} photos, "
+              f"{outcome.model.training['steps_done']} steps{further}) in {outcome.seconds:.1f} s, final loss "
+              f"{outcome.final_loss:.4f}; prompt with \"{pet.phrase}\" -> {outcome.model.path}")
+        if hub is None:
+            return 0
+        photos = report.accepted if args.include_photos else None
+        return _push_after_training(hub, outcome.model, repo_id, args, photos)
+    if isinstance(outcome, Failed):
+        kept = f" The last checkpoint is kept: {outcome.checkpoint}." if outcome.checkpoint else ""
+        print(f"error: {outcome.reason}{kept}", file=sys.stderr)
+        return 1
+    if isinstance(outcome, Cancelled):
+        if not quiet:
+            print(f"cancelled at step {outcome.step}; continue with the same command and --resume." if outcome.checkpoint
+                  else "cancelled before the first step; run the same command again to start.", file=sys.stderr)
+        return 130
     return 1
 
 

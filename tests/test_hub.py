@@ -692,6 +692,35 @@ def test_train_push_to_pushes_after_training_and_a_failed_push_keeps_the_model(t
     assert PetModel.load(tmp_path / "rex2").pet.name == "Rex"
 
 
+def test_train_push_to_frees_the_training_device_before_the_upload(tiny, data_dir, tmp_path, fake, monkeypatch,
+                                                                    capsys, photo_folder):
+    """An upload takes minutes on a slow line: another training may have the device (and the memory the
+    models held) meanwhile."""
+    import fcntl
+
+    import petdream.__main__ as cli
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("PETDREAM_DATA_DIR", str(data_dir))
+    device_free_at_upload = []
+
+    def push(*args):
+        with open(data_dir / "locks" / "train-cpu-0.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the next training's would
+                device_free_at_upload.append(True)
+            except BlockingIOError:
+                device_free_at_upload.append(False)
+        return push_after_training(*args)
+
+    push_after_training = cli._push_after_training
+    monkeypatch.setattr(cli, "_push_after_training", push)
+    assert main(["train", "--photos", str(photo_folder), "--name", "Rex", "--class-noun", "dog", "--endpoint",
+                 fake.url, *TRAIN_FAST, "--output", str(tmp_path / "rex"), "--push-to", "dogclub/rex"]) == 0
+    assert device_free_at_upload == [True]
+    assert "pushed " in capsys.readouterr().out
+
+
 def test_the_card_of_a_pet_on_a_local_base_model_names_no_path_and_no_hub_model(tiny, tmp_path):
     model = make_lora_pet(tmp_path / "bruno", dataclasses.replace(tiny, name="sd15", base_model_id="local:my-sd15"))
     card = make_model_card(model, "sam/petdream-bruno", license=None)

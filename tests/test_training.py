@@ -274,6 +274,27 @@ def test_trains_after_accelerate_was_set_up_differently_in_the_same_process(tiny
     assert isinstance(events[-1], Finished), events[-1]
 
 
+def test_photos_are_encoded_one_at_a_time_on_the_cpu_to_the_same_latents(tiny, photos):
+    """Four photos and their flips at once would set a CPU run's peak memory: the VAE encoder's
+    activations, ~40 MB at the tiny profile's 128 px and ~2 GB at SD's 512."""
+    from diffusers import AutoencoderKL
+
+    from petdream.training.data import _to_tensor, encode_images
+
+    vae = AutoencoderKL.from_pretrained(Path(tiny.base_model) / "vae")
+    batches, encode = [], vae.encode
+    vae.encode = lambda pixels: (batches.append(pixels.shape[0]), encode(pixels))[1]
+    cache = encode_images(vae, [p.image for p in photos])
+    assert batches == [2, 2, 2, 2]  # each photo with its mirror image
+    assert cache.mean.shape == (4, 2, 4, tiny.resolution // 8, tiny.resolution // 8)
+    pixels = torch.stack([_to_tensor(p.image) for p in photos])
+    with torch.no_grad():
+        at_once = encode(torch.cat([pixels, pixels.flip(-1)])).latent_dist
+    assert torch.allclose(cache.mean[:, 0], at_once.mean[:4], atol=1e-5)
+    assert torch.allclose(cache.mean[:, 1], at_once.mean[4:], atol=1e-5)
+    assert torch.allclose(cache.std[:, 1], at_once.std[4:], atol=1e-5)
+
+
 def test_class_images_are_the_same_whether_generated_in_batches_or_one_by_one(tiny, tmp_path):
     import numpy as np
 

@@ -142,13 +142,16 @@ class DreamBoothTrainer:
 
     def train(self, resume: bool = False, on_event=None) -> PetModel:
         """Run to the end; return the PetModel or raise TrainingFailure with the reason."""
-        for event in self.run(resume=resume):
+        outcome = None
+        for event in self.run(resume=resume):  # to its end: after the last event the run frees its models
             if on_event:
                 on_event(event)
-            if isinstance(event, Finished):
-                return event.model
-            if isinstance(event, (Failed, Cancelled)):
-                raise TrainingFailure(event.reason if isinstance(event, Failed) else "Training was cancelled.")
+            if isinstance(event, (Finished, Failed, Cancelled)):
+                outcome = event
+        if isinstance(outcome, Finished):
+            return outcome.model
+        if isinstance(outcome, (Failed, Cancelled)):
+            raise TrainingFailure(outcome.reason if isinstance(outcome, Failed) else "Training was cancelled.")
         raise TrainingFailure("Training ended without a result.")
 
     def run(self, resume: bool = False) -> Iterator[Event]:

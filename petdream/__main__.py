@@ -268,6 +268,7 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from petdream.models import TINY_WARNING, resolve_profile
+    from petdream.models.tiny import clip_tokenizer
     from petdream.petmodel import PetModel
     from petdream.photos import intake
     from petdream.training import (Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished, Note,
@@ -319,6 +320,7 @@ def run_train(args: argparse.Namespace) -> int:
         pet, note = new_pet(args.name, args.class_noun, args.trigger)
     if note and not quiet:
         print(note, file=sys.stderr)
+    clip_tokenizer.cache_clear()  # chosen: the run reads the base model's own tokenizer; this one held ~30 MB
     trainer = DreamBoothTrainer(profile, report.accepted, pet, args.output, config, data_dir=settings.data_dir,
                                 device=settings.device, init_model=init_model)
 

@@ -764,7 +764,8 @@ def make_model_card(model: PetModel, repo_id: str, *, evaluation: dict | None = 
         method_title="LoRA" if model.method == "lora" else "full fine-tune",
         base_title=base_title,
         base_sentence=base_sentence,
-        base_revision=f"`{model.base_model_revision}`" if model.base_model_revision else "the latest",
+        base_revision=", ".join([f"`{model.base_model_revision}`"] * bool(model.base_model_revision) +
+                                [f"commit `{model.base_model_commit}`"] * bool(model.base_model_commit)) or "the latest",
         prior=bool(training.get("prior_preservation")),
         random_weights=tiny or model.profile == "tiny",
         n_photos=len(model.photos) or "a few",
@@ -803,7 +804,8 @@ def _usage(model: PetModel, repo_id: str, prompt: str) -> str:
         device = "cpu"
     else:
         head = "import torch\nfrom diffusers import StableDiffusionPipeline\n"
-        revision = f', revision="{model.base_model_revision}"' if model.base_model_revision else ""
+        pinned = model.base_model_commit or model.base_model_revision  # the commit: the weights it trained on
+        revision = f', revision="{pinned}"' if pinned else ""
         base = model.base_model_id if _looks_like_repo_id(model.base_model_id) else "path/to/your/base-model"
         load_base = f'StableDiffusionPipeline.from_pretrained("{base}"{revision}, torch_dtype=torch.float16)'
         device = "cuda"

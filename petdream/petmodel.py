@@ -58,6 +58,7 @@ class PetModel:
     photos: list = field(default_factory=list)  # [{"sha256", "width", "height"}]
     created_at: str = ""
     format_version: int = FORMAT_VERSION
+    base_model_commit: str | None = None  # the Hub commit the base was at, where known (revision may be "main")
 
     @property
     def lora_weights(self) -> Path:
@@ -88,7 +89,8 @@ class PetModel:
         return {
             "format_version": self.format_version,
             "pet": {"name": self.pet.name, "trigger": self.pet.trigger, "class_noun": self.pet.class_noun},
-            "base_model": {"id": self.base_model_id, "revision": self.base_model_revision},
+            "base_model": {"id": self.base_model_id, "revision": self.base_model_revision,
+                           "commit": self.base_model_commit},
             "profile": self.profile,
             "method": self.method,
             "training": self.training,
@@ -168,6 +170,7 @@ class PetModel:
             ),
             base_model_id=need(base, "id", str, "base_model.id"),
             base_model_revision=base.get("revision"),
+            base_model_commit=base.get("commit"),
             profile=need(meta, "profile", str, "profile"),
             method=method,
             training=meta.get("training") or {},

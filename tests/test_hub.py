@@ -721,6 +721,19 @@ def test_train_push_to_frees_the_training_device_before_the_upload(tiny, data_di
     assert "pushed " in capsys.readouterr().out
 
 
+def test_the_card_pins_the_base_models_commit_where_the_pet_recorded_it(tiny, tmp_path):
+    hub_base = dataclasses.replace(tiny, name="sd15", base_model_id="stable-diffusion-v1-5/stable-diffusion-v1-5")
+    model = make_lora_pet(tmp_path / "bruno", hub_base)
+    commit = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
+    card = make_model_card(dataclasses.replace(model, base_model_commit=commit), "sam/petdream-bruno", license=None)
+    assert f"Base model revision: commit `{commit}`." in card.text
+    assert (f'from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5", revision="{commit}", '
+            'torch_dtype=torch.float16)') in card.text
+    unpinned = make_model_card(model, "sam/petdream-bruno", license=None)  # made before commits were recorded
+    assert "Base model revision: the latest." in unpinned.text
+    assert 'from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype' in unpinned.text
+
+
 def test_the_card_of_a_pet_on_a_local_base_model_names_no_path_and_no_hub_model(tiny, tmp_path):
     model = make_lora_pet(tmp_path / "bruno", dataclasses.replace(tiny, name="sd15", base_model_id="local:my-sd15"))
     card = make_model_card(model, "sam/petdream-bruno", license=None)

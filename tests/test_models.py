@@ -108,6 +108,36 @@ def test_sd15_profile_carries_every_model_setting(data_dir):
         "me/sd", "abc123", "me/clip", "me/dino")
 
 
+def test_the_base_models_commit_is_read_from_the_hub_cache_without_the_network(data_dir, tiny, tmp_path,
+                                                                               monkeypatch):
+    """A revision of None (or "main") says "the latest, whenever that was"; the commit names the weights."""
+    from huggingface_hub import constants
+
+    from petdream.models.profiles import base_model_commit
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--me--sd15"
+    latest, half = "a" * 40, "b" * 40
+    for branch, commit in (("main", latest), ("fp16", half)):  # the cache's own layout, as a download leaves it
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / branch).write_text(commit)
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "model_index.json").write_text("{}")
+
+    def commit_of(base_model, **settings):
+        return base_model_commit(resolve_profile(Settings.from_env({}, data_dir=data_dir, profile="sd15",
+                                                                   base_model=base_model, **settings)))
+
+    assert commit_of("me/sd15") == latest
+    assert commit_of("me/sd15", base_model_revision="fp16") == half
+    assert commit_of("me/sd15", base_model_revision=half) == half
+    assert commit_of("me/other") is None  # not downloaded yet
+    assert commit_of(str(repo / "snapshots" / latest)) == latest  # a folder in the cache
+    (tmp_path / "my-sd15").mkdir()
+    assert commit_of(str(tmp_path / "my-sd15")) is None  # a folder of its own: no commit to name
+    assert base_model_commit(tiny) is None  # built here
+
+
 def test_a_local_base_model_folder_is_recorded_by_its_hub_id_never_its_path(data_dir, tmp_path):
     """A pet model moves between machines and its Hub card names its base: the id, not this machine's path."""
     def recorded(folder, **settings):

@@ -181,7 +181,7 @@ def test_a_run_emits_events_in_order_and_writes_a_pet_model(tiny, photos, data_d
                 "steps", "seconds", "final_loss", "instance_prompt", "class_prompt", "resolution"):
         assert key in training, key
     assert training["steps_done"] == 6 and training["final_loss"] == progress[-1].loss and training["processes"] == 1
-    assert meta["base_model"] == {"id": "petdream/tiny-sd-v1", "revision": None}
+    assert meta["base_model"] == {"id": "petdream/tiny-sd-v1", "revision": None, "commit": None}  # built here
     assert [p["sha256"] for p in meta["photos"]] == [p.sha256 for p in photos]
     assert (model.path / "loss.png").stat().st_size > 1000
     assert (model.path / "samples" / "grid.png").is_file()
@@ -260,6 +260,20 @@ def test_the_final_sample_is_what_plain_diffusers_draws_with_the_saved_lora(tiny
         drawn = pipeline(prompt, num_inference_steps=4, height=128, width=128,
                          generator=torch.Generator("cpu").manual_seed(i)).images[0]  # sample i has seed i
         assert np.abs(np.asarray(drawn, dtype=int) - np.asarray(sample, dtype=int)).max() <= 2, prompt
+
+
+def test_a_pet_model_records_the_commit_of_a_base_model_from_the_hubs_cache(tiny, photos, data_dir, tmp_path):
+    import dataclasses
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hub" / "models--me--sd15" / "snapshots" / commit  # as a download leaves it
+    shutil.copytree(tiny.base_model, snapshot)
+    profile = dataclasses.replace(tiny, name="sd15", base_model=str(snapshot), base_model_id="me/sd15")
+    model = make_trainer(profile, photos, data_dir, tmp_path / "bruno", steps=2, prior_preservation=False,
+                         checkpoint_every=100).train()
+    assert json.loads((model.path / "petdream.json").read_text())["base_model"] == {
+        "id": "me/sd15", "revision": None, "commit": commit}
+    assert PetModel.load(model.path).base_model_commit == commit
 
 
 def test_trains_after_accelerate_was_set_up_differently_in_the_same_process(tiny, photos, data_dir, tmp_path):

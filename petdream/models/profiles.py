@@ -86,10 +86,30 @@ def portable_base_model(settings: Settings) -> tuple[str, str | None]:
         return settings.base_model, settings.base_model_revision
     if settings.base_model_id:
         return settings.base_model_id, settings.base_model_revision
-    snapshots, repo = folder.resolve().parent, folder.resolve().parent.parent
-    if snapshots.name == "snapshots" and repo.name.startswith("models--"):
+    if _is_hub_snapshot(folder):
+        repo = folder.resolve().parent.parent
         return repo.name.removeprefix("models--").replace("--", "/"), settings.base_model_revision or folder.name
     return f"{LOCAL_PREFIX}{folder.resolve().name}", settings.base_model_revision
+
+
+def base_model_commit(profile: Profile) -> str | None:
+    """The Hub commit of the base model `profile` loads, read from this machine's Hub cache (no network):
+    a Hub id's at its revision (main by default), or a folder's that is a snapshot in the cache. None for
+    a folder of its own, the tiny models (built here), or a model not downloaded yet. A revision like
+    "main" moves on; the commit names the weights a pet was trained on."""
+    from huggingface_hub import try_to_load_from_cache
+
+    folder = Path(profile.base_model)
+    if folder.is_dir():
+        return folder.resolve().name if _is_hub_snapshot(folder) else None
+    cached = try_to_load_from_cache(profile.base_model, "model_index.json", revision=profile.base_model_revision)
+    return Path(cached).parent.name if isinstance(cached, str) else None
+
+
+def _is_hub_snapshot(folder: Path) -> bool:
+    """Whether `folder` is .../models--{owner}--{name}/snapshots/{commit} in the Hub's cache."""
+    snapshots = folder.resolve().parent
+    return snapshots.name == "snapshots" and snapshots.parent.name.startswith("models--")
 
 
 def tiny_profile(data_dir: Path, reason: str = "chosen with --profile or PETDREAM_PROFILE", build: bool = True) -> Profile:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from petdream.models import Profile, load_pipeline, pick_device
 from petdream.models.device import release_host_memory
+from petdream.models.profiles import base_model_commit
 from petdream.models.pipeline import draw_seeded, quiet_libraries
 from petdream.petmodel import LORA_WEIGHTS_FILE, METADATA_FILE, PIPELINE_DIR, Pet, PetModel
 from petdream.photos import Photo
@@ -744,7 +745,8 @@ class DreamBoothTrainer:
         _plot_losses(out / "loss.png", losses)
         model = PetModel(
             path=out, pet=self.pet, base_model_id=self.profile.base_model_id,
-            base_model_revision=self.profile.base_model_revision, profile=self.profile.name, method=config.method,
+            base_model_revision=self.profile.base_model_revision, base_model_commit=base_model_commit(self.profile),
+            profile=self.profile.name, method=config.method,
             training={**config.to_dict(), "init_model": self._lineage(),
                       "resolution": self.resolution, "instance_prompt": self.instance_prompt,
                       "class_prompt": self.class_prompt if config.prior_preservation else None,

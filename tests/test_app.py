@@ -1,5 +1,6 @@
 """The Gradio app, served for real and driven through gradio_client as a script would."""
 
+import logging
 import os
 import signal
 import socket
@@ -131,12 +132,13 @@ def test_check_photos_endpoint_reports_accepted_and_rejected(served_app, tmp_pat
     assert table["data"][1][0] == "huge.jpg" and "is 31 MB; files over 30 MB are not" in table["data"][1][1]
 
 
-def test_training_with_too_few_photos_or_no_kind_of_pet_says_what_to_do(served_app, photo_files):
+def test_training_with_too_few_photos_or_no_kind_of_pet_says_what_to_do(served_app, photo_files, capfd):
     with pytest.raises(Exception, match="DreamBooth needs at least 3. Add 1 more photo"):
         train(served_app, ALICE, photo_files[:2], name="Rex")
     with pytest.raises(Exception, match=r"Choose the kind of pet under Kind of pet \(dog, cat, ...\): the model "
                                         "learns Rex as one of its kind"):  # none is chosen for them
         train(served_app, ALICE, photo_files, name="Rex", class_noun="")
+    assert "Traceback" not in capfd.readouterr().err  # a refusal is no fault of the app's: its log stays clean
 
 
 def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet):
@@ -321,6 +323,21 @@ def test_the_chat_chooses_the_pet_last_chatted_with_in_this_browser_while_it_is_
         service.forget_owner(owner)
 
 
+def test_a_fault_while_answering_is_told_kindly_and_logged_with_its_cause(served_app, alices_pet, monkeypatch,
+                                                                         caplog, capfd):
+    def broken_chat(*args, **kwargs):
+        raise RuntimeError("the chat model's file is damaged")
+
+    service = served_app.petdream_service
+    monkeypatch.setattr(service, "chat", broken_chat)
+    caplog.set_level(logging.ERROR, logger="petdream.ui.chat_tab")
+    with pytest.raises(Exception, match="Something went wrong while answering: the chat model's file is damaged"):
+        client(served_app).predict("I feel a bit low", alices_pet["id"], "", "", "", [], ALICE, api_name="/chat")
+    [logged] = [r for r in caplog.records if r.name == "petdream.ui.chat_tab"]
+    assert logged.exc_info[0] is RuntimeError and "broken_chat" in caplog.text  # where it failed, for whoever fixes it
+    assert "I feel a bit low" not in caplog.text + capfd.readouterr().err  # the person's words stay out of the log
+
+
 def test_a_kept_crisis_reply_is_set_apart_under_its_title_as_it_was_live(served_app, alices_pet):
     import gradio as gr
 
@@ -447,7 +464,6 @@ time.sleep(600)
 
 
 def test_a_training_cut_off_by_a_restart_shows_as_resumable_and_resumes(tiny, data_dir, photo_files, tmp_path, caplog):
-    import logging
 
     from petdream.service import PetDreamService
 

@@ -12,6 +12,7 @@ import gradio as gr
 
 from petdream.service import PetDreamService
 from petdream.store import NotFound
+from petdream.ui.events import refusal
 from petdream.ui.session import owner_of, served_copy
 
 
@@ -28,7 +29,7 @@ def register(service: PetDreamService) -> None:
         try:
             picture = service.draw(owner, pet_id, prompt, seed=None if seed < 0 else seed)
         except (NotFound, ValueError) as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         return served_copy(owner, picture.path)
 
     gr.api(pets, api_name="pets")

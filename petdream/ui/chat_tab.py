@@ -7,6 +7,7 @@ liked ones taught back to the pet ("Teach"), which trains it further from its cu
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -18,8 +19,10 @@ from petdream.companion import Person
 from petdream.companion.safety import DISCLOSURE
 from petdream.service import PetDreamService
 from petdream.store import NotFound
-from petdream.ui.events import while_busy
+from petdream.ui.events import refusal, while_busy
 from petdream.ui.session import owner_of, pet_choices, pet_dropdown, served_copy
+
+logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
 KEPT_TURNS_SHOWN = 100  # of a kept conversation, the newest shown again when its pet is chosen
@@ -123,14 +126,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         """Stream the companion's reply into the chat, then add the pet's picture."""
         owner = owner_of(browser_id, request, profile)
         if not text or not text.strip():
-            raise gr.Error("Write a message first: say how you feel or what's on your mind.")
+            raise refusal("Write a message first: say how you feel or what's on your mind.")
         history = list(history or [])
         person = Person(name or None, age or None, occupation or None)
         if not pet_id:  # a crisis is answered even so; anything else waits for a pet
             try:
                 turn, _ = service.chat(owner, None, text, person=person)
             except ValueError as error:
-                raise gr.Error(str(error)) from None
+                raise refusal(str(error)) from None
             history += [{"role": "user", "content": text}, _reply(turn.reply, crisis=True)]
             yield history, pictures, "", ""
             return
@@ -150,6 +153,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                     owner, pet_id, text, person=person, history=earlier, on_token=tokens.put,
                     on_drawing=lambda: tokens.put(DRAWING))
             except Exception as error:  # shown to the person below; the worker must always finish
+                if not isinstance(error, (NotFound, ValueError)):  # a fault, not a refusal: its own traceback
+                    logger.error("Answering a chat message failed", exc_info=error)
                 outcome["error"] = error
             finally:
                 tokens.put(None)
@@ -170,8 +175,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                 del history[reply_at - 1:]
             yield history, pictures, gr.skip(), gr.skip() if streamed else text
             error = outcome["error"]
-            raise gr.Error(str(error) if isinstance(error, (NotFound, ValueError)) else
-                           f"Something went wrong while answering: {error}")
+            if isinstance(error, (NotFound, ValueError)):
+                raise refusal(str(error))
+            raise gr.Error(f"Something went wrong while answering: {error}", print_exception=False)  # logged in work()
         turn, picture = outcome["turn"], outcome["picture"]
         history[-1] = _reply(turn.reply, turn.safety.is_crisis)
         for notice in turn.notices:
@@ -186,11 +192,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
         if not pet_id or not prompt:
-            raise gr.Error("Send a message first; then a new picture of the same scene can be drawn.")
+            raise refusal("Send a message first; then a new picture of the same scene can be drawn.")
         try:
             picture = service.draw(owner, pet_id, prompt, in_chat=True)
         except NotFound as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         history = list(history or []) + [_picture(owner, picture.path, picture.prompt)]
         pictures = {**pictures, len(history) - 1: picture.image_id}
         return shown(history, pictures, service.store.images(owner, pet_id)), pictures
@@ -219,11 +225,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         old weights till then."""
         owner = owner_of(browser_id, request, profile)
         if not pet_id:
-            raise gr.Error("Choose a pet first.")
+            raise refusal("Choose a pet first.")
         try:
             job = service.train_further(owner, pet_id)
         except (NotFound, ValueError) as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         yield gr.skip(), job.run_id, gr.Button(visible=True)
         last = None
         while True:

@@ -9,7 +9,7 @@ from petdream.evaluation import EvaluationConfig, Failed, Finished, Note, Progre
 from petdream.service import PetDreamService
 from petdream.store import NotFound
 from petdream.training.queue import time_left
-from petdream.ui.events import while_busy
+from petdream.ui.events import refusal, while_busy
 from petdream.ui.session import owner_of, served_copy, trained_pets
 
 QUICK_PROMPTS = 4
@@ -48,7 +48,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         """Stream progress, then the metrics table, the grid, the chart and the report files."""
         owner = owner_of(browser_id, request, profile)
         if not pet_id:
-            raise gr.Error("Choose a trained pet first.")
+            raise refusal("Choose a trained pet first.")
         quick = size.startswith("quick")
         config = EvaluationConfig(prompts=tuple(load_prompts()[:QUICK_PROMPTS]) if quick else None,
                                   images_per_prompt=1 if quick else 4, steps=int(steps))
@@ -62,12 +62,12 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                 elif isinstance(event, Note):
                     gr.Warning(event.text)
                 elif isinstance(event, Failed):
-                    raise gr.Error(event.reason)
+                    raise refusal(event.reason)
                 elif isinstance(event, Finished):
                     paths = service.save_report(owner, pet_id, event.report)
                     yield _verdict(event.report, event.seconds), event.report.to_markdown(), *_shown(owner, paths)
         except NotFound as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
 
     # Evaluate rests while its evaluation runs (minutes on a GPU): a second click would queue a second one. So
     # does the pet: another chosen would show its last results, then the running one's under its name.

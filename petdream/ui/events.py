@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+import gradio as gr
+
+
+def refusal(message: str, *, stays: bool = False) -> gr.Error:
+    """The error to raise when the app turns down what a person asked (no pet chosen, too few photos):
+    shown on the page and not logged as a traceback, since nothing went wrong in the app. `stays`: until
+    closed, for a message with steps to follow; else it fades after 10 s, as Gradio's errors do."""
+    return gr.Error(message, duration=None if stays else 10, print_exception=False)
+
 
 def while_busy(trigger, controls: list, busy: Callable, idle: Callable, fn: Callable, inputs, outputs,
                failed: Callable | None = None, focus: str | None = None, **event_args):

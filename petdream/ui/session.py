@@ -23,6 +23,7 @@ import gradio as gr
 
 from petdream.service import pet_labels
 from petdream.store import new_session_id, owner_digest, session_owner, user_owner
+from petdream.ui.events import refusal
 
 _PROCESS_SECRET = secrets.token_bytes(32)
 # Copies of owners' files handed to Gradio: <temp>/petdream-served-<user>/<owner hash>/<pet id>/<uuid>/.
@@ -79,7 +80,7 @@ def owner_of(browser_id: str | None, request: gr.Request | None, profile: gr.OAu
         return session_owner(browser_id)
     session_hash = getattr(request, "session_hash", None)
     if not session_hash:
-        raise gr.Error("Your browser session is not known yet: reload the page.")
+        raise refusal("Your browser session is not known yet: reload the page.")
     return session_owner(hashlib.sha256(_PROCESS_SECRET + session_hash.encode()).hexdigest())
 
 
@@ -117,7 +118,7 @@ def move_offer(service):
         try:
             moved = service.move_to_account(browser_owner(browser_id, profile), user_owner(profile.username))
         except ValueError as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         gr.Info(f"Moved to your account ({profile.username}): {', '.join(moved)}.")
         return gr.Row(visible=False)
 

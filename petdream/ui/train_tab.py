@@ -13,7 +13,7 @@ from petdream.photos import MAX_PHOTOS, NotEnoughPhotosError
 from petdream.service import PetDreamService, pet_labels
 from petdream.store import NotFound
 from petdream.hub import HubError, MissingPetInfo
-from petdream.ui.events import while_busy
+from petdream.ui.events import refusal, while_busy
 from petdream.ui.session import (browser_owner, forget_served_copies, oauth_enabled, owner_of, pet_choices,
                                  served_copy, trained_pets)
 
@@ -105,17 +105,17 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
               request: gr.Request, profile: gr.OAuthProfile | None = None):
         """Start training on the uploaded photos, then stream its progress until it ends."""
         owner = owner_of(browser_id, request, profile)
-        # A refusal stays on screen until closed (duration=None): it says what to fix, and the status line it
+        # A refusal stays on screen until closed (stays=True): it says what to fix, and the status line it
         # marks is empty before a training, so nothing else would show it once a toast was gone.
         if not (class_noun or "").strip():
-            raise gr.Error(f"Choose the kind of pet under Kind of pet (dog, cat, ...): the model learns "
-                           f"{(name or '').strip() or 'your pet'} as one of its kind, and the wrong kind draws the "
-                           "wrong animal.", duration=None)
+            raise refusal(f"Choose the kind of pet under Kind of pet (dog, cat, ...): the model learns "
+                          f"{(name or '').strip() or 'your pet'} as one of its kind, and the wrong kind draws the "
+                          "wrong animal.", stays=True)
         overrides = advanced_overrides(method, steps, learning_rate, rank, seed, prior)
         try:
             job = service.start_training(owner, name or "", class_noun or "", list(paths or []), preset, **overrides)
         except (NotEnoughPhotosError, ValueError) as error:
-            raise gr.Error(str(error), duration=None) from None
+            raise refusal(str(error), stays=True) from None
         pet = service.store.pet(owner, service.store.run(owner, job.run_id).pet_id)
         if job.pet_name != pet.name:  # told apart from another pet of theirs with this name
             namesakes = {other.id: other for other in service.pets(owner) if other.name == pet.name and other.id != pet.id}
@@ -151,11 +151,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     def resume_run(chosen, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
         if not chosen:
-            raise gr.Error("Choose an unfinished training to resume.")
+            raise refusal("Choose an unfinished training to resume.")
         try:
             job = service.resume_training(owner, chosen)
         except (NotFound, ValueError) as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         yield from follow(owner, job.run_id)
 
     def follow(owner: str, run: str):
@@ -230,24 +230,24 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     def delete_chosen_pet(pet_id, sure, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
         if not pet_id:
-            raise gr.Error("Choose the pet to delete.")
+            raise refusal("Choose the pet to delete.")
         if not sure:
-            raise gr.Error("Tick \"Yes, delete for good\" first: deleting cannot be undone.")
+            raise refusal("Tick \"Yes, delete for good\" first: deleting cannot be undone.")
         try:
             name = service.delete_pet(owner, pet_id)
         except (NotFound, ValueError) as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         forget_served_copies(owner, pet_id)
         return f"🗑 {name} is deleted, with their photos, models, pictures and chats."
 
     def delete_my_data(sure, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
         if not sure:
-            raise gr.Error("Tick \"Yes, delete for good\" first: deleting cannot be undone.")
+            raise refusal("Tick \"Yes, delete for good\" first: deleting cannot be undone.")
         try:
             service.forget_owner(owner)
         except ValueError as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         forget_served_copies(owner)
         return "🗑 All your data is deleted: pets, photos, models, pictures, ratings and chats."
 
@@ -255,14 +255,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                  oauth: gr.OAuthToken | None = None):
         owner = owner_of(browser_id, request, profile)
         if not pet_id:
-            raise gr.Error("Choose a trained pet to push.")
+            raise refusal("Choose a trained pet to push.")
         if oauth_enabled() and oauth is None:  # never push visitors' pets with the Space owner's token
-            raise gr.Error("Sign in with Hugging Face (the button at the top) to push your pet to your account.")
+            raise refusal("Sign in with Hugging Face (the button at the top) to push your pet to your account.")
         try:
             result = service.push_to_hub(owner, pet_id, oauth.token if oauth else None,
                                          oauth.scope if oauth else None, repo=repo, public=bool(public))
         except (HubError, NotFound, ValueError) as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         notes = "".join(f"\n\n{note}" for note in result.notes)
         return (f"✅ Pushed to [{result.repo_id}]({result.url}) ({'private' if result.private else 'public'}, "
                 f"{len(result.files)} files).{notes}")
@@ -271,12 +271,12 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                  oauth: gr.OAuthToken | None = None):
         owner = owner_of(browser_id, request, profile)
         if not repo or "/" not in repo:
-            raise gr.Error("Give the model repo's id, like user/petdream-bruno.")
+            raise refusal("Give the model repo's id, like user/petdream-bruno.")
         try:
             record = service.load_from_hub(owner, repo, oauth.token if oauth else None, name=pet_name,
                                            class_noun=pet_class)
         except (HubError, MissingPetInfo, ValueError) as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         return f"✅ {record.name} is back from {repo}: chat with them on the Chat tab."
 
     push.click(push_pet, inputs=[hub_pet, hub_repo, hub_public, browser_id], outputs=hub_status,

@@ -464,7 +464,6 @@ time.sleep(600)
 
 
 def test_a_training_cut_off_by_a_restart_shows_as_resumable_and_resumes(tiny, data_dir, photo_files, tmp_path, caplog):
-
     from petdream.service import PetDreamService
 
     restart_dir = tmp_path / "data"

@@ -29,6 +29,9 @@ STEPS = 20
 TRAINED = "✅ Bruno is ready: chat with them on the Chat tab."
 READY_FOR_NEXT = "Ready for your next pet: the photos, name and kind above are cleared."
 HELPLINE = "Text HOME to 741741 to reach the Crisis Text Line."  # a line of the crisis reply
+# Whether an element is in sight: on the screen, and inside the chat's own scrolled box, not above it.
+IN_SIGHT = """e => { const box = e.getBoundingClientRect(), chat = e.closest(".bubble-wrap")?.getBoundingClientRect()
+    ?? {top: 0}; return box.top >= Math.max(chat.top, 0) - 1 && box.bottom <= window.innerHeight; }"""
 FEELING = "I feel a bit lonely today"
 # Gradio re-renders asynchronously; these bound each wait on the tiny profile on 2 busy cores.
 PAGE_S, INTAKE_S, TRAIN_S, CHAT_S, EVAL_S = 60, 60, 180, 240, 240
@@ -247,11 +250,11 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         page.locator("#send-button").click()
         expect(chatbot.get_by_text(CRISIS_TITLE)).to_be_visible(timeout=CHAT_S * 1000)  # set apart,
         expect(page.locator("#send-button")).to_be_enabled()
-        # its title in sight, on the screen and in the chat's own scrolled box, not above them
+        # its title in sight, on the screen and in the chat's own scrolled box, not above them, and kept there
         title = chatbot.get_by_text(CRISIS_TITLE)
-        wait_for(lambda: title.evaluate("""t => { const box = t.getBoundingClientRect(), chat = t.closest(".bubble-wrap")
-            ?.getBoundingClientRect() ?? {top: 0}; return box.top >= Math.max(chat.top, 0) - 1 && box.bottom <= 844; }"""),
-                 10, "the crisis reply's title to be scrolled into sight")
+        wait_for(lambda: title.evaluate(IN_SIGHT), 10, "the crisis reply's title to be scrolled into sight")
+        page.wait_for_timeout(1000)  # Gradio scrolls a chat to its end 300 ms after an update
+        assert title.evaluate(IN_SIGHT), "the crisis reply's title was scrolled out of sight again"
         page.set_viewport_size(VIEWPORT)
         expect(chatbot.get_by_text(HELPLINE)).to_be_visible()  # with its resources in sight,
         # one tap away on a phone: the page keeps the links' tel: and sms: addresses
@@ -273,6 +276,9 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         expect(chatbot.locator("[data-testid=user]")).to_have_text("I want to end my life")
         expect(chatbot.get_by_text(CRISIS_TITLE)).to_be_visible()
         expect(chatbot.get_by_text(HELPLINE)).to_be_visible()
+        wait_for(lambda: chatbot.get_by_text(CRISIS_TITLE).evaluate(IN_SIGHT), 10, "the kept crisis reply's title in sight")
+        page.wait_for_timeout(1000)
+        assert chatbot.get_by_text(CRISIS_TITLE).evaluate(IN_SIGHT), "the kept crisis reply's title scrolled away"
         # Bruno's evaluation is still there, without drawing it again.
         page.get_by_role("tab", name="Evaluate").click()
         choose(page, "#eval-pet", "Bruno")

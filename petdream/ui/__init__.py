@@ -26,6 +26,9 @@ CSS = """
 #chatbot .message-buttons a.download-link + button {
     display: none;
 }
+#chatbot .bot-row strong {
+    scroll-margin-top: 3.5rem;  /* a crisis reply's title, scrolled to the top: below the chat's label */
+}
 @media (max-width: 640px) {
     #accepted .grid-container, #samples .grid-container {
         --grid-cols: 3 !important;  /* over Gradio's inline 6 (or 4): a phone showed half the photos, off-screen */

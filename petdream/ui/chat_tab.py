@@ -29,12 +29,13 @@ KEPT_TURNS_SHOWN = 100  # of a kept conversation, the newest shown again when it
 DRAWING = object()  # from the chat's worker: the reply is written, the picture is being drawn
 CRISIS_TITLE = "🆘 You don't have to face this alone: people who can help, right now"
 # A crisis reply is long: scrolled to its end as a chat is, its title and first helplines sat above a phone's
-# screen. Scroll its top into view instead (only when it is the newest reply).
-SHOW_CRISIS_TITLE = """() => {
+# screen. Its top is scrolled into view instead (only when it is the newest reply), clear of the chat's label
+# (CSS), 400 ms after the chat's last update: Gradio scrolls a chat to its end 300 ms after each update.
+SHOW_CRISIS_TITLE = """() => setTimeout(() => {
     const replies = document.querySelectorAll("#chatbot .bot-row");
     const title = replies[replies.length - 1]?.querySelector("strong");
     if (title && title.textContent.startsWith("🆘")) title.scrollIntoView({block: "start"});
-}"""
+}, 400)"""
 EMPTY_CHAT = ("Tell me how you feel, and I'll answer, then draw your pet in a scene for you. No pet yet? Train one "
               "on the My pet tab first.")
 # The crisis reply's ways to reach help, as links a phone acts on with one tap: the dialler, a text
@@ -276,9 +277,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
     for sent, api in ((send.click, {"api_name": "chat"}), (message.submit, {"api_visibility": "private"})):
         answered = while_busy(sent, [send, message, again, pet], *answering, respond, inputs, outputs,
                               show_progress_on=message, focus="#chat-input textarea", **api)  # a refusal marks the box, not the whole chat "Error"
-        answered.then(rated, [pet, chatbot, pictures, browser_id], chatbot, api_visibility="private")
+        # The thumbs' update redraws the chat, scrolling it to its end: a crisis reply's title comes back after it.
+        answered.then(rated, [pet, chatbot, pictures, browser_id], chatbot, api_visibility="private").then(
+            None, js=SHOW_CRISIS_TITLE, api_visibility="private")
         answered.then(lambda pet_id: pet_id, pet, chatted, api_visibility="private")
-        answered.then(None, js=SHOW_CRISIS_TITLE, api_visibility="private")
         answered.failure(list_chat_pets, [pet, browser_id, chatted], pet, api_visibility="private")  # one deleted?
     # Drawing rests what answering rests. A refusal marks the button, not the chat: Gradio's "Error" over the
     # chat hid it, helplines included.
@@ -296,8 +298,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
     stop_teaching.click(stop_teaching_run, inputs=[teaching, browser_id], api_name="stop_teaching")
     keep.input(consent, inputs=[keep, browser_id], api_visibility="private")  # the person's click, not show_kept's
     pet.change(show_kept, inputs=[pet, shown_pet, chatbot, browser_id],
-               outputs=[chatbot, pictures, last_prompt, keep, shown_pet], api_visibility="private")
-    tab.select(list_chat_pets, inputs=[pet, browser_id, chatted], outputs=pet, api_visibility="private")
+               outputs=[chatbot, pictures, last_prompt, keep, shown_pet], api_visibility="private").then(
+        None, js=SHOW_CRISIS_TITLE, api_visibility="private")  # a kept chat that ended on one, as it was live
+    tab.select(list_chat_pets, inputs=[pet, browser_id, chatted], outputs=pet, api_visibility="private").then(
+        None, js=SHOW_CRISIS_TITLE, api_visibility="private")  # a hidden chat could not be scrolled
     return {"list_pets": (list_chat_pets, [pet, browser_id, chatted], [pet])}
 
 

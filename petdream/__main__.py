@@ -271,8 +271,8 @@ def run_train(args: argparse.Namespace) -> int:
     from petdream.models.tiny import clip_tokenizer
     from petdream.petmodel import PetModel
     from petdream.photos import intake
-    from petdream.training import (Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished, Note,
-                                   Progress, TrainingConfig, further_training_settings, new_pet)
+    from petdream.training import (LIVE_SAMPLES_DIR, Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished,
+                                   Note, Progress, Sample, TrainingConfig, further_training_settings, new_pet)
 
     # Under `accelerate launch` / torchrun every process runs this; only rank 0 reports, but any process's failure shows.
     quiet = os.environ.get("RANK", "0") != "0"
@@ -312,6 +312,10 @@ def run_train(args: argparse.Namespace) -> int:
     report = intake(files, resolution=resolution)
     for rejection in [] if quiet else report.rejected:
         print(f"skipped {rejection.file}: {rejection.reason}", file=sys.stderr)
+    folders = sorted(f"{p.name}/" for p in args.photos.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if folders and not quiet:
+        print(f"skipped {', '.join(folders)}: photos are read from {args.photos} itself, not from the folders in it",
+              file=sys.stderr)
     report.require_enough()
     if init_model is not None:  # the same pet, prompted with the same words, unless flags say otherwise
         trigger = args.trigger or (init_model.pet.trigger if args.name is None else None)
@@ -331,22 +335,28 @@ def run_train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     signal.signal(signal.SIGINT, cancel_on_ctrl_c)
-    bar = tqdm(total=config.steps, unit="step", file=sys.stderr, dynamic_ncols=True, disable=quiet)
-    outcome = None
+    bar, outcome = None, None
     # To the generator's end, not only to its last event: after it the run releases its models and
     # hands their memory back, before a push to the Hub or the summary.
     for event in trainer.run(resume=args.resume):
         if isinstance(event, Progress):
+            if bar is None:  # from the first step, resumed or not: its rate and time left count this session's steps
+                bar = tqdm(total=config.steps, initial=event.step - 1, unit="step", file=sys.stderr,
+                           dynamic_ncols=True, disable=quiet)
             bar.update(event.step - bar.n)
             bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learning_rate:.2g}")
             bar.refresh()
         elif isinstance(event, Note) and not quiet:
-            bar.write(event.text, file=sys.stderr)
+            tqdm.write(event.text, file=sys.stderr)
         elif isinstance(event, CheckpointSaved) and not quiet:
-            bar.write(f"checkpoint: {event.path}", file=sys.stderr)
+            tqdm.write(f"checkpoint: {event.path}", file=sys.stderr)
+        elif isinstance(event, Sample) and event.step < config.steps and not quiet:  # the last is the model's own
+            paths = event.save(args.output / LIVE_SAMPLES_DIR)
+            tqdm.write(f"samples at step {event.step}: {', '.join(map(str, paths))}", file=sys.stderr)
         elif isinstance(event, (Finished, Failed, Cancelled)):
             outcome = event
-    bar.close()
+    if bar is not None:
+        bar.close()
     if isinstance(outcome, Finished):
         if quiet:
             return 0

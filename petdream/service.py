@@ -28,8 +28,8 @@ from petdream.petmodel import Pet, PetModel
 from petdream.photos import IntakeReport, intake
 from petdream.settings import Settings
 from petdream.store import NotFound, PetRecord, Store
-from petdream.training import (Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished, Note, Progress,
-                               Sample, TrainingConfig, new_pet)
+from petdream.training import (LIVE_SAMPLES_DIR, Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished,
+                               Note, Progress, Sample, TrainingConfig, new_pet)
 from petdream.training.queue import TrainingJob, TrainingQueue
 
 logger = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ class PetDreamService:
             trainer.cancel()
         job.status = "running"
         store.update_run(owner, job.run_id, status="running")
-        samples_dir = run.output_dir / "live-samples"
+        samples_dir = run.output_dir / LIVE_SAMPLES_DIR
         for event in trainer.run(resume=resume):
             if isinstance(event, Progress):
                 job.step, job.loss, job.eta_seconds = event.step, event.loss, event.eta_seconds
@@ -352,11 +352,8 @@ class PetDreamService:
                     job.first_step = event.step
                 job.losses.append(event.loss)
             elif isinstance(event, Sample):
-                samples_dir.mkdir(parents=True, exist_ok=True)
-                for i, (image, prompt) in enumerate(zip(event.images, event.prompts)):
-                    path = samples_dir / f"step{event.step:05d}-{i}.png"
-                    image.save(path)
-                    job.samples.append((str(path), f"step {event.step}: {prompt}"))
+                job.samples += [(str(path), f"step {event.step}: {prompt}")
+                                for path, prompt in zip(event.save(samples_dir), event.prompts)]
             elif isinstance(event, Note):  # a fallback or a wait: shown until the next, and kept in the log
                 job.message = event.text
                 logger.info("training run %s: %s", job.run_id, event.text)

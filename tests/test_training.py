@@ -470,9 +470,10 @@ def test_cancel_from_another_thread_stops_within_a_step_and_resume_matches(tiny,
         if isinstance(event, Progress) and event.step == 2:
             threading.Thread(target=trainer.cancel).start()
             time.sleep(0.2)
-    cancelled = events[-1]
+    cancelled, saved = events[-1], events[-2]
     assert isinstance(cancelled, Cancelled) and cancelled.step in (2, 3)
     assert cancelled.checkpoint.name == f"step-{cancelled.step:06d}"
+    assert isinstance(saved, CheckpointSaved) and saved.path == cancelled.checkpoint  # told, as every checkpoint is
     assert not (tmp_path / "cut" / "petdream.json").exists()
 
     again = make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8)
@@ -597,7 +598,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny, photos, data_dir, t
     events = run_all(make_trainer(tiny, photos[:3], data_dir, tmp_path / "pet", steps=8, name="Rex", random_flip=False),
                      resume=True)
     assert ("was made with random_flip True (now False); instance prompt 'a photo of bruno dog' (now 'a photo of rex "
-            "dog'); other photos (0 of the 3 now are not among its 4). Resuming") in events[-1].reason
+            "dog'); other photos (1 of its 4 are not among these). Resuming") in events[-1].reason
 
 
 def test_a_checkpoint_resumes_only_under_as_many_processes(tiny, photos, data_dir, tmp_path, monkeypatch):
@@ -1229,6 +1230,15 @@ def test_a_finished_pet_model_is_never_overwritten(tiny, photos, data_dir, tmp_p
     assert isinstance(events[-1], Failed) and "already holds a trained pet model" in events[-1].reason
 
 
+def test_an_output_that_is_a_file_is_refused_before_any_work(tiny, photos, data_dir, tmp_path):
+    (tmp_path / "bruno").write_text("my notes")
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "bruno"))
+    assert len(events) == 1 and isinstance(events[0], Failed)  # no model loaded, no step trained first
+    assert events[0].reason == (f"{tmp_path / 'bruno'} is a file, not a folder. Choose a folder for the pet model "
+                                "(a new one is made).")
+    assert (tmp_path / "bruno").read_text() == "my notes"
+
+
 def test_photos_at_the_wrong_size_are_refused(tiny, data_dir, tmp_path):
     wrong = intake([("a.png", _png(make_photo(1, (300, 300))))], resolution=256).accepted
     with pytest.raises(ValueError, match="Photos must be 128x128 px"):
@@ -1298,11 +1308,40 @@ def test_every_hyperparameter_has_a_cli_flag_that_reaches_petdream_json(tiny, da
     assert refused.returncode == 2 and "--lr-scheduler: invalid choice: 'exponential'" in refused.stderr
 
 
+def test_cli_keeps_the_samples_drawn_as_it_learns_and_counts_a_resumed_sessions_steps(tiny, data_dir, tmp_path,
+                                                                                      dreambench):
+    env = {**os.environ, "PETDREAM_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "petdream", "train", "--profile", "tiny", "--preset", "tiny", "--photos",
+               str(dreambench / "dog"), "--name", "bruno", "--class-noun", "dog", "--output", str(tmp_path / "bruno"),
+               "--steps", "6", "--checkpoint-every", "2", "--sample-every", "2", "--no-prior-preservation"]
+    first = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    told = []
+    for line in first.stderr:  # Ctrl-C once the first samples are out
+        told.append(line)
+        if line.startswith("samples at step 2: "):
+            first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) == 130, "".join(told)
+    live = tmp_path / "bruno" / "live-samples"
+    assert f"samples at step 2: {live / 'step00002-0.png'}, {live / 'step00002-1.png'}\n" in told
+    stopped = int(next(line for line in told if line.startswith("cancelled at step ")).split()[3].rstrip(";"))
+
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming from step {stopped}" in resumed.stderr
+    # The bar starts where the run stands: its rate and time left are this session's, not 0 to 6 in one go.
+    assert f"{stopped}/6 [" in resumed.stderr and " 0/6 [" not in resumed.stderr
+    assert sorted(p.name for p in live.iterdir()) == [f"step{step:05d}-{i}.png" for step in (2, 4) for i in (0, 1)]
+    assert (tmp_path / "bruno" / "samples" / "grid.png").is_file()  # the last sample is the pet model's own
+
+
 def test_cli_with_too_few_usable_photos_says_how_many_more(tmp_path, data_dir, tiny):
     folder = tmp_path / "photos"
     folder.mkdir()
     make_photo(1).save(folder / "a.jpg")
     (folder / "b.jpg").write_text("not a photo")
+    (folder / "more").mkdir()  # photos sorted into a folder of their own: not read, and it says so
+    for i in range(3):
+        make_photo(i).save(folder / "more" / f"{i}.jpg")
     env = {**os.environ, "PETDREAM_DATA_DIR": str(data_dir)}
     result = subprocess.run([sys.executable, "-m", "petdream", "train", "--profile", "tiny", "--photos", str(folder),
                              "--name", "rex", "--class-noun", "dog", "--output", str(tmp_path / "rex")],
@@ -1310,6 +1349,7 @@ def test_cli_with_too_few_usable_photos_says_how_many_more(tmp_path, data_dir, t
     assert result.returncode == 2
     assert "skipped b.jpg: b.jpg is not a photo" in result.stderr
     assert "error: Only 1 usable photo; DreamBooth needs at least 3. Add 2 more photos of your pet." in result.stderr
+    assert f"skipped more/: photos are read from {folder} itself, not from the folders in it" in result.stderr
     assert not (tmp_path / "rex").exists()
 
 

@@ -213,8 +213,10 @@ def _differences(then: dict, now: dict) -> list[str]:
             said += [f"{name} {before.get(name)!r} (now {setting!r})" for name, setting in value.items()
                      if before.get(name) != setting]
         elif key == "photos":
-            said.append(f"other photos ({len(set(value) - set(before))} of the {len(value)} now are not among its "
-                        f"{len(before)})")
+            missing, new = len(set(before) - set(value)), len(set(value) - set(before))
+            said.append("other photos (" + ", ".join(
+                [f"{missing} of its {len(before)} are not among these"] * bool(missing) +
+                [f"{new} of these {len(value)} are new"] * bool(new)) + ")")
         else:
             said.append(f"{key} {before!r} (now {value!r})")
     return said

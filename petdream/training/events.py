@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
+LIVE_SAMPLES_DIR = "live-samples"  # in the output folder: the samples drawn as it learns (never pushed)
+
 
 @dataclass(frozen=True)
 class Note:
@@ -31,6 +33,14 @@ class Sample:
     step: int
     images: list[Image.Image]  # one per prompt, fixed seeds, so samples are comparable over time
     prompts: list[str]
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write the images as `folder`/step00100-0.png, step00100-1.png, ... (one a prompt); their paths."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / f"step{self.step:05d}-{i}.png" for i in range(len(self.images))]
+        for image, path in zip(self.images, paths):
+            image.save(path)
+        return paths
 
 
 @dataclass(frozen=True)

@@ -219,7 +219,7 @@ class DreamBoothTrainer:
                 # Unless this step's is just written, or no step is done (the base model needs no checkpoint).
                 if step > 0 and self.checkpoints.latest() != self.checkpoints.path(step):
                     self._save_checkpoint(run, step, losses, passes, seconds())
-                    self.checkpoints.wait()
+                    yield from self._checkpoint_written(wait=True)
                 accelerator.wait_for_everyone()  # the first process's checkpoint is on disk before any process ends
                 yield Cancelled(step, self.checkpoints.latest())
                 return
@@ -599,6 +599,9 @@ class DreamBoothTrainer:
         return torch.optim.AdamW(parameters, fused=True, **kwargs), note  # one kernel for all tensors, CPU too
 
     def _check_output_folder(self, resume: bool) -> None:
+        if self.output_dir.exists() and not self.output_dir.is_dir():  # found out only at the first write, else
+            raise TrainingFailure(f"{self.output_dir} is a file, not a folder. Choose a folder for the pet model "
+                                  "(a new one is made).", resumable=False)
         if (self.output_dir / METADATA_FILE).is_file():
             raise TrainingFailure(
                 f"{self.output_dir} already holds a trained pet model. Choose another output folder, or "

@@ -137,7 +137,10 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
     with stage(page, "3-trained", log):
         page.locator("#pet-name").get_by_role("textbox").fill("Bruno")
         choose(page, "#class-noun", "dog")
-        steps = page.get_by_label("Steps (0: the preset's)")
+        page.locator("#preset").get_by_label("quick").check()  # the Advanced fields say what each leaves to it
+        expect(page.get_by_text("Steps (0: the preset's, 400)")).to_be_attached()
+        page.locator("#preset").get_by_label("tiny").check()
+        steps = page.get_by_label("Steps (0: the preset's, 50)")  # tiny's 50
         for _ in range(2):  # once typed again if Gradio reset it (see above; noted in the issue as a Gradio race)
             steps.fill(str(STEPS))
             steps.press("Tab")
@@ -241,6 +244,13 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         expect(page.locator("#eval-report")).to_contain_text(".md")
         expect(page.locator("#eval-report")).to_contain_text(".json")
         expect(page.locator("#eval-report")).to_contain_text("grid .png")  # in full; the page shows it as WebP
+        page.set_viewport_size({"width": 390, "height": 844})  # on a phone the tables scroll sideways, whole:
+        broken = metrics.locator("th, td").evaluate_all("""cells => cells.filter(cell => {
+            const range = document.createRange(); range.selectNodeContents(cell);
+            return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size > 1;  // on two lines
+        }).map(cell => cell.textContent)""")
+        assert broken == [], f"table cells broken over lines on a phone: {broken}"
+        page.set_viewport_size(VIEWPORT)
 
     with stage(page, "7-crisis-kept", log):
         page.get_by_role("tab", name="Chat").click()
@@ -261,6 +271,15 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         expect(chatbot.get_by_role("link", name="Text HOME to 741741")).to_have_attribute("href", "sms:741741?&body=HOME")
         expect(chatbot.get_by_role("link", name="call 988")).to_have_attribute("href", "tel:988")
         expect(page.locator("#send-button")).to_be_enabled()
+        # Unticking Keep would delete every kept conversation: it asks first, and saying no keeps them.
+        asked = []
+        page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+        keep = page.locator("#chat-consent input[type=checkbox]")
+        keep.click()
+        wait_for(lambda: asked, 10, "the question before deleting the kept conversations")
+        assert asked == ["Delete every conversation PetDream has kept for you, with all your pets? This cannot be "
+                         "undone."]
+        expect(keep).to_be_checked()  # still kept: the next visit shows them (below)
 
     with stage(page, "8-reloaded", log):
         # A pet newer than Bruno (made here without training): on the next visit the chat still opens on
@@ -327,7 +346,7 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
 
     with stage(page, "chat-refused-without-a-pet", app["log"]):
         page.get_by_role("tab", name="Chat").click()
-        expect(page.locator("#chatbot")).to_contain_text("No pet yet? Train one on the My pet tab first.")  # empty
+        expect(page.locator("#chatbot")).to_contain_text("a new pet is trained on the My pet tab")  # empty
         page.locator("#chat-input").get_by_role("textbox").fill("hello")
         page.locator("#send-button").click()
         expect(page.get_by_text("Choose a pet first").first).to_be_visible()
@@ -374,7 +393,7 @@ def test_a_cancelled_training_waits_under_unfinished_and_leaves_it_once_resumed(
         expect(page.locator("#intake-summary")).to_contain_text("5 photos ready", timeout=INTAKE_S * 1000)
         page.locator("#pet-name").get_by_role("textbox").fill("Rex")
         choose(page, "#class-noun", "dog")
-        steps = page.get_by_label("Steps (0: the preset's)")
+        steps = page.get_by_label("Steps (0: the preset's, 50)")  # tiny's 50
         for _ in range(2):  # typed again if Gradio reset it (see the walkthrough above)
             steps.fill("5000")
             steps.press("Tab")

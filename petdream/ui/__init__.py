@@ -33,6 +33,13 @@ CSS = """
     #accepted .grid-container, #samples .grid-container {
         --grid-cols: 3 !important;  /* over Gradio's inline 6 (or 4): a phone showed half the photos, off-screen */
     }
+    #eval-metrics table {  /* scrolled sideways, not squeezed until "CLIPScore" broke into "CLI PSc ore" */
+        display: block;
+        overflow-x: auto;
+    }
+    #eval-metrics th, #eval-metrics td {
+        white-space: nowrap;
+    }
 }
 """
 # The status lines, made live regions as they appear (Gradio renders Markdown as a plain block): a screen

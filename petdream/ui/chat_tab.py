@@ -36,8 +36,12 @@ SHOW_CRISIS_TITLE = """() => setTimeout(() => {
     const title = replies[replies.length - 1]?.querySelector("strong");
     if (title && title.textContent.startsWith("🆘")) title.scrollIntoView({block: "start"});
 }, 400)"""
-EMPTY_CHAT = ("Tell me how you feel, and I'll answer, then draw your pet in a scene for you. No pet yet? Train one "
-              "on the My pet tab first.")
+# Unticking Keep deletes every kept conversation, with every pet: asked first, as Delete asks. Kept (the box
+# ticked again) unless the person confirms.
+CONFIRM_FORGETTING = """(keep, browserId) => [keep || !confirm(
+    "Delete every conversation PetDream has kept for you, with all your pets? This cannot be undone."), browserId]"""
+EMPTY_CHAT = ("Tell me how you feel, and I'll answer, then draw your pet in a scene for you (chosen under Pet above; "
+              "a new pet is trained on the My pet tab).")
 # The crisis reply's ways to reach help, as links a phone acts on with one tap: the dialler, a text
 # already addressed (and written, for the Crisis Text Line), the directory of lines in other countries.
 HELPLINE_LINKS = {
@@ -258,7 +262,16 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
             gr.Info("Stopping after this step; a checkpoint is kept so you can resume.")
 
     def consent(keep, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        service.store.set_chat_consent(owner_of(browser_id, request, profile), bool(keep))
+        """Keep conversations from now on, or stop and delete those kept (`CONFIRM_FORGETTING` asked first);
+        the box as it now stands."""
+        owner = owner_of(browser_id, request, profile)
+        kept_before = service.store.chat_consent(owner) is not None
+        service.store.set_chat_consent(owner, bool(keep))
+        if keep and not kept_before:
+            gr.Info("Your conversations are kept from now on, for you alone; what was said before this is not.")
+        elif not keep and kept_before:
+            gr.Info("Your kept conversations are deleted, and nothing more is kept.")
+        return bool(keep)
 
     def list_chat_pets(current, browser_id, chatted, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """The person's trained pets: the chosen one stays; with none chosen yet (the page just opened), the
@@ -296,7 +309,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                teach_liked, [pet, browser_id], [note, teaching, stop_teaching], api_name="train_further",
                concurrency_limit=None)  # it only follows the training, which the training queue runs one at a time
     stop_teaching.click(stop_teaching_run, inputs=[teaching, browser_id], api_name="stop_teaching")
-    keep.input(consent, inputs=[keep, browser_id], api_visibility="private")  # the person's click, not show_kept's
+    keep.input(consent, inputs=[keep, browser_id], outputs=keep, js=CONFIRM_FORGETTING,
+               api_visibility="private")  # the person's click, not show_kept's
     pet.change(show_kept, inputs=[pet, shown_pet, chatbot, browser_id],
                outputs=[chatbot, pictures, last_prompt, keep, shown_pet], api_visibility="private").then(
         None, js=SHOW_CRISIS_TITLE, api_visibility="private")  # a kept chat that ended on one, as it was live

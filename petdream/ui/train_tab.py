@@ -13,11 +13,21 @@ from petdream.photos import MAX_PHOTOS, NotEnoughPhotosError
 from petdream.service import PetDreamService, pet_labels
 from petdream.store import NotFound
 from petdream.hub import HubError, MissingPetInfo
+from petdream.training import PRESETS
 from petdream.ui.events import refusal, while_busy
 from petdream.ui.session import (browser_owner, forget_served_copies, oauth_enabled, owner_of, pet_choices,
                                  served_copy, trained_pets)
 
 POLL_SECONDS = 0.5
+# On a phone (or with Advanced open) the status line sits below the fold: a Train that seemed to do nothing.
+# Once the run's first status is in, it is scrolled to the top of the screen, with the progress and the chart
+# under it; left alone where it already shows high enough.
+SHOW_STATUS = """() => setTimeout(() => {
+    const status = document.getElementById("train-status");
+    if (status && status.getBoundingClientRect().top > innerHeight * 0.6) {
+        status.scrollIntoView({block: "start", behavior: "smooth"});
+    }
+}, 1000)"""
 
 
 def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) -> dict:
@@ -44,10 +54,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                                    + ("; tiny: seconds on this CPU" if tiny else ""))
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
-                method = gr.Radio(["lora", "full"], value=None, label="Method (default: the preset's)")
-                steps = gr.Number(label="Steps (0: the preset's)", value=0, precision=0, minimum=0)
-                learning_rate = gr.Number(label="Learning rate (0: the preset's)", value=0, minimum=0)
-                rank = gr.Number(label="LoRA rank (0: the preset's)", value=0, precision=0, minimum=0)
+                labels = advanced_labels(presets[0])
+                method = gr.Radio(["lora", "full"], value=None, label=labels[0])
+                steps = gr.Number(label=labels[1], value=0, precision=0, minimum=0)
+                learning_rate = gr.Number(label=labels[2], value=0, minimum=0)
+                rank = gr.Number(label=labels[3], value=0, precision=0, minimum=0)
                 seed = gr.Number(label="Seed", value=0, precision=0,
                                  info="The same photos, settings and seed train the same model.")
                 prior = gr.Radio(["preset", "on", "off"], value="preset", label="Prior preservation",
@@ -300,11 +311,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         # run_id is emptied at the click, so following any run changes it, the run just cancelled too: a
         # resumed run then leaves Unfinished as it starts (run_id.change below), not once it ends.
         clicked(lambda: "", outputs=run_id, queue=False, api_visibility="private")
+        clicked(None, js=SHOW_STATUS, api_visibility="private")
         work = while_busy(clicked, training_controls, busy, idle, fn, fn_inputs, outputs, failed=refused,
                           api_name=api_name, concurrency_limit=None, show_progress_on=status)
         work.then(*refresh_resumable, api_visibility="private")
         return work
 
+    preset.change(lambda chosen: [gr.update(label=label) for label in advanced_labels(chosen)], preset,
+                  [method, steps, learning_rate, rank], api_visibility="private")  # what each leaves to it
     trained_pet = following(train.click, start, inputs, "train")
     following(resume.click, resume_run, [resumable, browser_id], "resume_training")
     # A finished training's photos and name leave the fields, or the next pet's photos would join its photos.
@@ -351,6 +365,14 @@ def controls(training: bool, shown: bool | None = None) -> tuple:
     Cancel while one is; the progress column shown or hidden as `shown` says, or left as it is (None)."""
     column = gr.skip() if shown is None else gr.Column(visible=shown)
     return gr.Button(interactive=not training), gr.Button(interactive=training), gr.Button(interactive=not training), column
+
+
+def advanced_labels(name: str) -> tuple[str, str, str, str]:
+    """The labels of the Advanced fields method, steps, learning rate and rank: each says what it leaves
+    to preset `name` (left blank, or 0)."""
+    preset = PRESETS[name]
+    return (f"Method (default: the preset's, {preset.method})", f"Steps (0: the preset's, {preset.steps})",
+            f"Learning rate (0: the preset's, {preset.learning_rate:g})", f"LoRA rank (0: the preset's, {preset.rank})")
 
 
 def advanced_overrides(method, steps, learning_rate, rank, seed, prior) -> dict:

@@ -326,7 +326,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(note, file=sys.stderr)
     clip_tokenizer.cache_clear()  # chosen: the run reads the base model's own tokenizer; this one held ~30 MB
     trainer = DreamBoothTrainer(profile, report.accepted, pet, args.output, config, data_dir=settings.data_dir,
-                                device=settings.device, init_model=init_model)
+                                device=settings.device, init_model=init_model, lock_dir=settings.lock_dir)
 
     def cancel_on_ctrl_c(signum, frame):
         if not quiet:

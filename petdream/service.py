@@ -337,7 +337,7 @@ class PetDreamService:
         extra = {"init_model": init_model} if init_model is not None else {}
         trainer = DreamBoothTrainer(self._ready(), photos, Pet(record.name, record.trigger, record.class_noun),
                                     run.output_dir, config, data_dir=self.data_dir, device=self.settings.device,
-                                    **extra)
+                                    lock_dir=self.settings.lock_dir, **extra)
         job.on_cancel = trainer.cancel
         if job.cancel_requested.is_set():
             trainer.cancel()

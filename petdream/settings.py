@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -26,6 +27,12 @@ def default_data_dir(space_storage: Path = Path("/data")) -> Path:
     return Path("petdream-data")
 
 
+def default_lock_dir() -> Path:
+    """This user's folder for the training devices' locks, the same for every PetDream they run on this
+    machine whatever its data dir: the app and a CLI run then take turns on a GPU instead of colliding."""
+    return Path(tempfile.gettempdir()) / f"petdream-locks-{os.getuid()}"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything PetDream can be configured with. Build it with `Settings.from_env()`.
@@ -36,6 +43,7 @@ class Settings:
     """
 
     data_dir: Path = field(default_factory=default_data_dir)
+    lock_dir: Path = field(default_factory=default_lock_dir)  # one training a device at a time, across processes
     profile: str = "auto"
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     base_model_revision: str | None = None
@@ -56,6 +64,7 @@ class Settings:
     # environment variable -> field; the README's settings table is written from this.
     ENV_VARS = {
         "PETDREAM_DATA_DIR": "data_dir",
+        "PETDREAM_LOCK_DIR": "lock_dir",
         "PETDREAM_PROFILE": "profile",
         "PETDREAM_BASE_MODEL": "base_model",
         "PETDREAM_BASE_MODEL_REVISION": "base_model_revision",
@@ -92,8 +101,9 @@ class Settings:
                 values[name] = env[var]
         values.update({k: v for k, v in overrides.items() if v is not None})
         types = {f.name: f.type for f in dataclasses.fields(cls)}
-        if "data_dir" in values:
-            values["data_dir"] = Path(values["data_dir"]).expanduser()
+        for name in ("data_dir", "lock_dir"):
+            if name in values:
+                values[name] = Path(values[name]).expanduser()
         for name in [name for name in values if types.get(name) == "int"]:
             try:
                 values[name] = int(values[name])

@@ -1,10 +1,18 @@
 """Shared fixtures. Everything runs offline on the tiny profile."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Two torch threads fighting over two busy cores can make a step 40x slower (DESIGN.md).
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+# A temp folder of each test process's own (its children's too): the trainings' device locks live under it
+# (Settings.lock_dir), so tests wait neither for a PetDream training elsewhere on this machine nor for the
+# other test process's.
+os.environ["TMPDIR"] = tempfile.tempdir = tempfile.mkdtemp(prefix="petdream-tests-")
+atexit.register(shutil.rmtree, tempfile.tempdir, ignore_errors=True)
 
 from pathlib import Path  # noqa: E402
 

@@ -183,7 +183,11 @@ def test_a_script_trains_chats_draws_rates_and_evaluates(served_app, alices_pet)
     last_status, last_metrics, last_grid, last_chart, last_files = handler(served_app, "show_last")(
         alices_pet["id"], ALICE, None)
     assert last_status.startswith("Last evaluated ") and last_status.endswith(" UTC.")  # of the model as it is
-    assert last_metrics.strip() == metrics.strip() and last_grid.size == full.size and os.path.getsize(last_chart) > 0
+    saved = Path(next(f for f in report if f.endswith("report.md"))).read_text()
+    assert last_metrics.strip() == saved.strip() and last_grid.size == full.size and os.path.getsize(last_chart) > 0
+    # Its verdict, once: said in a fresh evaluation's status line, under "In short" in the kept one (and the file).
+    assert "## In short" in last_metrics and "## In short" not in metrics
+    assert metrics.strip() == saved.replace(saved[saved.index("## In short"):saved.index("Bruno's model (")], "").strip()
     assert sorted(os.path.basename(f) for f in last_files) == ["grid.png", "report.json", "report.md"]
     assert handler(served_app, "show_last")(alices_pet["id"], BOB, None) == ("", "", None, None, None)  # not Bob's
     assert handler(served_app, "show_last")("", ALICE, None) == ("", "", None, None, None)  # no pet chosen

@@ -236,6 +236,7 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         for column in ("CLIPScore", "SSIM best", "DINO", "CLIP-I", "CLIP-T"):
             expect(metrics.locator("th", has_text=column).first).to_be_visible()
         expect(metrics).to_contain_text("a bruno dog")
+        expect(metrics).not_to_contain_text("In short")  # the verdict is said once, in the status line above
         grid = page.locator("#eval-grid img")
         expect(grid).to_be_visible()
         expect(grid).to_have_js_property("complete", True)

@@ -702,10 +702,11 @@ def test_train_push_to_frees_the_training_device_before_the_upload(tiny, data_di
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("PETDREAM_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("PETDREAM_LOCK_DIR", str(tmp_path / "locks"))
     device_free_at_upload = []
 
     def push(*args):
-        with open(data_dir / "locks" / "train-cpu-0.lock", "w") as lock:
+        with open(tmp_path / "locks" / "train-cpu-0.lock", "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the next training's would
                 device_free_at_upload.append(True)

@@ -1,4 +1,6 @@
 import argparse
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,9 @@ def test_defaults_without_environment():
     assert settings.clip_model == "openai/clip-vit-large-patch14"
     assert settings.dino_model == "facebook/dino-vits16"
     assert (settings.device, settings.dtype, settings.port) == ("auto", "auto", 7860)
+    # The device locks: one folder for every PetDream of this user on the machine, whatever its data dir.
+    assert settings.lock_dir == Path(tempfile.gettempdir()) / f"petdream-locks-{os.getuid()}"
+    assert Settings.from_env({"PETDREAM_LOCK_DIR": "~/locks"}).lock_dir == Path.home() / "locks"
 
 
 def test_environment_sets_every_field_and_flags_win():

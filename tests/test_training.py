@@ -55,10 +55,12 @@ def _png(image):
     return buffer.getvalue()
 
 
-def make_trainer(tiny, photos, data_dir, output, name="Bruno", init_model=None, device="cpu", **overrides):
+def make_trainer(tiny, photos, data_dir, output, name="Bruno", init_model=None, device="cpu", lock_dir=None,
+                 **overrides):
     pet, _ = new_pet(name, "dog")
     config = TrainingConfig.preset("tiny", **{**FAST, **overrides})
-    return DreamBoothTrainer(tiny, photos, pet, output, config, data_dir=data_dir, device=device, init_model=init_model)
+    return DreamBoothTrainer(tiny, photos, pet, output, config, data_dir=data_dir, device=device, init_model=init_model,
+                             lock_dir=lock_dir)
 
 
 def run_all(trainer, resume=False):
@@ -1142,9 +1144,10 @@ def test_checkpoints_are_written_while_training_goes_on(tiny, photos, data_dir, 
     assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
 
 
-def test_a_second_training_on_the_same_device_waits(tiny, photos, data_dir, tmp_path):
-    first = make_trainer(tiny, photos, data_dir, tmp_path / "first", steps=10)
-    second = make_trainer(tiny, photos, data_dir, tmp_path / "second", steps=2)
+def test_a_second_training_on_the_same_device_waits_whatever_its_data_dir(tiny, photos, data_dir, tmp_path):
+    # The app and a CLI run, each with a data dir of its own: the device's lock is the machine's (Settings.lock_dir).
+    first = make_trainer(tiny, photos, data_dir, tmp_path / "first", steps=10, lock_dir=tmp_path / "locks")
+    second = make_trainer(tiny, photos, tmp_path / "cli-data", tmp_path / "second", steps=2, lock_dir=tmp_path / "locks")
     first_events, second_events = [], []
     started = threading.Event()
 

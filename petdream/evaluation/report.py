@@ -176,15 +176,15 @@ class EvaluationReport:
 
     # -- Markdown --------------------------------------------------------------------------
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, verdict: bool = True) -> str:
         """Two tables, one row per prompt and an overall row; with a baseline, each cell reads
-        "pet / base model (gain)"."""
+        "pet / base model (gain)". verdict: with its "In short" (a page that says it above leaves it out)."""
         config, pet = self.config, self.pet.pet
         base = " / base model (gain)" if self.baseline else ""
         lines = [f"# Evaluation of {pet.name} (\"{pet.phrase}\")", ""]
         if self.profile.random_weights:
             lines += [f"> **{self.profile.name} profile: random weights; these numbers mean nothing.**", ""]
-        if self.baseline is not None:
+        if self.baseline is not None and verdict:
             lines += ["## In short", "", *[f"- {line}" for line in self.verdict()], ""]
         lines += [
             f"{self._model_line()} on `{self.profile.base_model_id}` (profile {self.profile.name}). "
@@ -193,7 +193,7 @@ class EvaluationReport:
             f"{config.steps} steps, {config.scheduler}, guidance {config.guidance_scale}; "
             f"compared with {self.n_photos} photos. Each cell: pet{base}.",
             "",
-            "## The paper's Table I: CLIPScore and SSIM",
+            "## Table I of the paper PetDream starts from (Sharma et al.): CLIPScore and SSIM",
             "",
             f"CLIPScore: torchmetrics', 0 to 100. SSIM x 100 at {config.ssim_size} px: *best* is each image "
             "against its most similar photo, *mean* against every photo.",

@@ -90,7 +90,8 @@ class DreamBoothTrainer:
     fuse_micro_batches: bool | None = None
 
     def __init__(self, profile: Profile, photos: list[Photo], pet: Pet, output_dir: Path, config: TrainingConfig,
-                 *, data_dir: Path, device: str = "auto", init_model: PetModel | None = None):
+                 *, data_dir: Path, device: str = "auto", init_model: PetModel | None = None,
+                 lock_dir: Path | None = None):
         resolution = config.resolution or profile.resolution
         wrong = [p.file for p in photos if p.image.size != (resolution, resolution)]
         if wrong:
@@ -101,6 +102,8 @@ class DreamBoothTrainer:
         self.resolution = resolution
         self.output_dir = Path(output_dir)
         self.data_dir = Path(data_dir)
+        # Settings.lock_dir: shared by every PetDream of this user on the machine. None: under data_dir.
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else self.data_dir / "locks"
         self.device_setting = device
         self.checkpoints = Checkpoints(self.output_dir / "checkpoints", keep=config.checkpoints_kept)
         self.init_model = init_model
@@ -138,7 +141,8 @@ class DreamBoothTrainer:
         return f"a photo of {self.pet.class_noun}"
 
     def cancel(self) -> None:
-        """Ask the run to stop after the current step; it keeps a checkpoint to resume from."""
+        """Ask the run to stop after the current step; it keeps a checkpoint to resume from. A cancelled
+        trainer stays so (a cancel asked before its run starts is kept): resume with a new one."""
         self._cancel.set()
 
     def train(self, resume: bool = False, on_event=None) -> PetModel:
@@ -647,7 +651,7 @@ class DreamBoothTrainer:
         None if the run was cancelled while it waited."""
         # The CPU is counted per process of a launch, like a GPU: processes of one launch never wait for each other.
         index = device.index if device.type != "cpu" else int(os.environ.get("LOCAL_RANK", "0"))
-        path = self.data_dir / "locks" / f"train-{device.type}-{index or 0}.lock"
+        path = self.lock_dir / f"train-{device.type}-{index or 0}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "w")
         try:

@@ -65,7 +65,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                     raise refusal(event.reason)
                 elif isinstance(event, Finished):
                     paths = service.save_report(owner, pet_id, event.report)
-                    yield _verdict(event.report, event.seconds), event.report.to_markdown(), *_shown(owner, paths)
+                    yield (_verdict(event.report, event.seconds), event.report.to_markdown(verdict=False),
+                           *_shown(owner, paths))  # the verdict once: in the status line
         except NotFound as error:
             raise refusal(str(error)) from None
 

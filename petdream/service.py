@@ -29,7 +29,7 @@ from petdream.photos import IntakeReport, intake
 from petdream.settings import Settings
 from petdream.store import NotFound, PetRecord, Store
 from petdream.training import (LIVE_SAMPLES_DIR, Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished,
-                               Note, Progress, Sample, TrainingConfig, new_pet)
+                               Note, Progress, Resumed, Sample, TrainingConfig, new_pet)
 from petdream.training.queue import TrainingJob, TrainingQueue
 
 logger = logging.getLogger(__name__)
@@ -351,6 +351,8 @@ class PetDreamService:
                 if job.first_step is None:
                     job.first_step = event.step
                 job.losses.append(event.loss)
+            elif isinstance(event, Resumed):  # the chart shows the whole run, not from the resumed step on
+                job.losses, job.first_step, job.resumed_from = list(event.losses), 1, event.step
             elif isinstance(event, Sample):
                 job.samples += [(str(path), f"step {event.step}: {prompt}")
                                 for path, prompt in zip(event.save(samples_dir), event.prompts)]

@@ -493,8 +493,9 @@ def test_a_training_cut_off_by_a_restart_shows_as_resumable_and_resumes(tiny, da
     while not job.done:
         time.sleep(0.2)
     assert job.status == "finished", job.message
-    assert job.step == 40 and len(job.losses) < 40  # it went on from the checkpoint, not from step 0
-    assert f"training run {run_id}: Resuming from step " in caplog.text  # the run's notes stay in the log
+    assert job.step == 40 and f"training run {run_id}: Resuming from step " in caplog.text  # the notes stay in the log
+    assert 0 < job.resumed_from < 40  # it went on from the checkpoint, not from step 0,
+    assert (job.first_step, len(job.losses)) == (1, 40)  # and its chart shows the whole run, the steps before too
     [pet] = service.pets(owner, trained_only=True)
     assert pet.name == "Rex" and service.store.run(owner, run_id).status == "finished"
     assert service.pet_model(owner, pet.id).training["steps_done"] == 40
@@ -551,7 +552,7 @@ def test_a_crashed_or_cancelled_waiting_training_can_be_resumed_once(tiny, data_
     resumed = service.resume_training(owner, first.run_id)
     while not resumed.done:
         time.sleep(0.1)
-    assert resumed.status == "finished" and len(resumed.losses) == 2  # on from step 2's checkpoint
+    assert resumed.status == "finished" and resumed.resumed_from == 2  # on from step 2's checkpoint
     with pytest.raises(ValueError, match="The training of Rex cannot be resumed now: finished"):
         service.resume_training(owner, first.run_id)
 
@@ -621,7 +622,7 @@ def test_a_cancelled_teach_run_resumes_after_a_later_one_learned_more_liked_pict
     assert until_done(service.train_further(owner, pet)).status == "finished"
     resumed = until_done(service.resume_training(owner, cut.run_id))
     assert resumed.status == "finished", resumed.message
-    assert 0 < len(resumed.losses) < resumed.total_steps  # it went on from its checkpoint
+    assert 0 < resumed.resumed_from < resumed.total_steps  # it went on from its checkpoint
 
 
 def test_teaching_from_the_chat_can_be_stopped_there_and_is_offered_for_resuming(served_app, alices_pet, tiny):

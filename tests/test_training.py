@@ -30,6 +30,7 @@ from petdream.training import (
     Finished,
     Note,
     Progress,
+    Resumed,
     Sample,
     TrainingConfig,
     choose_trigger,
@@ -483,6 +484,8 @@ def test_cancel_from_another_thread_stops_within_a_step_and_resume_matches(tiny,
         again.train()
     resumed = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "cut", steps=8), resume=True)
     assert f"Resuming from step {cancelled.step}" in " ".join(e.text for e in resumed if isinstance(e, Note))
+    [restored] = [e for e in resumed if isinstance(e, Resumed)]  # the steps before, for a chart of the whole run
+    assert restored == Resumed(cancelled.step, [e.loss for e in events if isinstance(e, Progress)][:cancelled.step])
     assert [e.step for e in resumed if isinstance(e, Progress)][0] == cancelled.step + 1
     assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
 

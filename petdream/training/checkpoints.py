@@ -42,7 +42,7 @@ class CheckpointDamaged(ValueError):
 
 
 @dataclass
-class Resumed:
+class Restored:
     step: int
     losses: list[float]
     path: Path
@@ -164,7 +164,7 @@ class Checkpoints:
             state.clear()  # the host copy (GBs for a full fine-tune) goes now, whatever holds the error
 
     def load(self, path: Path, fingerprint: str, identity: dict, parameters: dict[str, torch.nn.Parameter],
-             optimizer, lr_scheduler, grad_scaler=None) -> Resumed:
+             optimizer, lr_scheduler, grad_scaler=None) -> Restored:
         """Restore weights and optimizer state from `path` in place. CheckpointMismatch: another run's
         checkpoint; CheckpointDamaged: files that cannot be read (the state restored may then be partial).
         Anything else (out of memory, a disk that cannot be read now) is raised as it is."""
@@ -179,7 +179,7 @@ class Checkpoints:
             raise CheckpointDamaged(str(error).splitlines()[0]) from error  # torch.load's zip, cut short
 
     def _load(self, path: Path, fingerprint: str, identity: dict, parameters: dict[str, torch.nn.Parameter],
-              optimizer, lr_scheduler, grad_scaler) -> Resumed:
+              optimizer, lr_scheduler, grad_scaler) -> Restored:
         state = json.loads((path / STATE_FILE).read_text())
         if state["fingerprint"] != fingerprint:
             differences = _differences(state["identity"], identity) if "identity" in state else []
@@ -199,7 +199,7 @@ class Checkpoints:
         lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
         if grad_scaler is not None and (path / "grad_scaler.pt").is_file():
             grad_scaler.load_state_dict(torch.load(path / "grad_scaler.pt", weights_only=True))
-        return Resumed(step=state["step"], losses=state["losses"], path=path, loop_state=state.get("loop_state", {}))
+        return Restored(step=state["step"], losses=state["losses"], path=path, loop_state=state.get("loop_state", {}))
 
 
 def _differences(then: dict, now: dict) -> list[str]:

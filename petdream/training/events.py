@@ -1,5 +1,5 @@
-"""The events a training run emits, in order: Note*, (Progress | Sample | CheckpointSaved)*,
-then exactly one of Finished, Failed or Cancelled."""
+"""The events a training run emits, in order: Note* (a resumed run's with one Resumed among them),
+(Progress | Sample | CheckpointSaved)*, then exactly one of Finished, Failed or Cancelled."""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ class Note:
     """Something the person should know: a fallback taken, a wait, a cache reused."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """The run goes on from a checkpoint, `step` steps in: their losses (one a step), for a chart of the whole run."""
+
+    step: int
+    losses: list[float]
 
 
 @dataclass(frozen=True)
@@ -69,4 +77,4 @@ class Cancelled:
     checkpoint: Path | None
 
 
-Event = Note | Progress | Sample | CheckpointSaved | Finished | Failed | Cancelled
+Event = Note | Resumed | Progress | Sample | CheckpointSaved | Finished | Failed | Cancelled

@@ -32,8 +32,9 @@ class TrainingJob:
     loss: float | None = None
     eta_seconds: float | None = None
     steps_per_second: float | None = None
-    losses: list[float] = field(default_factory=list)  # this session's, one a step from `first_step` on
-    first_step: int | None = None  # the step of losses[0]: after a resume, where the run went on
+    losses: list[float] = field(default_factory=list)  # one a step from `first_step` on (a resumed run's: all)
+    first_step: int | None = None  # the step of losses[0]
+    resumed_from: int | None = None  # the step a resumed run went on from (its checkpoint's)
     samples: list[tuple[str, str]] = field(default_factory=list)  # (image path, caption), newest last
     message: str = ""  # the latest note, or the failure's reason
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)

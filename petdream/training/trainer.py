@@ -57,6 +57,7 @@ from petdream.training.events import (
     Finished,
     Note,
     Progress,
+    Resumed,
     Sample,
 )
 
@@ -472,6 +473,7 @@ class DreamBoothTrainer:
                 f"None of the checkpoints in {self.checkpoints.folder} can be read (they are set aside as "
                 "unreadable-step-...). Resume to train again from step 0, or delete the folder.")
         yield Note(f"Resuming from step {resumed.step} ({resumed.path.name}).")
+        yield Resumed(resumed.step, list(resumed.losses))
         if "passes" in resumed.loop_state:  # out of memory had shrunk them
             passes = _Passes(**resumed.loop_state["passes"])
             if passes.checkpointing_forced:

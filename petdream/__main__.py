@@ -308,11 +308,11 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainingConfig.preset(preset, **overrides)
     resolution = config.resolution or profile.resolution
 
-    files = sorted(p for p in args.photos.iterdir() if p.is_file() and not p.name.startswith("."))
-    report = intake(files, resolution=resolution)
+    entries = sorted(p for p in args.photos.iterdir() if not p.name.startswith("."))
+    report = intake([p for p in entries if p.is_file()], resolution=resolution)
     for rejection in [] if quiet else report.rejected:
         print(f"skipped {rejection.file}: {rejection.reason}", file=sys.stderr)
-    folders = sorted(f"{p.name}/" for p in args.photos.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = [f"{p.name}/" for p in entries if p.is_dir()]
     if folders and not quiet:
         print(f"skipped {', '.join(folders)}: photos are read from {args.photos} itself, not from the folders in it",
               file=sys.stderr)
@@ -345,7 +345,6 @@ def run_train(args: argparse.Namespace) -> int:
                            dynamic_ncols=True, disable=quiet)
             bar.update(event.step - bar.n)
             bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learning_rate:.2g}")
-            bar.refresh()
         elif isinstance(event, Note) and not quiet:
             tqdm.write(event.text, file=sys.stderr)
         elif isinstance(event, CheckpointSaved) and not quiet:

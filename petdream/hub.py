@@ -764,8 +764,7 @@ def make_model_card(model: PetModel, repo_id: str, *, evaluation: dict | None = 
         method_title="LoRA" if model.method == "lora" else "full fine-tune",
         base_title=base_title,
         base_sentence=base_sentence,
-        base_revision=", ".join([f"`{model.base_model_revision}`"] * bool(model.base_model_revision) +
-                                [f"commit `{model.base_model_commit}`"] * bool(model.base_model_commit)) or "the latest",
+        base_revision=_revision_words(model),
         prior=bool(training.get("prior_preservation")),
         random_weights=tiny or model.profile == "tiny",
         n_photos=len(model.photos) or "a few",
@@ -779,6 +778,14 @@ def make_model_card(model: PetModel, repo_id: str, *, evaluation: dict | None = 
         n_photos_uploaded=n_photos_uploaded,
         license=license,
     )
+
+
+def _revision_words(model: PetModel) -> str:
+    """The base model's revision as a card says it: "`main`, commit `451f...`", "commit `451f...`", "the latest"."""
+    revision, commit = model.base_model_revision, model.base_model_commit
+    if commit and commit != revision:  # a snapshot folder's revision is already its commit
+        return f"`{revision}`, commit `{commit}`" if revision else f"commit `{commit}`"
+    return f"`{revision}`" if revision else "the latest"
 
 
 def _samples(model: PetModel) -> list[dict]:

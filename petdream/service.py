@@ -348,11 +348,9 @@ class PetDreamService:
             if isinstance(event, Progress):
                 job.step, job.loss, job.eta_seconds = event.step, event.loss, event.eta_seconds
                 job.steps_per_second = event.steps_per_second
-                if job.first_step is None:
-                    job.first_step = event.step
                 job.losses.append(event.loss)
             elif isinstance(event, Resumed):  # the chart shows the whole run, not from the resumed step on
-                job.losses, job.first_step, job.resumed_from = list(event.losses), 1, event.step
+                job.losses, job.resumed_from = list(event.losses), event.step
             elif isinstance(event, Sample):
                 job.samples += [(str(path), f"step {event.step}: {prompt}")
                                 for path, prompt in zip(event.save(samples_dir), event.prompts)]

@@ -730,6 +730,11 @@ def test_the_card_pins_the_base_models_commit_where_the_pet_recorded_it(tiny, tm
     assert f"Base model revision: commit `{commit}`." in card.text
     assert (f'from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5", revision="{commit}", '
             'torch_dtype=torch.float16)') in card.text
+    snapshot = dataclasses.replace(model, base_model_revision=commit, base_model_commit=commit)  # a cached folder's
+    assert f"Base model revision: `{commit}`." in make_model_card(snapshot, "sam/petdream-bruno", license=None).text
+    on_main = dataclasses.replace(model, base_model_revision="main", base_model_commit=commit)
+    assert (f"Base model revision: `main`, commit `{commit}`." in
+            make_model_card(on_main, "sam/petdream-bruno", license=None).text)
     unpinned = make_model_card(model, "sam/petdream-bruno", license=None)  # made before commits were recorded
     assert "Base model revision: the latest." in unpinned.text
     assert 'from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype' in unpinned.text

@@ -80,5 +80,7 @@ def test_a_jobs_summary_tells_the_person_where_it_stands():
     assert job.summary(0) == "Training Bruno: step 5 of 20, loss 0.1234, almost done."
     job.eta_seconds = 3000  # an sd15 training on a slow machine: not "about 3000 s left"
     assert job.summary(0) == "Training Bruno: step 5 of 20, loss 0.1234, about 50 min left."
+    job.resumed_from = 3  # its chart starts at step 1: the line says where this session went on
+    assert job.summary(0) == "Training Bruno: step 5 of 20 (went on from step 3), loss 0.1234, about 50 min left."
     job.status, job.message = "failed", "The loss became nan at step 6."
     assert job.summary(None) == "❌ The loss became nan at step 6."

@@ -61,7 +61,7 @@ def make_trainer(tiny, photos, data_dir, output, name="Bruno", init_model=None, 
     pet, _ = new_pet(name, "dog")
     config = TrainingConfig.preset("tiny", **{**FAST, **overrides})
     return DreamBoothTrainer(tiny, photos, pet, output, config, data_dir=data_dir, device=device, init_model=init_model,
-                             lock_dir=lock_dir)
+                             lock_dir=lock_dir)  # None: the machine's (in tests, each test process's: conftest)
 
 
 def run_all(trainer, resume=False):
@@ -1149,8 +1149,8 @@ def test_checkpoints_are_written_while_training_goes_on(tiny, photos, data_dir, 
 
 def test_a_second_training_on_the_same_device_waits_whatever_its_data_dir(tiny, photos, data_dir, tmp_path):
     # The app and a CLI run, each with a data dir of its own: the device's lock is the machine's (Settings.lock_dir).
-    first = make_trainer(tiny, photos, data_dir, tmp_path / "first", steps=10, lock_dir=tmp_path / "locks")
-    second = make_trainer(tiny, photos, tmp_path / "cli-data", tmp_path / "second", steps=2, lock_dir=tmp_path / "locks")
+    first = make_trainer(tiny, photos, data_dir, tmp_path / "first", steps=10)
+    second = make_trainer(tiny, photos, tmp_path / "cli-data", tmp_path / "second", steps=2)
     first_events, second_events = [], []
     started = threading.Event()
 
@@ -1169,6 +1169,29 @@ def test_a_second_training_on_the_same_device_waits_whatever_its_data_dir(tiny, 
     first_done = first_events[-1][0]
     assert isinstance(second_events[-1][1], Finished)
     assert all(t >= first_done for t, e in second_events if isinstance(e, Progress))
+
+
+def test_a_lock_folder_of_another_user_or_a_linked_lock_file_is_refused(tiny, photos, data_dir, tmp_path):
+    """The locks' folder sits in the shared temp folder: another user could have made it first, with a link in it
+    to a file of ours, which opening the lock would empty."""
+    ours = tmp_path / "locks"
+    ours.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("my notes")
+    (ours / "train-cpu-0.lock").symlink_to(precious)
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "a", lock_dir=ours))
+    assert isinstance(events[-1], Failed) and events[-1].reason == (
+        f"The lock file {ours / 'train-cpu-0.lock'} is a link, which PetDream does not follow there. Delete it and "
+        "start again.")
+    assert precious.read_text() == "my notes"
+    if os.getuid() != 0:
+        pytest.skip("giving a folder to another user needs root")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 12345, -1)
+    events = run_all(make_trainer(tiny, photos, data_dir, tmp_path / "b", lock_dir=theirs))
+    assert isinstance(events[-1], Failed) and events[-1].reason == (
+        f"The lock folder {theirs} belongs to another user. Set PETDREAM_LOCK_DIR to a folder of your own.")
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="this machine has a GPU")

@@ -84,7 +84,7 @@ class Evaluator:
                          "of other work, and run the evaluation again.")
             return
         except (ValueError, RuntimeError) as error:  # the engine's errors are written for people
-            logger.debug("evaluation failed", exc_info=True)
+            logger.error("The evaluation failed", exc_info=True)
             yield Failed(str(error))
             return
         report = EvaluationReport(

@@ -55,7 +55,7 @@ def encode_images(vae, images: list[Image.Image]) -> LatentCache:
     device, dtype = vae.device, vae.dtype
     # Batches keep a GPU busy; on the CPU one photo (and its flip) at a time is as fast, and the
     # encoder's activations for four would set the run's peak memory (~40 MB at 128 px, ~2 GB at 512).
-    batch_size = 4 if device.type == "cuda" else 1
+    batch_size = 1 if device.type == "cpu" else 4
     means, stds = [], []
     for start in range(0, len(images), batch_size):
         pixels = torch.stack([_to_tensor(image) for image in images[start : start + batch_size]])

@@ -32,8 +32,7 @@ class TrainingJob:
     loss: float | None = None
     eta_seconds: float | None = None
     steps_per_second: float | None = None
-    losses: list[float] = field(default_factory=list)  # one a step from `first_step` on (a resumed run's: all)
-    first_step: int | None = None  # the step of losses[0]
+    losses: list[float] = field(default_factory=list)  # one a step from step 1 (a resumed run's, the earlier too)
     resumed_from: int | None = None  # the step a resumed run went on from (its checkpoint's)
     samples: list[tuple[str, str]] = field(default_factory=list)  # (image path, caption), newest last
     message: str = ""  # the latest note, or the failure's reason
@@ -53,7 +52,9 @@ class TrainingJob:
             if self.loss is None:
                 return f"Preparing to train {self.pet_name}. {self.message}".strip()
             eta = f", {time_left(self.eta_seconds)}" if self.eta_seconds is not None else ""
-            return f"Training {self.pet_name}: step {self.step} of {self.total_steps}, loss {self.loss:.4f}{eta}."
+            resumed = f" (went on from step {self.resumed_from})" if self.resumed_from else ""
+            return (f"Training {self.pet_name}: step {self.step} of {self.total_steps}{resumed}, loss {self.loss:.4f}"
+                    f"{eta}.")
         return {"finished": "✅ ", "failed": "❌ ", "cancelled": "⏹ "}[self.status] + self.message
 
 

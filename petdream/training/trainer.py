@@ -33,10 +33,11 @@ import torch.nn.functional as F
 
 from petdream.models import Profile, load_pipeline, pick_device
 from petdream.models.device import release_host_memory
-from petdream.models.profiles import base_model_commit
 from petdream.models.pipeline import draw_seeded, quiet_libraries
+from petdream.models.profiles import base_model_commit
 from petdream.petmodel import LORA_WEIGHTS_FILE, METADATA_FILE, PIPELINE_DIR, Pet, PetModel
 from petdream.photos import Photo
+from petdream.settings import default_lock_dir
 from petdream.training.checkpoints import (CheckpointDamaged, CheckpointMismatch, Checkpoints, fsync_tree,
                                            full_disk_as_oserror)
 from petdream.training.config import TrainingConfig, lora_shape
@@ -92,7 +93,7 @@ class DreamBoothTrainer:
 
     def __init__(self, profile: Profile, photos: list[Photo], pet: Pet, output_dir: Path, config: TrainingConfig,
                  *, data_dir: Path, device: str = "auto", init_model: PetModel | None = None,
-                 lock_dir: Path | None = None):
+                 lock_dir: Path | None = None):  # None: Settings' default
         resolution = config.resolution or profile.resolution
         wrong = [p.file for p in photos if p.image.size != (resolution, resolution)]
         if wrong:
@@ -103,8 +104,7 @@ class DreamBoothTrainer:
         self.resolution = resolution
         self.output_dir = Path(output_dir)
         self.data_dir = Path(data_dir)
-        # Settings.lock_dir: shared by every PetDream of this user on the machine. None: under data_dir.
-        self.lock_dir = Path(lock_dir) if lock_dir is not None else self.data_dir / "locks"
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()  # the machine's, for this user
         self.device_setting = device
         self.checkpoints = Checkpoints(self.output_dir / "checkpoints", keep=config.checkpoints_kept)
         self.init_model = init_model
@@ -653,9 +653,7 @@ class DreamBoothTrainer:
         None if the run was cancelled while it waited."""
         # The CPU is counted per process of a launch, like a GPU: processes of one launch never wait for each other.
         index = device.index if device.type != "cpu" else int(os.environ.get("LOCAL_RANK", "0"))
-        path = self.lock_dir / f"train-{device.type}-{index or 0}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "w")
+        handle = _open_lock(self.lock_dir / f"train-{device.type}-{index or 0}.lock")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -890,6 +888,22 @@ def _cache_compiled_kernels_in(folder: Path) -> None:
 
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()) == default_cache_dir():
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+
+
+def _open_lock(path: Path):
+    """The lock file at `path`, opened for flock. Its folder sits in the shared temp folder: it must be this
+    user's (another could have made it, with a link in it to a file of ours), and a link is never followed."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.parent.stat().st_uid != os.getuid():
+        raise TrainingFailure(f"The lock folder {path.parent} belongs to another user. Set PETDREAM_LOCK_DIR to "
+                              "a folder of your own.")
+    try:
+        return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600), "r+")
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise TrainingFailure(f"The lock file {path} is a link, which PetDream does not follow there. Delete it "
+                              "and start again.") from None
 
 
 def _model_name(model_id: str, revision: str | None) -> str:

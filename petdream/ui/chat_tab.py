@@ -266,11 +266,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         the box as it now stands."""
         owner = owner_of(browser_id, request, profile)
         kept_before = service.store.chat_consent(owner) is not None
+        if bool(keep) == kept_before:  # "no" to the question: the consent and its date stay as they were
+            return kept_before
         service.store.set_chat_consent(owner, bool(keep))
-        if keep and not kept_before:
-            gr.Info("Your conversations are kept from now on, for you alone; what was said before this is not.")
-        elif not keep and kept_before:
-            gr.Info("Your kept conversations are deleted, and nothing more is kept.")
+        gr.Info("Your conversations are kept from now on, for you alone; what was said before this is not."
+                if keep else "Your kept conversations are deleted, and nothing more is kept.")
         return bool(keep)
 
     def list_chat_pets(current, browser_id, chatted, request: gr.Request, profile: gr.OAuthProfile | None = None):

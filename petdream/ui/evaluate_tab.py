@@ -62,7 +62,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
                 elif isinstance(event, Note):
                     gr.Warning(event.text)
                 elif isinstance(event, Failed):
-                    raise refusal(event.reason)
+                    raise gr.Error(event.reason, print_exception=False)  # the evaluator logged its cause
                 elif isinstance(event, Finished):
                     paths = service.save_report(owner, pet_id, event.report)
                     yield (_verdict(event.report, event.seconds), event.report.to_markdown(verdict=False),

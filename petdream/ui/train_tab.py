@@ -20,8 +20,8 @@ from petdream.ui.session import (browser_owner, forget_served_copies, oauth_enab
 
 POLL_SECONDS = 0.5
 # On a phone (or with Advanced open) the status line sits below the fold: a Train that seemed to do nothing.
-# Once the run's first status is in, it is scrolled to the top of the screen, with the progress and the chart
-# under it; left alone where it already shows high enough.
+# A second after the click (its first status is in by then) it is scrolled to the top of the screen, with the
+# progress and the chart under it; left alone where it already shows high enough.
 SHOW_STATUS = """() => setTimeout(() => {
     const status = document.getElementById("train-status");
     if (status && status.getBoundingClientRect().top > innerHeight * 0.6) {
@@ -182,11 +182,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
             if state != last or len(job.samples) != samples_shown:
                 last = state
                 losses = list(job.losses)  # one copy: the worker appends while this reads
-                first = job.first_step or 1
                 # The x axis spans the whole run: the line grows across it, and a few steps are not drawn
                 # on an axis of half steps.
-                chart = gr.LinePlot(pd.DataFrame({"step": range(first, first + len(losses)), "loss": losses}),
-                                    x_lim=[first, job.total_steps])
+                chart = gr.LinePlot(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}),
+                                    x_lim=[1, job.total_steps])
                 progress_bar = gr.Slider(maximum=job.total_steps, value=job.step)
                 gallery = gr.skip()  # copied and sent only when a new sample arrives, not every step
                 if len(job.samples) != samples_shown:

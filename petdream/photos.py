@@ -82,9 +82,10 @@ class IntakeReport:
         """How many more usable photos are needed; 0 when there are enough."""
         return max(0, self.min_photos - len(self.accepted))
 
-    def require_enough(self) -> None:
+    def shortfall(self) -> str | None:
+        """What to do about too few usable photos, naming the files not used; None when there are enough."""
         if self.enough:
-            return
+            return None
         count = len(self.accepted)
         have = f"Only {_plural(count, 'usable photo')}" if count else "No usable photos"
         message = (
@@ -95,7 +96,11 @@ class IntakeReport:
             names = ", ".join(rejection.file for rejection in self.rejected[:10])
             more = f" and {len(self.rejected) - 10} more" if len(self.rejected) > 10 else ""
             message += f" Not used: {names}{more} (see the reason given for each)."
-        raise NotEnoughPhotosError(message)
+        return message
+
+    def require_enough(self) -> None:
+        if (message := self.shortfall()) is not None:
+            raise NotEnoughPhotosError(message)
 
     def to_dict(self) -> dict:
         return {

@@ -30,6 +30,7 @@ from petdream.settings import Settings
 from petdream.store import NotFound, PetRecord, Store
 from petdream.training import (LIVE_SAMPLES_DIR, Cancelled, CheckpointSaved, DreamBoothTrainer, Failed, Finished,
                                Note, Progress, Resumed, Sample, TrainingConfig, new_pet)
+from petdream.training.trigger import pet_problems
 from petdream.training.queue import TrainingJob, TrainingQueue
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,17 @@ logger = logging.getLogger(__name__)
 FURTHER_TRAINING_STEPS = 100  # a short run from the current weights with the liked pictures added
 BUSY = "A picture, an evaluation or a Hub transfer of yours is under way"  # why a delete or a move waits
 FORGET_EVERY_S = 24 * 3600  # how often idle browser sessions are looked for again (a Space may run for weeks)
+
+
+class NotReadyToTrain(ValueError):
+    """Raised by `start_training` with everything that keeps it from starting (`problems`, each what to do):
+    all at once, not one per click of Train."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        counted = {2: "Two", 3: "Three", 4: "Four"}.get(len(problems), str(len(problems)))
+        super().__init__(problems[0] if len(problems) == 1 else
+                         f"{counted} things to fix before training:\n" + "\n".join(f"• {p}" for p in problems))
 
 
 def pet_labels(pets: list[PetRecord]) -> dict[str, str]:
@@ -233,12 +245,18 @@ class PetDreamService:
 
     def start_training(self, owner: str, name: str, class_noun: str, photo_paths: list[str], preset: str,
                        **overrides) -> TrainingJob:
-        """Check the photos, create the pet and queue its training; raises ValueError saying what to fix."""
+        """Check the photos, create the pet and queue its training; raises NotReadyToTrain saying what to fix."""
         with self.owners.work(owner):
             report = intake(photo_paths, resolution=self.profile.resolution)
-            report.require_enough()
+            problems = [report.shortfall()] if not report.enough else []
+            problems += pet_problems(name, class_noun)
+            try:
+                config = TrainingConfig.preset(preset, **overrides)
+            except ValueError as error:
+                problems.append(str(error))
+            if problems:
+                raise NotReadyToTrain(problems)
             pet, note = new_pet(name, class_noun)
-            config = TrainingConfig.preset(preset, **overrides)
             record = self.store.add_pet(owner, pet.name, pet.class_noun, pet.trigger)
             report.save(record.photos_dir)  # the normalized crops: a resume after a restart trains on the same
             run = self.store.add_run(owner, record.id, config.to_dict())

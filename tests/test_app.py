@@ -135,9 +135,19 @@ def test_check_photos_endpoint_reports_accepted_and_rejected(served_app, tmp_pat
 def test_training_with_too_few_photos_or_no_kind_of_pet_says_what_to_do(served_app, photo_files, capfd):
     with pytest.raises(Exception, match="DreamBooth needs at least 3. Add 1 more photo"):
         train(served_app, ALICE, photo_files[:2], name="Rex")
-    with pytest.raises(Exception, match=r"Choose the kind of pet under Kind of pet \(dog, cat, ...\): the model "
-                                        "learns Rex as one of its kind"):  # none is chosen for them
+    with pytest.raises(Exception, match=r"Say what kind of animal Rex is \(the class noun: dog, cat, ...\): the "
+                                        "model learns the pet as one of its kind"):  # none is chosen for them
         train(served_app, ALICE, photo_files, name="Rex", class_noun="")
+    # Everything to fix at once, one to a line, not one per click of Train.
+    pets_before = client(served_app).predict(ALICE, api_name="/pets")
+    with pytest.raises(Exception) as refused:
+        train(served_app, ALICE, photo_files[:1], name=" ", class_noun="")
+    lines = str(refused.value).split("<br>")
+    assert lines[0].endswith("Three things to fix before training:")
+    assert lines[1].startswith("• Only 1 usable photo; DreamBooth needs at least 3. Add 2 more photos")
+    assert lines[2:] == ["• The pet needs a name.", "• Say what kind of animal your pet is (the class noun: dog, cat, "
+                         "...): the model learns the pet as one of its kind, and the wrong kind draws the wrong animal."]
+    assert client(served_app).predict(ALICE, api_name="/pets") == pets_before  # nothing made of what was refused
     assert "Traceback" not in capfd.readouterr().err  # a refusal is no fault of the app's: its log stays clean
 
 

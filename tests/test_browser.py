@@ -333,6 +333,15 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
         assert fits, "the reason is cut off at the table's edge; it should wrap"
 
     with stage(page, "bad-upload-train-refused", app["log"]):
+        page.locator("#train-button").click()  # no name, no kind, too few photos: told all three at once
+        refused = page.get_by_test_id("toast-body").filter(has_text="Three things to fix before training")
+        expect(refused).to_be_visible()
+        lines = refused.get_by_test_id("toast-text").inner_text().splitlines()
+        assert lines[1:] == ["• Only 2 usable photos; DreamBooth needs at least 3. Add 1 more photo of your pet. "
+                             "Not used: notes.jpg (see the reason given for each).", "• The pet needs a name.",
+                             "• Say what kind of animal your pet is (the class noun: dog, cat, ...): the model learns "
+                             "the pet as one of its kind, and the wrong kind draws the wrong animal."], lines
+        refused.get_by_test_id("toast-close").click()
         page.locator("#pet-name").get_by_role("textbox").fill("Bruno")
         choose(page, "#class-noun", "dog")
         page.locator("#train-button").click()

@@ -156,8 +156,8 @@ def test_new_pet_keeps_name_and_trigger_and_says_why():
     assert (pet.name, pet.trigger, pet.class_noun, pet.instance_prompt) == ("Pepper", "ohwx", "dog", "a photo of ohwx dog")
     assert note.startswith('Pepper will be called "ohwx" in prompts')
     assert new_pet("Pepper", "dog", trigger="pep")[0].trigger == "pep"
-    with pytest.raises(ValueError, match="class noun"):
-        new_pet("Rex", "  ")
+    with pytest.raises(ValueError, match=r"Say what kind of animal Rex is \(the class noun: dog, cat, ...\)"):
+        new_pet("Rex", "  ")  # none is chosen for them: a cat trained as a "dog" draws a dog
 
 
 # -- a whole run -----------------------------------------------------------------------------

@@ -60,16 +60,23 @@ def new_pet(name: str, class_noun: str, trigger: str | None = None) -> tuple[Pet
     """
     from petdream.models.tiny import clip_tokenizer
 
-    if not name.strip():
-        raise ValueError("The pet needs a name.")
+    if problems := pet_problems(name, class_noun):
+        raise ValueError(" ".join(problems))
     noun = class_noun.strip().lower()
-    if not noun:
-        raise ValueError("Say what kind of animal the pet is (the class noun), e.g. dog or cat.")
     if trigger:
         return Pet(name.strip(), trigger, noun), None
     chosen, why = choose_trigger(name, clip_tokenizer())
     note = f"{name.strip()} will be called \"{chosen}\" in prompts: {why}." if why else None
     return Pet(name.strip(), chosen, noun), note
+
+
+def pet_problems(name: str, class_noun: str) -> list[str]:
+    """What keeps `name` and `class_noun` from making a Pet, each as what to do (none: they can)."""
+    problems = [] if name.strip() else ["The pet needs a name."]
+    if not class_noun.strip():  # no default: a cat trained as a "dog" draws a dog (and its class images are dogs)
+        problems.append(f"Say what kind of animal {name.strip() or 'your pet'} is (the class noun: dog, cat, ...): "
+                        "the model learns the pet as one of its kind, and the wrong kind draws the wrong animal.")
+    return problems
 
 
 def _ascii_word(name: str) -> str:

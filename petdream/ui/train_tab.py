@@ -9,7 +9,7 @@ from datetime import datetime
 import gradio as gr
 import pandas as pd
 
-from petdream.photos import MAX_PHOTOS, NotEnoughPhotosError
+from petdream.photos import MAX_PHOTOS
 from petdream.service import PetDreamService, pet_labels
 from petdream.store import NotFound
 from petdream.hub import HubError, MissingPetInfo
@@ -116,16 +116,12 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
               request: gr.Request, profile: gr.OAuthProfile | None = None):
         """Start training on the uploaded photos, then stream its progress until it ends."""
         owner = owner_of(browser_id, request, profile)
-        # A refusal stays on screen until closed (stays=True): it says what to fix, and the status line it
-        # marks is empty before a training, so nothing else would show it once a toast was gone.
-        if not (class_noun or "").strip():
-            raise refusal(f"Choose the kind of pet under Kind of pet (dog, cat, ...): the model learns "
-                          f"{(name or '').strip() or 'your pet'} as one of its kind, and the wrong kind draws the "
-                          "wrong animal.", stays=True)
         overrides = advanced_overrides(method, steps, learning_rate, rank, seed, prior)
         try:
             job = service.start_training(owner, name or "", class_noun or "", list(paths or []), preset, **overrides)
-        except (NotEnoughPhotosError, ValueError) as error:
+        except ValueError as error:  # everything to fix, at once
+            # It stays until closed: it says what to fix, and the status line it marks is empty before a
+            # training, so nothing else would show it once a toast was gone.
             raise refusal(str(error), stays=True) from None
         pet = service.store.pet(owner, service.store.run(owner, job.run_id).pet_id)
         if job.pet_name != pet.name:  # told apart from another pet of theirs with this name

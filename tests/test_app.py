@@ -110,7 +110,7 @@ def test_page_is_served_with_the_tiny_banner(served_app):
     assert config["title"] == "PetDream" and config["analytics_enabled"] is False
     assert config["run_history"] is False  # no copy of anyone's chats in the browser, kept or not
     texts = " ".join(str(c.get("props", {}).get("value", "")) for c in config["components"])
-    assert "random weights" in texts and "profile **tiny**" in texts
+    assert "random weights" in texts and "profile" not in texts.split("⚠️")[0]  # the header is for visitors
 
 
 def test_check_photos_endpoint_reports_accepted_and_rejected(served_app, tmp_path):
@@ -320,6 +320,31 @@ def test_a_finished_training_clears_its_photos_and_name_for_the_next_pet(served_
     assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", "", BOB, None) == (gr.skip(),) * 4
 
 
+def test_a_reload_gives_back_the_photos_name_and_kind_not_yet_trained_on_and_only_uploads(served_app, tmp_path):
+    import gradio as gr
+    from gradio.utils import get_upload_folder
+
+    save_draft, restore_draft = handler(served_app, "save_draft"), handler(served_app, "restore_draft")
+    uploaded = Path(get_upload_folder()) / "draft-test" / "milo.jpg"
+    uploaded.parent.mkdir(parents=True, exist_ok=True)
+    make_photo(0).save(uploaded)
+    draft = save_draft([str(uploaded)], "Milo", "cat", None)
+    assert restore_draft(draft) == ([str(uploaded)], "Milo", "cat")
+    # What Train took is its pet's: the draft keeps only what was added or typed since.
+    trained = {"photos": [str(uploaded)], "name": "Milo"}
+    assert restore_draft(save_draft([str(uploaded)], "Milo", "cat", trained)) == (None, "", None)
+    # The draft lives in the browser, which can change it: nothing outside Gradio's uploads is handed back,
+    # not through a link in them either.
+    outside = tmp_path / "secret.jpg"
+    make_photo(1).save(outside)
+    (uploaded.parent / "link.jpg").symlink_to(outside)
+    forged = {"photos": [str(outside), str(uploaded.parent / "link.jpg"), "/etc/passwd", 7, str(uploaded)],
+              "name": "Milo", "kind": "cat"}
+    assert restore_draft(forged) == ([str(uploaded)], "Milo", "cat")
+    assert restore_draft({"photos": "/etc/passwd", "name": "Milo"}) == (None, "Milo", None)
+    assert restore_draft("not a draft") == restore_draft({}) == (gr.skip(),) * 3  # nothing kept: the fields stay
+
+
 def test_the_chat_chooses_the_pet_last_chatted_with_in_this_browser_while_it_is_still_there(served_app, alices_pet,
                                                                                            tiny):
     key, service = "m" * 40, served_app.petdream_service
@@ -443,7 +468,8 @@ def test_a_browser_finds_its_pets_again_after_a_restart(served_app, data_dir, tm
     from petdream.ui.session import browser_state_secret
 
     states = {block.storage_key: block for block in served_app.blocks.values() if isinstance(block, gr.BrowserState)}
-    assert sorted(states) == ["petdream-browser-id", "petdream-chat-pet"]  # its owner key, the pet last chatted with
+    # its owner key, the pet last chatted with, the photos and name not yet trained on
+    assert sorted(states) == ["petdream-browser-id", "petdream-chat-pet", "petdream-draft"]
     for state in states.values():
         # What a restart over the same data dir reads (another data dir has a key of its own).
         assert state.secret == browser_state_secret(data_dir) != browser_state_secret(tmp_path)

@@ -290,6 +290,10 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
             add_trained_pet(store, owner, tiny, name="Mia", class_noun="cat")
         page.reload()
         expect(page.locator("#tiny-banner")).to_be_visible(timeout=PAGE_S * 1000)
+        # The next pet's photos, added after Bruno's training, come back; Bruno's, trained on, do not.
+        expect(page.locator("#intake-summary")).to_contain_text("3 photos ready for training", timeout=INTAKE_S * 1000)
+        expect(page.locator("#accepted img")).to_have_count(3)
+        expect(page.locator("#pet-name").get_by_role("textbox")).to_have_value("")
         page.wait_for_timeout(3000)  # the page's load has chosen the chat's pet before Chat is opened
         page.get_by_role("tab", name="Chat").click()
         expect(page.locator("#chat-pet input[role=combobox]")).to_have_value("Bruno", timeout=PAGE_S * 1000)
@@ -354,6 +358,15 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
         expect(page.locator("#accepted img")).to_have_count(2)  # the good photos stay
         expect(page.locator("#pet-name").get_by_role("textbox")).to_have_value("Bruno")
 
+    with stage(page, "bad-upload-kept-on-reload", app["log"]):
+        page.reload()  # a phone drops a tab left for the camera: what was chosen comes back, checked again
+        expect(page.locator("#tiny-banner")).to_be_visible(timeout=PAGE_S * 1000)
+        expect(page.locator("#intake-summary")).to_contain_text("2 usable photos: add 1 more", timeout=INTAKE_S * 1000)
+        expect(page.locator("#accepted img")).to_have_count(2)
+        expect(page.locator("#rejected tbody tr", has_text="notes.jpg")).to_have_count(1)
+        expect(page.locator("#pet-name").get_by_role("textbox")).to_have_value("Bruno")
+        expect(page.locator("#class-noun input[role=combobox]")).to_have_value("dog")
+
     with stage(page, "chat-refused-without-a-pet", app["log"]):
         page.get_by_role("tab", name="Chat").click()
         expect(page.locator("#chatbot")).to_contain_text("a new pet is trained on the My pet tab")  # empty
@@ -388,6 +401,16 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
         sure = page.locator("#delete-sure")
         expect(sure.locator("input[type=checkbox]")).to_be_visible()
         expect(sure.locator(".error")).to_have_count(0)  # Gradio's "Error" badge would cover the box to tick
+        sure.locator("input[type=checkbox]").check()
+        page.locator("#delete-all-button").click()
+        expect(page.locator("#delete-status")).to_contain_text("All your data is deleted")
+        expect(page.locator("#accepted img")).to_have_count(0)  # the photos and name not yet trained on, too,
+        expect(page.locator("#pet-name").get_by_role("textbox")).to_have_value("")
+        page.reload()  # and the draft a reload would give back
+        expect(page.locator("#tiny-banner")).to_be_visible(timeout=PAGE_S * 1000)
+        page.wait_for_timeout(3000)  # the page's load is done
+        expect(page.locator("#pet-name").get_by_role("textbox")).to_have_value("")
+        expect(page.locator("#accepted img")).to_have_count(0)
     assert page.errors == [], f"errors in the page's JavaScript: {page.errors}"
 
 

@@ -69,7 +69,7 @@ def test_auto_without_cuda_picks_tiny_and_says_why(data_dir, tiny, monkeypatch, 
         profile = resolve_profile(Settings.from_env({}, data_dir=data_dir))
     assert profile.name == "tiny" and profile.random_weights
     assert "no CUDA GPU" in profile.reason
-    assert "profile auto -> tiny: no CUDA GPU" in caplog.text
+    assert "profile tiny: no CUDA GPU" in caplog.text
 
 
 def test_auto_with_cuda_but_offline_picks_tiny(data_dir, tiny, monkeypatch):

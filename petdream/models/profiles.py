@@ -56,7 +56,7 @@ def resolve_profile(settings: Settings, build_models: bool = True) -> Profile:
     name, reason = settings.profile, "chosen with --profile or PETDREAM_PROFILE"
     if name == "auto":
         name, reason = _pick_automatically(settings)
-        logger.info("profile auto -> %s: %s", name, reason)
+    logger.info("profile %s: %s", name, reason)
     if name == "tiny":
         return tiny_profile(settings.data_dir, reason, build=build_models)
     base_model_id, revision = portable_base_model(settings)

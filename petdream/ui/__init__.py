@@ -67,8 +67,9 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
     # delete_cache: Gradio's copies of uploads and of pictures shown (a deleted pet's too) go after a day
     with gr.Blocks(title="PetDream", delete_cache=(GRADIO_CACHE_S // 24, GRADIO_CACHE_S)) as app:
         with gr.Row():
+            # Which profile runs, and why, is the log's (resolve_profile): a visitor cannot change it.
             gr.Markdown("# 🐾 PetDream\nYour pet, drawn by a model that learned them from your photos, "
-                        f"and a companion to talk to. Running profile **{profile.name}** ({profile.reason}).")
+                        "and a companion to talk to.")
             if oauth_enabled():
                 gr.LoginButton()
         if profile.random_weights:
@@ -77,12 +78,14 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
         browser_id = gr.BrowserState("", storage_key="petdream-browser-id", secret=secret)
         # Kept in the browser, as its owner key is: the server keeps nothing of a chat not kept.
         chatted_pet = gr.BrowserState("", storage_key="petdream-chat-pet", secret=secret)
+        # The photos, name and kind not yet trained on: a reload (a phone drops a tab left for the camera) keeps them.
+        draft = gr.BrowserState({}, storage_key="petdream-draft", secret=secret)
         with gr.Row(visible=False, elem_id="move-offer") as offer_row:
             offer_text = gr.Markdown(elem_id="move-offer-text")
             move_yes = gr.Button("Move them to my account", variant="primary", scale=0, elem_id="move-yes")
             move_no = gr.Button("Not now", scale=0, elem_id="move-no")
         with gr.Tabs():
-            train = train_tab.render(service, browser_id, tiny=profile.random_weights)
+            train = train_tab.render(service, browser_id, draft, tiny=profile.random_weights)
             chat = chat_tab.render(service, browser_id, chatted_pet)
             evaluation = evaluate_tab.render(service, browser_id, tiny=profile.random_weights)
         api.register(service)
@@ -97,7 +100,7 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
         offer, move = move_offer(service)
         loaded = app.load(browser_id_or_new, inputs=browser_id, outputs=browser_id, api_visibility="private").then(
             offer, inputs=browser_id, outputs=[offer_row, offer_text], api_visibility="private")
-        train["follow_after"](refreshed(loaded))
+        train["follow_after"](refreshed(loaded.then(*train["restore_draft"], api_visibility="private")))
         refreshed(move_yes.click(move, inputs=browser_id, outputs=offer_row, api_visibility="private"))
         move_no.click(lambda: gr.Row(visible=False), outputs=offer_row, api_visibility="private")
     app.petdream_service = service

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from petdream.service import pet_labels
 from petdream.store import new_session_id, owner_digest, session_owner, user_owner
@@ -165,6 +166,15 @@ def forget_old_served_copies() -> None:
             pass
     if Path(os.environ.get("GRADIO_TEMP_DIR", "")) == GRADIO_CACHE_DIR:
         _forget_old_files(GRADIO_CACHE_DIR, time.time() - GRADIO_CACHE_S)
+
+
+def in_upload_cache(path: str) -> bool:
+    """Whether `path` is a file in the folder Gradio keeps uploads in (links followed)."""
+    try:
+        resolved = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return resolved.is_relative_to(Path(get_upload_folder()).resolve()) and resolved.is_file()
 
 
 def use_own_gradio_cache() -> None:

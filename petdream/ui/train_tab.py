@@ -15,8 +15,8 @@ from petdream.store import NotFound
 from petdream.hub import HubError, MissingPetInfo
 from petdream.training import PRESETS
 from petdream.ui.events import refusal, while_busy
-from petdream.ui.session import (browser_owner, forget_served_copies, oauth_enabled, owner_of, pet_choices,
-                                 served_copy, trained_pets)
+from petdream.ui.session import (browser_owner, forget_served_copies, in_upload_cache, oauth_enabled, owner_of,
+                                 pet_choices, served_copy, trained_pets)
 
 POLL_SECONDS = 0.5
 # On a phone (or with Advanced open) the status line sits below the fold: a Train that seemed to do nothing.
@@ -30,7 +30,8 @@ SHOW_STATUS = """() => setTimeout(() => {
 }, 1000)"""
 
 
-def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) -> dict:
+def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.BrowserState, tiny: bool) -> dict:
+    """The tab; `draft` keeps its photos, name and kind in the browser until they are trained on."""
     presets = ["tiny", "quick", "paper"] if tiny else ["quick", "paper"]
     with gr.Tab("My pet", id="pet") as tab:
         gr.Markdown(
@@ -111,6 +112,24 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         text = (f"**{count} photos ready for training.**" if report.enough else
                 f"**{count} usable photo{'s' * (count != 1)}: add {report.missing} more to train.**")
         return text, [(photo.image, photo.file) for photo in report.accepted], [[r.file, r.reason] for r in report.rejected]
+
+    def save_draft(paths, pet_name, kind, trained):
+        """The draft: the photos, name and kind in their fields, less what Train took (a training's photos
+        are its pet's: if it stops, Unfinished trainings has them)."""
+        sent = trained or {"photos": [], "name": None}
+        named = pet_name != sent["name"]
+        return {"photos": [path for path in paths or [] if path not in sent["photos"]],
+                "name": pet_name if named else "", "kind": kind if named else None}
+
+    def restore_draft(draft):
+        """(photos, name, kind) as the draft left them, as the page loads; photos Gradio has swept from its
+        cache since (after a day) are gone. The draft is the browser's to change: only files of Gradio's own
+        upload cache come back, the files Gradio would serve anyone who names them."""
+        if not isinstance(draft, dict) or not draft:
+            return gr.skip(), gr.skip(), gr.skip()
+        listed = draft.get("photos") if isinstance(draft.get("photos"), list) else []
+        photos = [path for path in listed if isinstance(path, str) and in_upload_cache(path)]
+        return photos or None, str(draft.get("name") or ""), draft.get("kind") or None
 
     def start(paths, name, class_noun, preset, method, steps, learning_rate, rank, seed, prior, browser_id,
               request: gr.Request, profile: gr.OAuthProfile | None = None):
@@ -320,6 +339,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
     # What Train sent is noted as it is clicked: photos added while it trains are the next pet's, and stay.
     train.click(lambda paths, pet_name: {"photos": list(paths or []), "name": pet_name}, [uploads, name], trained,
                 queue=False, api_visibility="private")
+    trained_pet.failure(lambda: None, None, trained, api_visibility="private")  # refused: the photos stay the draft's
+    draft_fields = [uploads, name, class_noun, trained]
+    for field in draft_fields:
+        field.change(save_draft, draft_fields, draft, queue=False, trigger_mode="always_last", api_visibility="private")
     trained_pet.then(ready_for_next_pet, [run_id, trained, uploads, name, status, browser_id],
                      [uploads, name, class_noun, status],
                      api_visibility="private")
@@ -338,6 +361,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         *refresh_doomed, api_visibility="private").then(*refresh_resumable, api_visibility="private")
     delete_all.click(delete_my_data, inputs=[sure, browser_id], outputs=delete_status,
                      api_name="delete_my_data").success(*untick, api_visibility="private").then(
+        lambda: (None, "", None), None, [uploads, name, class_noun], api_visibility="private").then(  # the draft too
         *refresh_doomed, api_visibility="private").then(*refresh_resumable, api_visibility="private")
 
     def follow_after(event):
@@ -352,7 +376,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, tiny: bool) ->
         return followed
 
     return {"list_resumable": refresh_resumable, "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet]),
-            "follow_after": follow_after}
+            "follow_after": follow_after, "restore_draft": (restore_draft, draft, [uploads, name, class_noun])}
 
 
 def controls(training: bool, shown: bool | None = None) -> tuple:

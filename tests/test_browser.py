@@ -32,6 +32,10 @@ HELPLINE = "Text HOME to 741741 to reach the Crisis Text Line."  # a line of the
 # Whether an element is in sight: on the screen, and inside the chat's own scrolled box, not above it.
 IN_SIGHT = """e => { const box = e.getBoundingClientRect(), chat = e.closest(".bubble-wrap")?.getBoundingClientRect()
     ?? {top: 0}; return box.top >= Math.max(chat.top, 0) - 1 && box.bottom <= window.innerHeight; }"""
+# WCAG's contrast ratio of an element's text colour (or its pseudo-element's) on white, the light theme's.
+CONTRAST_ON_WHITE = """(e, pseudo) => { const [r, g, b] = getComputedStyle(e, pseudo).color.match(/\\d+/g).slice(0, 3).map(c => {
+    c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; });
+    return 1.05 / (0.2126 * r + 0.7152 * g + 0.0722 * b + 0.05); }"""
 FEELING = "I feel a bit lonely today"
 # Gradio re-renders asynchronously; these bound each wait on the tiny profile on 2 busy cores.
 PAGE_S, INTAKE_S, TRAIN_S, CHAT_S, EVAL_S = 60, 60, 180, 240, 240
@@ -329,6 +333,13 @@ def test_a_bad_upload_names_the_file_and_says_how_many_more(page, app, dreambenc
         expect(row).to_have_count(1)
         expect(row).to_contain_text("notes.jpg is not a photo in a supported format")
         expect(row).to_contain_text("Upload the original photo file.")
+        # Two thumbnails, not two thumbnails in a box of blank space; the hints readable (WCAG AA: 4.5:1).
+        thumbnail = page.locator("#accepted img").first.bounding_box()["height"]
+        assert page.locator("#accepted").bounding_box()["height"] < 1.5 * thumbnail
+        for hint in ("Choose one, or type it", "quick: a small add-on to the model"):
+            assert page.get_by_text(hint).evaluate(CONTRAST_ON_WHITE, None) >= 4.5, hint
+        placeholder = page.locator("#pet-name").get_by_role("textbox").evaluate(CONTRAST_ON_WHITE, "::placeholder")
+        assert placeholder >= 4.5, "the name's placeholder"
         # The whole reason can be read: some cell showing it wraps inside the table (Gradio keeps a hidden,
         # unwrapped copy of each cell for measuring).
         fits = page.locator("#rejected").evaluate("""(table, reason) => [...table.querySelectorAll('*')].some(e =>

@@ -26,6 +26,20 @@ CSS = """
 #chatbot .message-buttons a.download-link + button {
     display: none;
 }
+.gradio-container {  /* hints and placeholders: Gradio's #bbbbc2 on white (1.9:1) was hard to read; this is 4.8:1 */
+    --block-info-text-color: var(--neutral-500);
+    --input-placeholder-color: var(--neutral-500);
+}
+.dark .gradio-container, .gradio-container.dark {  /* Gradio's own, light on dark */
+    --block-info-text-color: var(--neutral-400);
+    --input-placeholder-color: var(--neutral-500);
+}
+#accepted .grid-wrap.fixed-height, #samples .grid-wrap.fixed-height {
+    min-height: 0;  /* Gradio's 320 px: two thumbnails stood in a box of blank space */
+}
+#rejected {
+    --font-mono: var(--font);  /* sentences, not code: in Gradio's table font a file name broke mid-word */
+}
 #chatbot .bot-row strong {
     scroll-margin-top: 3.5rem;  /* a crisis reply's title, scrolled to the top: below the chat's label */
 }

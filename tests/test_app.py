@@ -207,13 +207,13 @@ def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(s
     import gradio as gr
 
     def empty(shown_on_choosing):
-        view, pictures, scene, keeps, shown_for = shown_on_choosing
+        view, pictures, scene, keeps, shown_for, _ = shown_on_choosing
         return (view.value == [] and view.feedback_value == [] and pictures == {} and scene == "" and keeps is False
                 and shown_for == pet)
 
     api, service, pet, owner = client(served_app), served_app.petdream_service, alices_pet["id"], f"session:{ALICE}"
     consent, show_kept = handler(served_app, "consent"), handler(served_app, "show_kept")
-    assert empty(show_kept(pet, "another-pet", [], ALICE, None))  # not kept: a chosen pet's chat starts empty
+    assert empty(show_kept(pet, "another-pet", [], {}, "", {}, ALICE, None))  # not kept: a first chat starts empty
     consent(True, ALICE, None)
     heard, chat = [], service.chat  # what the companion is told of the conversation so far
     monkeypatch.setattr(service, "chat", lambda *args, **kwargs: heard.append(kwargs["history"]) or chat(*args, **kwargs))
@@ -227,7 +227,7 @@ def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(s
         picture = service.store.images(owner, pet)[-1]
         service.rate(owner, picture.id, True)
         # The person comes back and chooses the pet.
-        view, pictures, scene, keeps, _ = show_kept(pet, "", [], ALICE, None)
+        view, pictures, scene, keeps, _, _ = show_kept(pet, "", [], {}, "", {}, ALICE, None)
         assert keeps is True and scene == picture.prompt  # New picture draws the last picture's scene again
         [asked, replied, drawn, *_] = view.value
         assert asked["content"][0]["text"] == "I got a promotion today" and replied["content"][0]["text"].strip()
@@ -243,7 +243,31 @@ def test_a_kept_conversation_is_shown_again_with_its_pictures_and_their_thumbs(s
                         "conversations to delete it."] and len(service.store.chat_turns(owner, pet)) == 4
     finally:
         consent(False, ALICE, None)
-    assert empty(show_kept(pet, pet, [], ALICE, None)) and service.store.chat_turns(owner) == []
+    assert empty(show_kept(pet, pet, [], {}, "", {}, ALICE, None)) and service.store.chat_turns(owner) == []
+
+
+def test_a_conversation_not_kept_is_there_again_on_switching_back_to_its_pet_until_the_page_closes(
+        served_app, alices_pet, tiny):
+    service, owner, bruno = served_app.petdream_service, f"session:{ALICE}", alices_pet["id"]
+    mia = add_trained_pet(service.store, owner, tiny, name="Mia", class_noun="cat").id
+    show_kept = handler(served_app, "show_kept")
+
+    def texts(view):
+        return [part["text"] for message in view.value for part in message["content"]]
+
+    with_bruno = [{"role": "user", "content": "hello Bruno"}, {"role": "assistant", "content": "Hi!"}]
+    view, pictures, scene, keeps, shown_for, unkept = show_kept(mia, bruno, with_bruno, {1: 5}, "on a beach", {},
+                                                                ALICE, None)
+    assert keeps is False and texts(view) == [] and shown_for == mia  # Mia's own chat: none yet
+    view, pictures, scene, _, shown_for, unkept = show_kept(bruno, mia, [{"role": "user", "content": "hello Mia"}], {},
+                                                            "", unkept, ALICE, None)
+    # Bruno's, as it was left, with what New picture draws and the thumbs' pictures.
+    assert (texts(view), pictures, scene, shown_for) == (["hello Bruno", "Hi!"], {1: 5}, "on a beach", bruno)
+    view, *_, unkept = show_kept(mia, bruno, with_bruno, {1: 5}, "on a beach", unkept, ALICE, None)
+    assert texts(view) == ["hello Mia"]
+    service.delete_pet(owner, mia)  # a deleted pet's chat goes with it
+    view, *_, unkept = show_kept("", mia, [{"role": "user", "content": "hello Mia"}], {}, "", unkept, ALICE, None)
+    assert texts(view) == [] and list(unkept) == [bruno]
 
 
 def test_a_namesakes_training_says_which_pet_it_is_and_keeps_its_photos_unless_it_finishes(served_app, alices_pet,
@@ -390,7 +414,7 @@ def test_a_kept_crisis_reply_is_set_apart_under_its_title_as_it_was_live(served_
         chat = api.submit("I want to end my life", pet, "", "", "", [], ALICE, api_name="/chat")
         chat.result(timeout=300)
         [live] = [message for message in chat.outputs()[-1][0] if message["role"] == "assistant"]
-        view, *_ = show_kept(pet, "", [], ALICE, None)  # the person comes back and chooses the pet
+        view, *_ = show_kept(pet, "", [], {}, "", {}, ALICE, None)  # the person comes back and chooses the pet
         [kept] = [message for message in view.value if message["role"] == "assistant"]
         # A pet that cannot be loaded (deleted in another tab, the page not yet told): help does not wait on it.
         lost = api.submit("I want to end my life", "no-such-pet", "", "", "", [], ALICE, api_name="/chat")
@@ -405,7 +429,7 @@ def test_a_kept_crisis_reply_is_set_apart_under_its_title_as_it_was_live(served_
         # That reply stays on screen when the first pet comes (nothing is kept, but it holds the helplines).
         consent(False, "z" * 40, None)
         on_screen = alone.outputs()[-1][0]
-        assert handler(served_app, "show_kept")(pet, "", on_screen, "z" * 40, None)[0] == gr.skip()
+        assert handler(served_app, "show_kept")(pet, "", on_screen, {}, "", {}, "z" * 40, None)[0] == gr.skip()
     finally:
         consent(False, ALICE, None)
     assert (live["content"][0]["text"] == kept["content"][0]["text"] == unpetted["content"][0]["text"]

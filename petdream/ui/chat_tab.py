@@ -85,6 +85,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         last_prompt = gr.State("")
         teaching = gr.State("")  # the run id of the Teach training this page shows
         shown_pet = gr.State("")  # whose conversation the chat shows ("": no pet's yet)
+        unkept = gr.State({})  # pet id -> a conversation not kept, as it was left on this page (see show_kept)
 
     def shown(history, pictures, images) -> gr.Chatbot:
         """The chat with each rated picture's thumb as it was rated (`images`: the pet's, from the store):
@@ -94,20 +95,27 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         return gr.Chatbot(history, feedback_value=[verdicts.get(liked.get(pictures.get(i)))
                                                    for i, m in enumerate(history) if m["role"] == "assistant"])
 
-    def show_kept(pet_id, shown_for, history, browser_id, request: gr.Request,
+    def show_kept(pet_id, shown_for, history, pictures, scene, unkept, browser_id, request: gr.Request,
                   profile: gr.OAuthProfile | None = None):
-        """(chat, pictures, last scene, keep box, pet shown) on choosing a pet: its kept conversation, if the
-        person keeps them, with its last picture's scene for New picture (another pet's would draw that pet's
-        trigger). A chat with no pet's yet (a crisis answered before there was a pet) stays on screen."""
+        """(chat, pictures, last scene, keep box, pet shown, unkept chats) on choosing a pet: its conversation,
+        with its last picture's scene for New picture (another pet's would draw that pet's trigger). Kept, from
+        the store; not kept, as it was left on this page (`unkept`: pet id -> its chat, in this page's session
+        only, as the chat on screen is). A chat with no pet's yet (a crisis answered before there was a pet)
+        stays on screen."""
         owner = owner_of(browser_id, request, profile)
         keeps = service.store.chat_consent(owner) is not None
         if not keeps and not shown_for:
-            return gr.skip(), gr.skip(), gr.skip(), keeps, pet_id
-        if not keeps and shown_for != pet_id and any(not _is_notice(m) for m in history or []):
-            gr.Info("The conversation with the other pet is gone: it was not kept (tick Keep my conversations "
-                    "to keep them).")
-        if not pet_id or not keeps:
-            return shown([], {}, []), {}, "", keeps, pet_id
+            return gr.skip(), gr.skip(), gr.skip(), keeps, pet_id, gr.skip()
+        if not keeps:
+            alive = {pet.id for pet in service.pets(owner)}  # a deleted pet's chat goes with it
+            unkept = {pet: chat for pet, chat in {**(unkept or {}), shown_for: {
+                "history": history or [], "pictures": pictures or {}, "scene": scene or ""}}.items() if pet in alive}
+            left = unkept.get(pet_id, {"history": [], "pictures": {}, "scene": ""})
+            images = service.store.images(owner, pet_id) if pet_id in alive else []
+            return (shown(left["history"], left["pictures"], images), left["pictures"], left["scene"], keeps, pet_id,
+                    unkept)
+        if not pet_id:
+            return shown([], {}, []), {}, "", keeps, pet_id, {}
         images = service.store.images(owner, pet_id)
         by_path = {str(image.path): image for image in images}
         history, pictures, scene = [], {}, ""
@@ -120,7 +128,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                 if str(turn.image_path) in by_path:
                     pictures[len(history) - 1] = by_path[str(turn.image_path)].id
                     scene = by_path[str(turn.image_path)].prompt
-        return shown(history, pictures, images), pictures, scene, keeps, pet_id
+        return shown(history, pictures, images), pictures, scene, keeps, pet_id, {}
 
     def rated(pet_id, history, pictures, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """After a reply: the chat with its thumbs as rated (the reply's new value cleared them on the page)."""
@@ -311,8 +319,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
     stop_teaching.click(stop_teaching_run, inputs=[teaching, browser_id], api_name="stop_teaching")
     keep.input(consent, inputs=[keep, browser_id], outputs=keep, js=CONFIRM_FORGETTING,
                api_visibility="private")  # the person's click, not show_kept's
-    pet.change(show_kept, inputs=[pet, shown_pet, chatbot, browser_id],
-               outputs=[chatbot, pictures, last_prompt, keep, shown_pet], api_visibility="private").then(
+    pet.change(show_kept, inputs=[pet, shown_pet, chatbot, pictures, last_prompt, unkept, browser_id],
+               outputs=[chatbot, pictures, last_prompt, keep, shown_pet, unkept], api_visibility="private").then(
         None, js=SHOW_CRISIS_TITLE, api_visibility="private")  # a kept chat that ended on one, as it was live
     tab.select(list_chat_pets, inputs=[pet, browser_id, chatted], outputs=pet, api_visibility="private").then(
         None, js=SHOW_CRISIS_TITLE, api_visibility="private")  # a hidden chat could not be scrolled

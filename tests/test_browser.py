@@ -275,6 +275,8 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         # one tap away on a phone: the page keeps the links' tel: and sms: addresses
         expect(chatbot.get_by_role("link", name="Text HOME to 741741")).to_have_attribute("href", "sms:741741?&body=HOME")
         expect(chatbot.get_by_role("link", name="call 988")).to_have_attribute("href", "tel:988")
+        for link in ("call 988", "Text HOME to 741741"):  # the dialler in place: no blank tab left on a desktop
+            expect(chatbot.get_by_role("link", name=link)).not_to_have_attribute("target", re.compile(".*"))
         expect(page.locator("#send-button")).to_be_enabled()
         # Unticking Keep would delete every kept conversation: it asks first, and saying no keeps them.
         asked = []

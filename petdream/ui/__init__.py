@@ -56,19 +56,25 @@ CSS = """
     }
 }
 """
-# The status lines, made live regions as they appear (Gradio renders Markdown as a plain block): a screen
-# reader then says "5 photos ready for training" or "Bruno is ready" when it changes, not only when read.
-LIVE_REGIONS_JS = """
+# Run on the page as it changes. The status lines are made live regions (Gradio renders Markdown as a plain
+# block): a screen reader then says "5 photos ready for training" or "Bruno is ready" when it changes, not only
+# when read. The helplines' call and text links open the phone's dialler in place: Gradio opens every link in a
+# new tab, which on a desktop left a blank one behind.
+PAGE_JS = """
 () => {
     const ids = ["intake-summary", "train-status", "hub-status", "delete-status", "chat-note", "eval-status"];
-    const mark = () => ids.forEach(id => document.getElementById(id)?.setAttribute("aria-live", "polite"));
+    const mark = () => {
+        ids.forEach(id => document.getElementById(id)?.setAttribute("aria-live", "polite"));
+        document.querySelectorAll('a[href^="tel:"][target], a[href^="sms:"][target]').forEach(
+            link => link.removeAttribute("target"));
+    };
     mark();
     new MutationObserver(mark).observe(document.body, {childList: true, subtree: true});
 }
 """
 # What `launch()` needs besides where to listen. run_history off: Gradio 6 would otherwise keep every call,
 # chat messages and "About you" included, in the browser, whatever the person chose under Keep.
-LAUNCH_OPTIONS = {"max_file_size": MAX_UPLOAD, "css": CSS, "js": LIVE_REGIONS_JS, "run_history": False}
+LAUNCH_OPTIONS = {"max_file_size": MAX_UPLOAD, "css": CSS, "js": PAGE_JS, "run_history": False}
 
 
 def build_app(settings: Settings, service: PetDreamService | None = None, shared: bool = False) -> gr.Blocks:

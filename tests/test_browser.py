@@ -448,6 +448,12 @@ def test_a_cancelled_training_waits_under_unfinished_and_leaves_it_once_resumed(
                 break
         page.locator("#train-button").click()
         expect(status).to_contain_text("Training Rex: step", timeout=TRAIN_S * 1000)
+        # Reloaded mid-training, the page follows it again; its photos and name are its own now, not offered again.
+        page.reload()
+        expect(page.locator("#tiny-banner")).to_be_visible(timeout=PAGE_S * 1000)
+        expect(status).to_contain_text("Training Rex: step", timeout=PAGE_S * 1000)
+        expect(page.locator("#accepted img")).to_have_count(0)
+        expect(page.locator("#pet-name").get_by_role("textbox")).to_have_value("")
         page.locator("#cancel-button").click()
         expect(status).to_contain_text("⏹ Cancelled at step", timeout=TRAIN_S * 1000)
         expect(unfinished).to_have_value(re.compile(r"^Rex: cancelled at step \d+ of 5000"))

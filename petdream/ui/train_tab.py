@@ -121,6 +121,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
         return {"photos": [path for path in paths or [] if path not in sent["photos"]],
                 "name": pet_name if named else "", "kind": kind if named else None}
 
+    def sent_to_train(paths, pet_name, kind):
+        """(what Train sent, the draft without it), as Train is clicked."""
+        sent = {"photos": list(paths or []), "name": pet_name}
+        return sent, save_draft(paths, pet_name, kind, sent)
+
     def restore_draft(draft):
         """(photos, name, kind) as the draft left them, as the page loads; photos Gradio has swept from its
         cache since (after a day) are gone. The draft is the browser's to change: only files of Gradio's own
@@ -337,12 +342,14 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
     following(resume.click, resume_run, [resumable, browser_id], "resume_training")
     # A finished training's photos and name leave the fields, or the next pet's photos would join its photos.
     # What Train sent is noted as it is clicked: photos added while it trains are the next pet's, and stay.
-    train.click(lambda paths, pet_name: {"photos": list(paths or []), "name": pet_name}, [uploads, name], trained,
-                queue=False, api_visibility="private")
-    trained_pet.failure(lambda: None, None, trained, api_visibility="private")  # refused: the photos stay the draft's
-    draft_fields = [uploads, name, class_noun, trained]
-    for field in draft_fields:
-        field.change(save_draft, draft_fields, draft, queue=False, trigger_mode="always_last", api_visibility="private")
+    # The draft follows: a reload mid-training must not offer its photos again (nor after a refusal lose them).
+    fields = [uploads, name, class_noun]
+    train.click(sent_to_train, fields, [trained, draft], queue=False, api_visibility="private")
+    trained_pet.failure(lambda *values: (None, save_draft(*values, None)), fields, [trained, draft],
+                        api_visibility="private")  # refused: the photos are the draft's again
+    for field in fields:
+        field.change(save_draft, [*fields, trained], draft, queue=False, trigger_mode="always_last",
+                     api_visibility="private")
     trained_pet.then(ready_for_next_pet, [run_id, trained, uploads, name, status, browser_id],
                      [uploads, name, class_noun, status],
                      api_visibility="private")

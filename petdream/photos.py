@@ -299,7 +299,7 @@ def _reject_duplicate_bytes(name: str, sha256: str, seen: list[_Fingerprint]) ->
     for other in seen:
         if other.sha256 == sha256:
             raise _Rejected(
-                f"{name} was uploaded twice; the first is used. Add a different photo of your pet instead."
+                f"{name} was uploaded twice; the first copy is used and this one is left out: nothing to do."
                 if name == other.file else
                 f"{name} is an exact copy of {other.file}, which is already used. "
                 f"Add a different photo of your pet instead."

@@ -312,6 +312,13 @@ class PetDreamService:
                 return self.training(owner, run.id)
         return None
 
+    def latest_training(self, owner: str) -> TrainingJob | None:
+        """`owner`'s newest training known to this process, waiting, running or ended, if any."""
+        for run in sorted(self.store.runs(owner), key=lambda run: run.created_at, reverse=True):
+            if (job := self.training(owner, run.id)) is not None:
+                return job
+        return None
+
     def cancel_training(self, owner: str, run_id: str) -> bool:
         job = self.training(owner, run_id)
         if job is None or not self.trainings.cancel(run_id):

@@ -482,6 +482,8 @@ def test_a_reloaded_page_follows_and_can_cancel_the_training_still_running(serve
     [(label, run)] = offered.choices
     assert offered.value == run and unfinished.open is True
     assert label.startswith(f"Rex: cancelled at step {step} of 2000, started ")
+    # A page loaded later shows how it ended (a status line left empty read as nothing having happened).
+    assert client(served_app).predict(key, api_name="/follow_training")[0] == status
 
 
 def test_a_browser_finds_its_pets_again_after_a_restart(served_app, data_dir, tmp_path):

@@ -61,8 +61,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         with gr.Row():
             pet = gr.Dropdown([], label="Pet", elem_id="chat-pet", scale=2, allow_custom_value=True)
             # min_width: on a phone it goes under the pet, not beside it, cut off
-            keep = gr.Checkbox(label="Keep my conversations", info="Unticked, nothing is stored, and unticking deletes "
-                               "what was kept.", value=False, elem_id="chat-consent", scale=3, min_width=280)
+            # What is kept either way is said too: the pictures and their thumbs are the pet's, for Teach.
+            keep = gr.Checkbox(label="Keep my conversations", info="Unticked, what you write is not stored (your pet's "
+                               "pictures and your thumbs are, to teach it); unticking deletes what was kept.",
+                               value=False, elem_id="chat-consent", scale=3, min_width=280)
         with gr.Accordion("About you (optional; used only in this session)", open=False):
             with gr.Row():
                 person_name = gr.Textbox(label="Your name", elem_id="person-name")
@@ -232,6 +234,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
             return
         verdict = liked.liked if isinstance(liked.liked, bool) else (None if not liked.liked else liked.liked == "Like")
         service.rate(owner, image_id, verdict)
+        if verdict:  # a thumb alone changes nothing visible: say what it is for
+            gr.Info("Liked: \"Teach my pet with the pictures I liked\" learns from it.", duration=5)
 
     def teach_liked(pet_id, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """(note, run id, Stop button) as the Teach training goes, until it ends; the chat keeps the

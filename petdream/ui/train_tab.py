@@ -36,7 +36,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
     with gr.Tab("My pet", id="pet") as tab:
         gr.Markdown(
             f"Upload 3 to {MAX_PHOTOS} photos of your pet: different places, angles and light, the pet clearly "
-            "visible. Each photo is checked and cropped to a square around the pet.")
+            "visible. Each file is checked (a photo, big enough, not a copy of another) and cropped to a "
+            "square around what stands out in it, which should be your pet.")
         uploads = gr.File(label="Photos", file_count="multiple", file_types=["image", ".heic", ".heif"],
                           elem_id="photos")
         summary = gr.Markdown(elem_id="intake-summary")
@@ -111,7 +112,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
         count = len(report.accepted)
         text = (f"**{count} photos ready for training.**" if report.enough else
                 f"**{count} usable photo{'s' * (count != 1)}: add {report.missing} more to train.**")
-        return text, [(photo.image, photo.file) for photo in report.accepted], [[r.file, r.reason] for r in report.rejected]
+        not_used = list(dict.fromkeys((r.file, r.reason) for r in report.rejected))  # a bad file uploaded twice: once
+        return text, [(photo.image, photo.file) for photo in report.accepted], [list(row) for row in not_used]
 
     def save_draft(paths, pet_name, kind, trained):
         """The draft: the photos, name and kind in their fields, less what Train took (a training's photos
@@ -216,25 +218,25 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
                 return
             time.sleep(POLL_SECONDS)
 
-    def live_training(browser_id, request: gr.Request, profile: gr.OAuthProfile | None):
+    def shown_training(browser_id, request: gr.Request, profile: gr.OAuthProfile | None, ended_too: bool = False):
         """The person's training that is still waiting or running, or, just signed in, the one this browser
-        started before (None if neither)."""
-        job = service.live_training(owner_of(browser_id, request, profile))
-        browser = browser_owner(browser_id, profile)
-        if job is None and browser is not None:
-            job = service.live_training(browser)
-        return job
+        started before; `ended_too`: else their newest that ended in this process (None if none)."""
+        owners = [owner_of(browser_id, request, profile), browser_owner(browser_id, profile)]
+        finders = [service.live_training, service.latest_training] if ended_too else [service.live_training]
+        return next((job for find in finders for owner in owners if owner and (job := find(owner))), None)
 
     def reconnect(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        """After a reload (or in another tab): follow the person's live training."""
-        job = live_training(browser_id, request, profile)
+        """After a reload (or in another tab): follow the person's live training, or show how the last one
+        ended (its status line, chart and samples), not an empty status line."""
+        job = shown_training(browser_id, request, profile, ended_too=True)
         if job is not None:
             yield from follow(job.owner, job.run_id)
 
     def controls_for(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """The controls as they fit whether the person has a live training (the one `reconnect` follows)."""
-        training = live_training(browser_id, request, profile) is not None
-        return controls(training, shown=True if training else None)
+        training = shown_training(browser_id, request, profile) is not None
+        shown = training or shown_training(browser_id, request, profile, ended_too=True) is not None
+        return controls(training, shown=True if shown else None)
 
     def stop(run, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owners = [owner_of(browser_id, request, profile), browser_owner(browser_id, profile)]

@@ -59,14 +59,22 @@ CSS = """
 # Run on the page as it changes. The status lines are made live regions (Gradio renders Markdown as a plain
 # block): a screen reader then says "5 photos ready for training" or "Bruno is ready" when it changes, not only
 # when read. The helplines' call and text links open the phone's dialler in place: Gradio opens every link in a
-# new tab, which on a desktop left a blank one behind.
+# new tab, which on a desktop left a blank one behind. Labels Gradio left untranslated ("common.upload", read out
+# as such by a screen reader) get their word.
 PAGE_JS = """
 () => {
     const ids = ["intake-summary", "train-status", "hub-status", "delete-status", "chat-note", "eval-status"];
+    const untranslated = /^common\\.([a-z]+)$/;
     const mark = () => {
         ids.forEach(id => document.getElementById(id)?.setAttribute("aria-live", "polite"));
         document.querySelectorAll('a[href^="tel:"][target], a[href^="sms:"][target]').forEach(
             link => link.removeAttribute("target"));
+        document.querySelectorAll('[aria-label^="common."], [title^="common."]').forEach(element => {
+            for (const name of ["aria-label", "title"]) {
+                const key = element.getAttribute(name)?.match(untranslated)?.[1];
+                if (key) element.setAttribute(name, key[0].toUpperCase() + key.slice(1));
+            }
+        });
     };
     mark();
     new MutationObserver(mark).observe(document.body, {childList: true, subtree: true});

@@ -42,7 +42,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
                           elem_id="photos")
         summary = gr.Markdown(elem_id="intake-summary")
         # Thumbnails six to a row however few (two photos fitted to the row stood 600 px tall); three on a phone.
-        accepted = gr.Gallery(label="Usable photos", columns=6, fit_columns=False, height="auto", elem_id="accepted")
+        # Hidden while empty, as "Not used" is: an empty box under the drop zone looked like a second one.
+        accepted = gr.Gallery(label="Usable photos", columns=6, fit_columns=False, height="auto", elem_id="accepted",
+                              visible=False)
         rejected = gr.Dataframe(headers=["file", "why it was not used"], label="Not used", wrap=True,
                                 column_widths=["25%", "75%"], visible=False, elem_id="rejected")
         with gr.Row():
@@ -316,8 +318,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
     pull.click(pull_pet, inputs=[pull_repo, pull_name, pull_class, browser_id], outputs=hub_status,
                api_name="load_from_hub")
     uploads.change(check, inputs=uploads, outputs=[summary, accepted, rejected], api_name="check_photos").then(
-        lambda table: gr.Dataframe(visible=len(table) > 0), rejected, rejected,  # no empty "Not used" table
-        api_visibility="private")
+        lambda photos, table: (gr.Gallery(visible=bool(photos)), gr.Dataframe(visible=len(table) > 0)),
+        [accepted, rejected], [accepted, rejected], api_visibility="private")  # neither shown empty
     inputs = [uploads, name, class_noun, preset, method, steps, learning_rate, rank, seed, prior, browser_id]
     outputs = [run_id, status, progress, loss, samples]
     refresh_resumable = (list_resumable, [browser_id], [resumable, unfinished])  # a run that just stopped is offered at once

@@ -262,6 +262,9 @@ def test_a_new_person_trains_chats_rates_and_evaluates(page, app, dreambench, ti
         page.get_by_role("tab", name="Chat").click()
         page.locator("#chat-consent input[type=checkbox]").check()
         page.set_viewport_size({"width": 390, "height": 844})  # on a phone
+        page.wait_for_timeout(300)
+        keep_label = page.locator("#chat-consent label").first
+        assert keep_label.evaluate("e => e.scrollWidth <= e.clientWidth"), "Keep my conversations is cut off"
         page.locator("#chat-input").get_by_role("textbox").fill("I want to end my life")
         page.locator("#send-button").click()
         expect(chatbot.get_by_text(CRISIS_TITLE)).to_be_visible(timeout=CHAT_S * 1000)  # set apart,

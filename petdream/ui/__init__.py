@@ -44,6 +44,10 @@ CSS = """
     scroll-margin-top: 3.5rem;  /* a crisis reply's title, scrolled to the top: below the chat's label */
 }
 @media (max-width: 640px) {
+    #chat-pet, #chat-consent {  /* one above the other: beside the pet, "Keep my conversations" was cut off */
+        flex: 1 1 100% !important;
+        min-width: 100% !important;
+    }
     #accepted .grid-container, #samples .grid-container {
         --grid-cols: 3 !important;  /* over Gradio's inline 6 (or 4): a phone showed half the photos, off-screen */
     }

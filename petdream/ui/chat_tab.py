@@ -60,11 +60,10 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         gr.Markdown(f"ℹ️ {with_helpline_links(DISCLOSURE)}", elem_id="disclosure")
         with gr.Row():
             pet = gr.Dropdown([], label="Pet", elem_id="chat-pet", scale=2, allow_custom_value=True)
-            # min_width: on a phone it goes under the pet, not beside it, cut off
             # What is kept either way is said too: the pictures and their thumbs are the pet's, for Teach.
             keep = gr.Checkbox(label="Keep my conversations", info="Unticked, what you write is not stored (your pet's "
                                "pictures and your thumbs are, to teach it); unticking deletes what was kept.",
-                               value=False, elem_id="chat-consent", scale=3, min_width=280)
+                               value=False, elem_id="chat-consent", scale=3)
         with gr.Accordion("About you (optional; used only in this session)", open=False):
             with gr.Row():
                 person_name = gr.Textbox(label="Your name", elem_id="person-name")
@@ -319,7 +318,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
     chatbot.like(rate, inputs=[pictures, browser_id], api_visibility="private")
     while_busy(teach.click, [teach], lambda: gr.Button(interactive=False), lambda: gr.Button(interactive=True),
                teach_liked, [pet, browser_id], [note, teaching, stop_teaching], api_name="train_further",
-               concurrency_limit=None)  # it only follows the training, which the training queue runs one at a time
+               concurrency_limit=None,  # it only follows the training, which the training queue runs one at a time
+               show_progress_on=teach)  # a refusal marks the button: on the note, "Error" stayed for screen readers
     stop_teaching.click(stop_teaching_run, inputs=[teaching, browser_id], api_name="stop_teaching")
     keep.input(consent, inputs=[keep, browser_id], outputs=keep, js=CONFIRM_FORGETTING,
                api_visibility="private")  # the person's click, not show_kept's

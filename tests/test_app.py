@@ -268,6 +268,8 @@ def test_a_conversation_not_kept_is_there_again_on_switching_back_to_its_pet_unt
     service.delete_pet(owner, mia)  # a deleted pet's chat goes with it
     view, *_, unkept = show_kept("", mia, [{"role": "user", "content": "hello Mia"}], {}, "", unkept, ALICE, None)
     assert texts(view) == [] and list(unkept) == [bruno]
+    view, pictures, scene, *_ = show_kept(bruno, "", [], {}, "", unkept, ALICE, None)  # and Bruno chosen again
+    assert (texts(view), pictures, scene) == (["hello Bruno", "Hi!"], {1: 5}, "on a beach")
 
 
 def test_a_namesakes_training_says_which_pet_it_is_and_keeps_its_photos_unless_it_finishes(served_app, alices_pet,
@@ -301,8 +303,13 @@ def test_a_namesakes_training_says_which_pet_it_is_and_keeps_its_photos_unless_i
     # says whose they are (another pet's added to them would train one pet on both).
     trained = {"photos": [str(path) for path in photo_files], "name": "Bruno"}
     ready_for_next_pet = handler(served_app, "ready_for_next_pet")
-    assert ready_for_next_pet(run, trained, trained["photos"], "Bruno", status, ALICE, None) == (
-        gr.skip(), gr.skip(), gr.skip(), f"{status}\n\nThe photos above are for {label}: remove them (×) before adding another pet's.")
+    *fields, line, sent, draft = ready_for_next_pet(run, trained, trained["photos"], "Bruno", "dog", status, ALICE,
+                                                    None)
+    assert fields == [gr.skip()] * 3
+    assert line == f"{status}\n\nThe photos above are for {label}: remove them (×) before adding another pet's."
+    # ... and are the draft's again, what Train sent forgotten: a reload keeps them (a run that diverged cannot be
+    # resumed, so they would be lost).
+    assert sent is None and (draft["photos"], draft["name"], draft["kind"]) == (trained["photos"], "Bruno", "dog")
     service.delete_pet(owner, second)
 
     # A namesake of a pet whose training never finished: Teach cannot help it, Resume can.
@@ -334,14 +341,15 @@ def test_a_finished_training_clears_its_photos_and_name_for_the_next_pet(served_
     ready_for_next_pet = handler(served_app, "ready_for_next_pet")
     trained = {"photos": [str(path) for path in photo_files], "name": "Bruno"}  # what Train sent
     finished = "✅ Bruno is ready: chat with them on the Chat tab."
-    assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", finished, ALICE, None) == (
-        None, "", None, f"{finished}\n\nReady for your next pet: the photos, name and kind above are cleared.")
+    assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", "dog", finished, ALICE, None) == (
+        None, "", None, f"{finished}\n\nReady for your next pet: the photos, name and kind above are cleared.",
+        gr.skip(), gr.skip())
     # A photo added and a name typed while it trained are the next pet's: they stay.
     added = str(tmp_path / "next-pet.jpg")
-    assert ready_for_next_pet(run.id, trained, [*trained["photos"], added], "Milo", finished, ALICE, None) == (
+    assert ready_for_next_pet(run.id, trained, [*trained["photos"], added], "Milo", "cat", finished, ALICE, None)[:4] == (
         [added], gr.skip(), gr.skip(), f"{finished}\n\nReady for your next pet: its photos are cleared; the photos "
                             "added while it trained stay.")
-    assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", "", BOB, None) == (gr.skip(),) * 4
+    assert ready_for_next_pet(run.id, trained, trained["photos"], "Bruno", "dog", "", BOB, None) == (gr.skip(),) * 6
 
 
 def test_a_reload_gives_back_the_photos_name_and_kind_not_yet_trained_on_and_only_uploads(served_app, tmp_path):
@@ -352,21 +360,23 @@ def test_a_reload_gives_back_the_photos_name_and_kind_not_yet_trained_on_and_onl
     uploaded = Path(get_upload_folder()) / "draft-test" / "milo.jpg"
     uploaded.parent.mkdir(parents=True, exist_ok=True)
     make_photo(0).save(uploaded)
-    draft = save_draft([str(uploaded)], "Milo", "cat", None)
-    assert restore_draft(draft) == ([str(uploaded)], "Milo", "cat")
+    draft = save_draft([str(uploaded)], "Milo", "cat", None, ALICE, None)
+    assert restore_draft(draft, ALICE, None) == ([str(uploaded)], "Milo", "cat")
+    # Only to its person: on a shared computer, the next one's page does not get it.
+    assert restore_draft(draft, BOB, None) == (gr.skip(),) * 3
     # What Train took is its pet's: the draft keeps only what was added or typed since.
     trained = {"photos": [str(uploaded)], "name": "Milo"}
-    assert restore_draft(save_draft([str(uploaded)], "Milo", "cat", trained)) == (None, "", None)
+    assert restore_draft(save_draft([str(uploaded)], "Milo", "cat", trained, ALICE, None), ALICE, None) == (
+        None, "", None)
     # The draft lives in the browser, which can change it: nothing outside Gradio's uploads is handed back,
     # not through a link in them either.
     outside = tmp_path / "secret.jpg"
     make_photo(1).save(outside)
     (uploaded.parent / "link.jpg").symlink_to(outside)
-    forged = {"photos": [str(outside), str(uploaded.parent / "link.jpg"), "/etc/passwd", 7, str(uploaded)],
-              "name": "Milo", "kind": "cat"}
-    assert restore_draft(forged) == ([str(uploaded)], "Milo", "cat")
-    assert restore_draft({"photos": "/etc/passwd", "name": "Milo"}) == (None, "Milo", None)
-    assert restore_draft("not a draft") == restore_draft({}) == (gr.skip(),) * 3  # nothing kept: the fields stay
+    forged = {**draft, "photos": [str(outside), str(uploaded.parent / "link.jpg"), "/etc/passwd", 7, str(uploaded)]}
+    assert restore_draft(forged, ALICE, None) == ([str(uploaded)], "Milo", "cat")
+    assert restore_draft({**draft, "photos": "/etc/passwd", "kind": 7}, ALICE, None) == (None, "Milo", "7")
+    assert restore_draft("not a draft", ALICE, None) == restore_draft({}, ALICE, None) == (gr.skip(),) * 3
 
 
 def test_the_chat_chooses_the_pet_last_chatted_with_in_this_browser_while_it_is_still_there(served_app, alices_pet,

@@ -108,7 +108,7 @@ def build_app(settings: Settings, service: PetDreamService | None = None, shared
             gr.Markdown(f"⚠️ **Demo mode.** {TINY_WARNING}", elem_id="tiny-banner")
         secret = browser_state_secret(service.data_dir)
         browser_id = gr.BrowserState("", storage_key="petdream-browser-id", secret=secret)
-        # Kept in the browser, as its owner key is: the server keeps nothing of a chat not kept.
+        # Kept in the browser, as its owner key is: the server stores nothing of a chat not kept.
         chatted_pet = gr.BrowserState("", storage_key="petdream-chat-pet", secret=secret)
         # The photos, name and kind not yet trained on: a reload (a phone drops a tab left for the camera) keeps them.
         draft = gr.BrowserState({}, storage_key="petdream-draft", secret=secret)

@@ -86,7 +86,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         last_prompt = gr.State("")
         teaching = gr.State("")  # the run id of the Teach training this page shows
         shown_pet = gr.State("")  # whose conversation the chat shows ("": no pet's yet)
-        unkept = gr.State({})  # pet id -> a conversation not kept, as it was left on this page (see show_kept)
+        # pet id -> a conversation not kept, as it was left on this page (see show_kept), in the server's memory
+        # an hour at most after the last switch of pets, open page or closed
+        unkept = gr.State({}, time_to_live=3600)
 
     def shown(history, pictures, images) -> gr.Chatbot:
         """The chat with each rated picture's thumb as it was rated (`images`: the pet's, from the store):
@@ -100,12 +102,12 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
                   profile: gr.OAuthProfile | None = None):
         """(chat, pictures, last scene, keep box, pet shown, unkept chats) on choosing a pet: its conversation,
         with its last picture's scene for New picture (another pet's would draw that pet's trigger). Kept, from
-        the store; not kept, as it was left on this page (`unkept`: pet id -> its chat, in this page's session
-        only, as the chat on screen is). A chat with no pet's yet (a crisis answered before there was a pet)
-        stays on screen."""
+        the store; not kept, as it was left on this page (`unkept`: pet id -> its chat, held in the server's
+        memory for this page's session, as the chat on screen is, never written). A chat with no pet's yet (a
+        crisis answered before there was a pet) stays on screen."""
         owner = owner_of(browser_id, request, profile)
         keeps = service.store.chat_consent(owner) is not None
-        if not keeps and not shown_for:
+        if not keeps and not shown_for and pet_id not in (unkept or {}):
             return gr.skip(), gr.skip(), gr.skip(), keeps, pet_id, gr.skip()
         if not keeps:
             alive = {pet.id for pet in service.pets(owner)}  # a deleted pet's chat goes with it

@@ -12,7 +12,8 @@ def refusal(message: str, *, stays: bool = False) -> gr.Error:
     """The error to raise when the app turns down what a person asked (no pet chosen, too few photos):
     shown on the page and not logged as a traceback, since nothing went wrong in the app. `stays`: until
     closed, for a message with steps to follow; else it fades after 10 s, as Gradio's errors do.
-    The toast shows HTML: the message is escaped (it may name a person's file), its lines kept."""
+    The toast shows HTML: the message is escaped (it may name a person's file), its lines kept as <br>
+    (which a script calling the app's API gets too)."""
     return gr.Error(html.escape(message, quote=False).replace("\n", "<br>"), duration=None if stays else 10,
                     print_exception=False)
 

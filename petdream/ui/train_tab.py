@@ -11,7 +11,7 @@ import pandas as pd
 
 from petdream.photos import MAX_PHOTOS
 from petdream.service import PetDreamService, pet_labels
-from petdream.store import NotFound
+from petdream.store import NotFound, owner_digest
 from petdream.hub import HubError, MissingPetInfo
 from petdream.training import PRESETS
 from petdream.ui.events import refusal, while_busy
@@ -117,28 +117,32 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
         not_used = list(dict.fromkeys((r.file, r.reason) for r in report.rejected))  # a bad file uploaded twice: once
         return text, [(photo.image, photo.file) for photo in report.accepted], [list(row) for row in not_used]
 
-    def save_draft(paths, pet_name, kind, trained):
-        """The draft: the photos, name and kind in their fields, less what Train took (a training's photos
-        are its pet's: if it stops, Unfinished trainings has them)."""
+    def save_draft(paths, pet_name, kind, trained, browser_id, request: gr.Request,
+                   profile: gr.OAuthProfile | None = None):
+        """The draft: the photos, name and kind in their fields, less what a training took (`trained`: what
+        Train sent, while it trains or once it finished), marked as the person's: on a shared computer the
+        next person's page must not get it."""
         sent = trained or {"photos": [], "name": None}
         named = pet_name != sent["name"]
-        return {"photos": [path for path in paths or [] if path not in sent["photos"]],
+        return {"owner": owner_digest(owner_of(browser_id, request, profile)),
+                "photos": [path for path in paths or [] if path not in sent["photos"]],
                 "name": pet_name if named else "", "kind": kind if named else None}
 
-    def sent_to_train(paths, pet_name, kind):
-        """(what Train sent, the draft without it), as Train is clicked."""
-        sent = {"photos": list(paths or []), "name": pet_name}
-        return sent, save_draft(paths, pet_name, kind, sent)
+    def save_draft_once_training(run, paths, pet_name, kind, trained, browser_id, request: gr.Request,
+                                 profile: gr.OAuthProfile | None = None):
+        """The draft, once a training has what Train sent: not at the click, since a refusal may never reach
+        a page that was closed meanwhile."""
+        return save_draft(paths, pet_name, kind, trained, browser_id, request, profile) if run else gr.skip()
 
-    def restore_draft(draft):
-        """(photos, name, kind) as the draft left them, as the page loads; photos Gradio has swept from its
-        cache since (after a day) are gone. The draft is the browser's to change: only files of Gradio's own
-        upload cache come back, the files Gradio would serve anyone who names them."""
-        if not isinstance(draft, dict) or not draft:
+    def restore_draft(draft, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """(photos, name, kind) as the person's draft left them, as the page loads; photos Gradio has swept
+        from its cache since (after a day) are gone. The draft is the browser's to change: only files of
+        Gradio's own cache come back, the files Gradio would serve anyone who names them."""
+        if not isinstance(draft, dict) or draft.get("owner") != owner_digest(owner_of(browser_id, request, profile)):
             return gr.skip(), gr.skip(), gr.skip()
         listed = draft.get("photos") if isinstance(draft.get("photos"), list) else []
         photos = [path for path in listed if isinstance(path, str) and in_upload_cache(path)]
-        return photos or None, str(draft.get("name") or ""), draft.get("kind") or None
+        return photos or None, str(draft.get("name") or ""), str(draft.get("kind") or "") or None
 
     def start(paths, name, class_noun, preset, method, steps, learning_rate, rank, seed, prior, browser_id,
               request: gr.Request, profile: gr.OAuthProfile | None = None):
@@ -163,25 +167,27 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
                     f"{advice}".strip())
         yield from follow(owner, job.run_id)
 
-    def ready_for_next_pet(run, trained, paths, pet_name, status, browser_id, request: gr.Request,
+    def ready_for_next_pet(run, trained, paths, pet_name, kind, status, browser_id, request: gr.Request,
                            profile: gr.OAuthProfile | None = None):
-        """(photos, name, kind, status) once Train's training has ended: if it finished, the photos it trained
-        on are taken out of the uploader (any added since stay, for the next pet) and its name and kind out of
-        their fields (unless the name was changed since), and the status line says so; otherwise all stays, so
-        a failed or cancelled training can be trained again (Resume needs no upload), and the status line
-        says whose photos they are: another pet's added to them would train one pet on both."""
+        """(photos, name, kind, status, what Train sent, draft) once Train's training has ended: if it finished,
+        the photos it trained on are taken out of the uploader (any added since stay, for the next pet) and its
+        name and kind out of their fields (unless the name was changed since), and the status line says so;
+        otherwise all stays, the draft's again, so a failed or cancelled training can be trained again (Resume
+        needs no upload; one that diverged cannot be resumed), and the status line says whose photos they are:
+        another pet's added to them would train one pet on both."""
         job = service.training(owner_of(browser_id, request, profile), run) if run and trained else None
         if job is None or not job.done:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return (gr.skip(),) * 6
         if job.status != "finished":
             line = f"The photos above are for {job.pet_name}: remove them (×) before adding another pet's."
-            return gr.skip(), gr.skip(), gr.skip(), f"{status}\n\n{line}" if paths else gr.skip()
+            return (gr.skip(), gr.skip(), gr.skip(), f"{status}\n\n{line}" if paths else gr.skip(), None,
+                    save_draft(paths, pet_name, kind, None, browser_id, request, profile))
         kept = [path for path in paths or [] if path not in trained["photos"]]
         name_cleared = pet_name == trained["name"]
         line = (f"Ready for your next pet: {'the photos, name and kind above are' if name_cleared else 'its photos are'} "
                 f"cleared{'; the photos added while it trained stay' if kept else ''}.")
         cleared = ("", None) if name_cleared else (gr.skip(), gr.skip())
-        return kept or None, *cleared, f"{status}\n\n{line}"
+        return kept or None, *cleared, f"{status}\n\n{line}", gr.skip(), gr.skip()  # the fields' changes save the draft
 
     def resume_run(chosen, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owner = owner_of(browser_id, request, profile)
@@ -235,10 +241,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
             yield from follow(job.owner, job.run_id)
 
     def controls_for(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        """The controls as they fit whether the person has a live training (the one `reconnect` follows)."""
-        training = shown_training(browser_id, request, profile) is not None
-        shown = training or shown_training(browser_id, request, profile, ended_too=True) is not None
-        return controls(training, shown=True if shown else None)
+        """The controls as they fit the training `reconnect` shows: live, ended, or none."""
+        job = shown_training(browser_id, request, profile, ended_too=True)
+        return controls(job is not None and not job.done, shown=True if job is not None else None)
 
     def stop(run, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         owners = [owner_of(browser_id, request, profile), browser_owner(browser_id, profile)]
@@ -346,17 +351,17 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
     following(resume.click, resume_run, [resumable, browser_id], "resume_training")
     # A finished training's photos and name leave the fields, or the next pet's photos would join its photos.
     # What Train sent is noted as it is clicked: photos added while it trains are the next pet's, and stay.
-    # The draft follows: a reload mid-training must not offer its photos again (nor after a refusal lose them).
+    train.click(lambda paths, pet_name: {"photos": list(paths or []), "name": pet_name}, [uploads, name], trained,
+                queue=False, api_visibility="private")
+    trained_pet.failure(lambda: None, None, trained, api_visibility="private")  # refused: nothing was taken
+    # The draft follows the fields, less what a training took: a reload mid-training must not offer its photos again.
     fields = [uploads, name, class_noun]
-    train.click(sent_to_train, fields, [trained, draft], queue=False, api_visibility="private")
-    trained_pet.failure(lambda *values: (None, save_draft(*values, None)), fields, [trained, draft],
-                        api_visibility="private")  # refused: the photos are the draft's again
     for field in fields:
-        field.change(save_draft, [*fields, trained], draft, queue=False, trigger_mode="always_last",
+        field.change(save_draft, [*fields, trained, browser_id], draft, queue=False, trigger_mode="always_last",
                      api_visibility="private")
-    trained_pet.then(ready_for_next_pet, [run_id, trained, uploads, name, status, browser_id],
-                     [uploads, name, class_noun, status],
-                     api_visibility="private")
+    run_id.change(save_draft_once_training, [run_id, *fields, trained, browser_id], draft, api_visibility="private")
+    trained_pet.then(ready_for_next_pet, [run_id, trained, *fields, status, browser_id],
+                     [*fields, status, trained, draft], api_visibility="private")
     cancel.click(stop, inputs=[run_id, browser_id], api_name="cancel_training")
     run_id.change(*refresh_resumable, api_visibility="private")  # a run being followed is no longer unfinished
     tab.select(*refresh_resumable, api_visibility="private")  # a Teach run stopped on the Chat tab, say
@@ -376,8 +381,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
         *refresh_doomed, api_visibility="private").then(*refresh_resumable, api_visibility="private")
 
     def follow_after(event):
-        """`event` (the page's load) followed by following the person's live training, if any; then the
-        controls as they fit then (a Train clicked meanwhile may have started another)."""
+        """`event` (the page's load) followed by following the person's live training, or showing how their
+        last one ended, if any; then the controls as they fit then (a Train clicked meanwhile may have started
+        another)."""
         followed = event.then(controls_for, [browser_id], training_controls, api_visibility="private").then(
             reconnect, [browser_id], outputs, api_name="follow_training", concurrency_limit=None,  # streams until it ends
             show_progress_on=status)
@@ -387,7 +393,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
         return followed
 
     return {"list_resumable": refresh_resumable, "list_pets": (list_pets, [hub_pet, browser_id], [hub_pet]),
-            "follow_after": follow_after, "restore_draft": (restore_draft, draft, [uploads, name, class_noun])}
+            "follow_after": follow_after, "restore_draft": (restore_draft, [draft, browser_id], [uploads, name, class_noun])}
 
 
 def controls(training: bool, shown: bool | None = None) -> tuple:

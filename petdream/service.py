@@ -313,8 +313,12 @@ class PetDreamService:
         return None
 
     def latest_training(self, owner: str) -> TrainingJob | None:
-        """`owner`'s newest training known to this process, waiting, running or ended, if any."""
-        for run in sorted(self.store.runs(owner), key=lambda run: run.created_at, reverse=True):
+        """`owner`'s training known to this process that last started or ended (a resumed one counts from then),
+        waiting, running or ended, if any."""
+        def last_moment(run) -> str:  # ISO 8601 times, all UTC: they sort as text
+            return max(run.created_at, run.started_at or "", run.finished_at or "")
+
+        for run in sorted(self.store.runs(owner), key=last_moment, reverse=True):
             if (job := self.training(owner, run.id)) is not None:
                 return job
         return None

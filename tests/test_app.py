@@ -496,6 +496,35 @@ def test_a_reloaded_page_follows_and_can_cancel_the_training_still_running(serve
     assert client(served_app).predict(key, api_name="/follow_training")[0] == status
 
 
+def test_a_page_loaded_later_shows_the_training_that_ended_last_a_resumed_one_too(tiny, data_dir, tmp_path):
+    from petdream.service import PetDreamService
+    from petdream.training.queue import TrainingJob
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "models").symlink_to(data_dir / "models")
+    service = PetDreamService(Settings.from_env({}, data_dir=tmp_path / "data", profile="tiny", device="cpu"), tiny)
+    owner, jobs = "session:" + "f" * 40, {}
+
+    def cancelled(job):
+        job.status = "cancelled"
+
+    for name in ("Rex", "Mia"):  # Rex's training made first, then Mia's; both cancelled, in that order
+        pet = service.store.add_pet(owner, name, "dog", name.lower())
+        run = service.store.add_run(owner, pet.id, {"steps": 4})
+        for status in ("running", "cancelled"):
+            service.store.update_run(owner, run.id, status=status)
+        jobs[name] = service.trainings.submit(TrainingJob(run.id, owner, name, 4), cancelled)
+    wait_for = time.monotonic() + 30
+    while not all(job.done for job in jobs.values()):
+        assert time.monotonic() < wait_for
+        time.sleep(0.05)
+    assert service.latest_training(owner) is jobs["Mia"]
+    for status in ("queued", "running", "cancelled"):  # Rex resumed, and stopped again: the last to end
+        service.store.update_run(owner, jobs["Rex"].run_id, status=status)
+    assert service.latest_training(owner) is jobs["Rex"]
+    assert service.latest_training("session:" + "g" * 40) is None  # nobody else's
+
+
 def test_a_browser_finds_its_pets_again_after_a_restart(served_app, data_dir, tmp_path):
     """Its owner key sits encrypted in its local storage; the key to read it back is the data dir's, not the
     process's (Gradio's default), so a restarted app still knows the browser."""

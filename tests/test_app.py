@@ -362,8 +362,13 @@ def test_a_reload_gives_back_the_photos_name_and_kind_not_yet_trained_on_and_onl
     make_photo(0).save(uploaded)
     draft = save_draft([str(uploaded)], "Milo", "cat", None, ALICE, None)
     assert restore_draft(draft, ALICE, None) == ([str(uploaded)], "Milo", "cat")
-    # Only to its person: on a shared computer, the next one's page does not get it.
+    # Only to its person: on a shared computer, the next one's page does not get it; signed in on this browser
+    # (the sign-in reloads the page), its person still does.
     assert restore_draft(draft, BOB, None) == (gr.skip(),) * 3
+    alice = gr.OAuthProfile({"name": "Alice", "preferred_username": "alice", "profile": "", "picture": ""})
+    assert restore_draft(draft, ALICE, None, alice)[1] == "Milo"
+    signed_in = save_draft([], "Rex", "dog", None, ALICE, None, alice)
+    assert restore_draft(signed_in, ALICE, None) == (gr.skip(),) * 3  # signed out, the browser's own page: not theirs
     # What Train took is its pet's: the draft keeps only what was added or typed since.
     trained = {"photos": [str(uploaded)], "name": "Milo"}
     assert restore_draft(save_draft([str(uploaded)], "Milo", "cat", trained, ALICE, None), ALICE, None) == (

@@ -103,8 +103,8 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, chatted: gr.Br
         """(chat, pictures, last scene, keep box, pet shown, unkept chats) on choosing a pet: its conversation,
         with its last picture's scene for New picture (another pet's would draw that pet's trigger). Kept, from
         the store; not kept, as it was left on this page (`unkept`: pet id -> its chat, held in the server's
-        memory for this page's session, as the chat on screen is, never written). A chat with no pet's yet (a
-        crisis answered before there was a pet) stays on screen."""
+        memory, never written). A chat with no pet's yet (a crisis answered before there was a pet) stays on
+        screen."""
         owner = owner_of(browser_id, request, profile)
         keeps = service.store.chat_consent(owner) is not None
         if not keeps and not shown_for and pet_id not in (unkept or {}):

@@ -137,8 +137,11 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
     def restore_draft(draft, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """(photos, name, kind) as the person's draft left them, as the page loads; photos Gradio has swept
         from its cache since (after a day) are gone. The draft is the browser's to change: only files of
-        Gradio's own cache come back, the files Gradio would serve anyone who names them."""
-        if not isinstance(draft, dict) or draft.get("owner") != owner_digest(owner_of(browser_id, request, profile)):
+        Gradio's own cache come back, the files Gradio would serve anyone who names them. Just signed in (the
+        sign-in reloads the page), the draft this browser made before is theirs too."""
+        owners = {owner_digest(owner) for owner in (owner_of(browser_id, request, profile),
+                                                    browser_owner(browser_id, profile)) if owner}
+        if not isinstance(draft, dict) or draft.get("owner") not in owners:
             return gr.skip(), gr.skip(), gr.skip()
         listed = draft.get("photos") if isinstance(draft.get("photos"), list) else []
         photos = [path for path in listed if isinstance(path, str) and in_upload_cache(path)]

@@ -112,8 +112,10 @@ def test_check_photos_on_the_real_dog_photos(dreambench, tmp_path):
 ONE_PROCESS_FAILS = """
 # `python -m petdream`, but process 1 cancels after step CANCEL_AFTER (as if its Ctrl-C came first), or
 # runs out of memory part-way through the backward pass of its pass OUT_OF_MEMORY_AT: after the later
-# layers' gradients were already exchanged, or sees a NaN loss at step NAN_AT.
-import os, runpy, sys
+# layers' gradients were already exchanged (once the file WAIT_FOR is there, if set: the checkpoint the first
+# process writes in the background, or the race with it decides which checkpoint is the last), or sees a NaN
+# loss at step NAN_AT.
+import os, runpy, sys, time
 import torch
 from petdream.training.trainer import DreamBoothTrainer
 
@@ -123,6 +125,9 @@ def loss_then_out_of_memory_in_backward(self, run, batch_size, micro_batches):
     loss = real_loss(self, run, batch_size, micro_batches)
     passes.append(batch_size)
     if os.environ["RANK"] == "1" and str(len(passes)) == os.environ.get("OUT_OF_MEMORY_AT"):
+        deadline = time.monotonic() + 60
+        while os.environ.get("WAIT_FOR") and not os.path.exists(os.environ["WAIT_FOR"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
         early_layer = [p for p in run.unet.parameters() if p.requires_grad][0]
         early_layer.register_hook(lambda grad: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
     return loss
@@ -179,7 +184,8 @@ def test_several_processes_stop_together_and_resume_to_the_weights_of_an_uninter
     assert cancelled.stderr.count("cancelled at step 1; continue with the same command and --resume.") == 1
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000001"]
 
-    failed = torchrun(tmp_path / "one_process_fails.py", *args, "--resume", OUT_OF_MEMORY_AT="2")
+    failed = torchrun(tmp_path / "one_process_fails.py", *args, "--resume", OUT_OF_MEMORY_AT="2",
+                      WAIT_FOR=str(checkpoints / "step-000002"))
     assert failed.returncode != 0
     assert ("error: Out of GPU memory at step 3 on GPU 1 of 2. With several GPUs PetDream cannot retry one GPU's "
             "step with a smaller batch.") in failed.stderr

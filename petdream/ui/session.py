@@ -93,6 +93,11 @@ def browser_owner(browser_id: str | None, profile: gr.OAuthProfile | None) -> st
     return session_owner(browser_id)
 
 
+def owners_of(browser_id: str | None, request: gr.Request | None, profile: gr.OAuthProfile | None) -> list[str]:
+    """Whose things a request reaches: its owner, then, just signed in, this browser's own (`browser_owner`)."""
+    return [owner for owner in (owner_of(browser_id, request, profile), browser_owner(browser_id, profile)) if owner]
+
+
 def move_offer(service):
     """Handlers (offer, move) for the pets made in this browser before the person signed in: `offer`
     (on page load) shows the offer row with their names, if any; `move` gives them to the account.

@@ -15,7 +15,7 @@ from petdream.store import NotFound, owner_digest
 from petdream.hub import HubError, MissingPetInfo
 from petdream.training import PRESETS
 from petdream.ui.events import refusal, while_busy
-from petdream.ui.session import (browser_owner, forget_served_copies, in_upload_cache, oauth_enabled, owner_of,
+from petdream.ui.session import (forget_served_copies, in_upload_cache, oauth_enabled, owner_of, owners_of,
                                  pet_choices, served_copy, trained_pets)
 
 POLL_SECONDS = 0.5
@@ -139,8 +139,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
         from its cache since (after a day) are gone. The draft is the browser's to change: only files of
         Gradio's own cache come back, the files Gradio would serve anyone who names them. Just signed in (the
         sign-in reloads the page), the draft this browser made before is theirs too."""
-        owners = {owner_digest(owner) for owner in (owner_of(browser_id, request, profile),
-                                                    browser_owner(browser_id, profile)) if owner}
+        owners = {owner_digest(owner) for owner in owners_of(browser_id, request, profile)}
         if not isinstance(draft, dict) or draft.get("owner") not in owners:
             return gr.skip(), gr.skip(), gr.skip()
         listed = draft.get("photos") if isinstance(draft.get("photos"), list) else []
@@ -232,9 +231,9 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
     def shown_training(browser_id, request: gr.Request, profile: gr.OAuthProfile | None, ended_too: bool = False):
         """The person's training that is still waiting or running, or, just signed in, the one this browser
         started before; `ended_too`: else their newest that ended in this process (None if none)."""
-        owners = [owner_of(browser_id, request, profile), browser_owner(browser_id, profile)]
+        owners = owners_of(browser_id, request, profile)
         finders = [service.live_training, service.latest_training] if ended_too else [service.live_training]
-        return next((job for find in finders for owner in owners if owner and (job := find(owner))), None)
+        return next((job for find in finders for owner in owners if (job := find(owner))), None)
 
     def reconnect(browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """After a reload (or in another tab): follow the person's live training, or show how the last one
@@ -249,8 +248,7 @@ def render(service: PetDreamService, browser_id: gr.BrowserState, draft: gr.Brow
         return controls(job is not None and not job.done, shown=True if job is not None else None)
 
     def stop(run, browser_id, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        owners = [owner_of(browser_id, request, profile), browser_owner(browser_id, profile)]
-        if not run or not any(service.cancel_training(owner, run) for owner in owners if owner):
+        if not run or not any(service.cancel_training(owner, run) for owner in owners_of(browser_id, request, profile)):
             gr.Info("No training of yours is running.")
         else:
             gr.Info("Stopping after this step; a checkpoint is kept so you can resume.")
